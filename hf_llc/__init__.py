@@ -1,0 +1,1 @@
+"""hf_llc: Local Learning Coefficient estimation for Hugging Face models."""

@@ -1,0 +1,1 @@
+"""Validation architectures shipped with hf_llc."""
