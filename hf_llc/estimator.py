@@ -1,0 +1,517 @@
+r"""``estimate_llc``: the local learning coefficient of a model at its current weights w*.
+
+Definitions (Lau et al., arXiv 2308.12108; Furman & Lau, arXiv 2402.03698):
+
+- L_n(w): mean per-sample loss over the n samples of the dataset.
+- Localized tempered posterior p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·‖w − w*‖²), nβ = n / log n by
+  default (n = dataset size, never the batch size).
+- Per chain c: λ̂_c = nβ·(mean over draws t of L_{B_t}(w_t) − L_n(w*)); λ̂ = mean over chains,
+  with the standard deviation and standard error across chains.
+- When the loss returns per-sample values, the losses at w* are cached (n floats): L_n(w*) is
+  exact and the paired estimator nβ·mean_t(L_{B_t}(w_t) − L_{B_t}(w*)) is reported as well.
+
+The model itself is never modified: chains run through ``torch.func.functional_call`` on a
+flat fp32 copy of the parameters, so the weights are exactly w* after the call, error or not.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .diagnostics import effective_sample_size, split_rhat
+from .sampling import SamplerConfig, run_chain
+
+_LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
+
+
+class FlatParameters:
+    """The sampled parameters of a module as one flat fp32 vector, and views back into it."""
+
+    def __init__(self, model: nn.Module):
+        self.names: list[str] = []
+        self.shapes: list[torch.Size] = []
+        self.dtypes: list[torch.dtype] = []
+        self.offsets: list[int] = []
+        flats = []
+        offset = 0
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            self.names.append(name)
+            self.shapes.append(p.shape)
+            self.dtypes.append(p.dtype)
+            self.offsets.append(offset)
+            offset += p.numel()
+            flats.append(p.detach().reshape(-1).to(torch.float32))
+        if not flats:
+            raise ValueError(
+                "the model has no trainable parameters (requires_grad=True) to sample."
+            )
+        self.numel = offset
+        self.w_star = torch.cat(flats)
+
+    def views(self, w: Tensor) -> dict[str, Tensor]:
+        """name → view of ``w`` shaped (and cast) like the parameter; differentiable."""
+        out = {}
+        for name, shape, dtype, off in zip(self.names, self.shapes, self.dtypes, self.offsets):
+            t = w[off : off + shape.numel()].view(shape)
+            out[name] = t if dtype == torch.float32 else t.to(dtype)
+        return out
+
+    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Flatten a dict shaped like the parameters (e.g. a preconditioner diagonal)."""
+        missing = [n for n in self.names if n not in tensors]
+        if missing:
+            raise ValueError(f"preconditioner is missing entries for parameters {missing[:5]}.")
+        return torch.cat([tensors[n].reshape(-1).to(torch.float32) for n in self.names])
+
+
+class TensorBatches:
+    """A dataset held as column tensors; a minibatch is one indexing op per column.
+
+    Accepts a ``datasets.Dataset`` (numeric columns of fixed shape), a mapping of equal-length
+    tensors, or, with ``collate_fn``, any indexable dataset (collated per batch, slower).
+    """
+
+    def __init__(self, dataset: Any, device: torch.device, collate_fn: Callable | None = None):
+        self.device = device
+        self.collate_fn = collate_fn
+        self.columns: dict[str, Tensor] | None = None
+        self.dataset = dataset
+        if isinstance(dataset, Mapping):
+            self.columns = {k: torch.as_tensor(v) for k, v in dataset.items()}
+            lengths = {len(v) for v in self.columns.values()}
+            if len(lengths) > 1:
+                raise ValueError(f"dataset columns have different lengths {sorted(lengths)}.")
+            self.num_samples = lengths.pop() if lengths else 0
+        else:
+            try:
+                self.num_samples = len(dataset)
+            except TypeError as err:
+                raise ValueError(
+                    "dataset must have a length (a map-style datasets.Dataset or a dict of "
+                    "tensors)."
+                ) from err
+            if collate_fn is None and self.num_samples:
+                self.columns = _columns_from_dataset(dataset)
+        if self.num_samples == 0:
+            raise ValueError("dataset is empty: the LLC needs at least one sample.")
+        if self.columns is not None:
+            self.columns = {_LABEL_ALIASES.get(k, k): v.to(device) for k, v in self.columns.items()}
+
+    def batch(self, indices: Tensor) -> dict[str, Any]:
+        if self.columns is not None:
+            idx = indices.to(self.device)
+            return {k: v[idx] for k, v in self.columns.items()}
+        rows = [self.dataset[i] for i in indices.tolist()]
+        out = self.collate_fn(rows)
+        out = {_LABEL_ALIASES.get(k, k): v for k, v in dict(out).items()}
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in out.items()}
+
+
+def _columns_from_dataset(dataset: Any) -> dict[str, Tensor]:
+    if not hasattr(dataset, "with_format"):
+        raise ValueError(
+            "dataset is not a datasets.Dataset or dict of tensors; pass collate_fn to batch it."
+        )
+    columns = {}
+    formatted = dataset.with_format("torch")
+    for name in dataset.column_names:
+        value = formatted[name]
+        if isinstance(value, Tensor):
+            columns[name] = value
+        elif hasattr(value, "__getitem__") and not isinstance(value, (list, str)):
+            try:
+                columns[name] = torch.as_tensor(value[:])
+            except (TypeError, ValueError, RuntimeError):
+                continue
+    if not columns:
+        raise ValueError(
+            "dataset has no numeric columns of fixed shape; tokenize/pad it or pass collate_fn."
+        )
+    return columns
+
+
+class ModelLoss:
+    """loss(w, batch): the model's loss at flat parameters w, via functional_call.
+
+    Returns per-sample losses (1-D) when ``loss_fn`` does, else the batch mean (0-d).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        flat: FlatParameters,
+        data: TensorBatches,
+        loss_fn: Callable | None,
+    ):
+        self.model = model
+        self.flat = flat
+        self.data = data
+        self.loss_fn = loss_fn
+        self.num_samples = data.num_samples
+        params = inspect.signature(model.forward).parameters
+        self.accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values()) and not [
+            n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        self.forward_names = set(params)
+
+    def batch(self, indices: Tensor) -> dict[str, Any]:
+        return self.data.batch(indices)
+
+    def _forward_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        if self.accepts_all:
+            return dict(batch)
+        return {k: v for k, v in batch.items() if k in self.forward_names}
+
+    def outputs_to_loss(self, outputs: Any, batch: Mapping[str, Any]) -> Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(outputs, batch)
+        loss = getattr(outputs, "loss", None)
+        if loss is None and isinstance(outputs, Mapping):
+            loss = outputs.get("loss")
+        if loss is None:
+            raise ValueError(
+                f"{type(self.model).__name__}'s forward returned no loss for a batch with "
+                f"columns {sorted(batch)}: pass loss_fn=lambda outputs, batch: ... (or include "
+                "the labels the model needs)."
+            )
+        return loss
+
+    def loss(self, w: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        outputs = functional_call(
+            self.model, self.flat.views(w), args=(), kwargs=self._forward_inputs(batch)
+        )
+        out = self.outputs_to_loss(outputs, batch)
+        return out.float()
+
+    @torch.no_grad()
+    def init_loss(self, num_samples: int, batch_size: int) -> tuple[float, Tensor | None]:
+        """L_n(w*) over the first ``num_samples`` samples, with per-sample losses if available."""
+        total, count, pieces = 0.0, 0, []
+        per_sample_ok = True
+        for start in range(0, num_samples, batch_size):
+            idx = torch.arange(start, min(start + batch_size, num_samples))
+            batch = self.batch(idx)
+            outputs = self.model(**self._forward_inputs(batch))
+            value = self.outputs_to_loss(outputs, batch).detach().double()
+            if value.ndim == 1 and value.numel() == len(idx):
+                pieces.append(value)
+                total += float(value.sum())
+            elif value.ndim == 0:
+                per_sample_ok = False
+                total += float(value) * len(idx)
+            else:
+                raise ValueError(
+                    f"loss_fn must return a scalar or one loss per sample (shape [{len(idx)}]), "
+                    f"got shape {tuple(value.shape)}."
+                )
+            count += len(idx)
+        if not math.isfinite(total):
+            raise ValueError(
+                "the loss at the given weights is not finite (NaN or inf in the data or weights?)."
+            )
+        cache = torch.cat(pieces) if per_sample_ok and pieces else None
+        return total / count, cache
+
+
+@dataclass
+class LLCResult:
+    """An LLC estimate with its settings, traces and diagnostics.
+
+    ``llc_mean``/``llc_std``/``llc_stderr`` summarise ``llc_per_chain`` over the chains that
+    did not diverge. ``loss_trace`` is (chains × draws) of L_{B_t}(w_t), NaN-padded where a
+    chain stopped early. ``llc_paired_*`` are the paired estimator's values when per-sample
+    losses were available (else ``None``).
+    """
+
+    llc_mean: float
+    llc_std: float
+    llc_stderr: float
+    llc_per_chain: list[float]
+    loss_trace: np.ndarray
+    init_loss: float
+    nbeta: float
+    num_samples: int
+    num_params: int
+    config: dict
+    diagnostics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    llc_paired_mean: float | None = None
+    llc_paired_std: float | None = None
+    llc_paired_per_chain: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of plain floats and lists (missing values are ``None``)."""
+        out = {}
+        for key in self.__dataclass_fields__:
+            out[key] = _plain(getattr(self, key))
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON (atomically: a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LLCResult:
+        data = dict(data)
+        trace = data.get("loss_trace") or []
+        data["loss_trace"] = np.array(
+            [[np.nan if v is None else v for v in row] for row in trace], dtype=np.float64
+        )
+        nan = float("nan")
+        for key in ("llc_mean", "llc_std", "llc_stderr", "init_loss"):
+            if data.get(key) is None:
+                data[key] = nan
+        data["llc_per_chain"] = [nan if v is None else v for v in data.get("llc_per_chain", [])]
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def load(cls, path: str | Path) -> LLCResult:
+        """Read a result written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def summary(self) -> str:
+        """One line: λ̂ ± std (stderr) with nβ and the chain count."""
+        return (
+            f"LLC = {self.llc_mean:.4g} ± {self.llc_std:.3g} (stderr {self.llc_stderr:.3g}, "
+            f"{len(self.llc_per_chain)} chains, nβ = {self.nbeta:.4g}, n = {self.num_samples})"
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def estimate_llc(
+    model: nn.Module,
+    dataset: Any,
+    config: SamplerConfig | None = None,
+    *,
+    loss_fn: Callable[[Any, Mapping[str, Any]], Tensor] | None = None,
+    collate_fn: Callable | None = None,
+    progress: bool = True,
+) -> LLCResult:
+    """Estimate the local learning coefficient λ̂(w*) of ``model`` at its current weights.
+
+    Args:
+        model: any ``torch.nn.Module`` / ``PreTrainedModel``. Its forward is called with the
+            batch columns it accepts (``label``/``label_ids`` are renamed ``labels``) and must
+            return an output with ``.loss``, unless ``loss_fn`` is given. All parameters with
+            ``requires_grad=True`` are sampled; the others stay at w*.
+        dataset: a ``datasets.Dataset`` (numeric fixed-shape columns are pre-collated into
+            tensors), a dict of equal-length tensors, or any indexable dataset with
+            ``collate_fn``. n = its length sets nβ = n / log n unless ``config.nbeta`` is given.
+        config: :class:`SamplerConfig` (defaults if ``None``).
+        loss_fn: ``loss_fn(outputs, batch) -> Tensor`` overriding ``outputs.loss``. Return one
+            loss per sample (shape [batch]) to enable the per-sample cache at w* and the paired
+            estimator; a scalar must be the batch mean.
+        collate_fn: builds a batch dict from a list of rows (slow path, for ragged data).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`LLCResult`. Chains that diverge are excluded from the mean and reported in
+        ``diagnostics["divergences"]`` with their step and a suggestion, plus a warning.
+    """
+    cfg = config if config is not None else SamplerConfig()
+    if not isinstance(cfg, SamplerConfig):
+        raise ValueError(f"config must be a SamplerConfig, got {type(config).__name__}.")
+    cfg.validate()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError("loss_fn must be callable as loss_fn(outputs, batch).")
+
+    device = _model_device(model)
+    data = TensorBatches(dataset, device, collate_fn)
+    n = data.num_samples
+    if cfg.batch_size > n:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is larger than the dataset ({n} samples); "
+            f"pass SamplerConfig(batch_size=...) ≤ {n}."
+        )
+    if cfg.nbeta is None and n < 2:
+        raise ValueError("nbeta defaults to n / log n, which needs n ≥ 2 samples; pass nbeta.")
+    nbeta = float(cfg.nbeta) if cfg.nbeta is not None else n / math.log(n)
+    if cfg.init_loss_samples is not None and cfg.init_loss_samples > n:
+        raise ValueError(
+            f"init_loss_samples={cfg.init_loss_samples} exceeds the dataset size {n}; "
+            "pass a smaller value or None."
+        )
+
+    was_training = model.training
+    model.eval()
+    try:
+        flat = FlatParameters(model)
+        problem = ModelLoss(model, flat, data, loss_fn)
+        precond_diag = _precond_diagonal(cfg.preconditioner, flat)
+        w_star = flat.w_star.to(device)
+
+        t0 = time.perf_counter()
+        init_n = cfg.init_loss_samples or n
+        init_loss, cache = problem.init_loss(init_n, max(cfg.batch_size, 256))
+        if init_n != n:
+            cache = None
+        t_init = time.perf_counter() - t0
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.num_chains * cfg.num_steps, desc="SGLD", unit="step")
+        chains = []
+        try:
+            for c in range(cfg.num_chains):
+                chains.append(
+                    run_chain(
+                        problem,
+                        w_star,
+                        cfg,
+                        c,
+                        nbeta=nbeta,
+                        init_loss=init_loss,
+                        init_per_sample=cache,
+                        precond_diagonal=precond_diag,
+                        progress=bar,
+                    )
+                )
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        model.train(was_training)
+
+    return _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init)
+
+
+def _precond_diagonal(preconditioner: Any, flat: FlatParameters) -> Tensor | None:
+    if isinstance(preconditioner, str):
+        return None
+    if isinstance(preconditioner, Mapping):
+        diag = flat.flatten(preconditioner)
+    elif isinstance(preconditioner, Tensor):
+        diag = preconditioner.reshape(-1).to(torch.float32)
+    else:
+        raise ValueError(
+            "preconditioner must be 'identity', 'rmsprop', a dict name → tensor or a flat tensor."
+        )
+    if diag.numel() != flat.numel:
+        raise ValueError(
+            f"preconditioner has {diag.numel()} entries but the model samples {flat.numel} "
+            "parameters."
+        )
+    return diag.to(flat.w_star.device)
+
+
+def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init) -> LLCResult:
+    draws = cfg.num_draws
+    trace = np.full((len(chains), draws), np.nan)
+    per_chain, paired = [], []
+    divergences = []
+    for i, ch in enumerate(chains):
+        lt = ch.loss_trace.numpy()
+        trace[i, : len(lt)] = lt
+        if ch.diverged:
+            divergences.append(
+                {"chain": ch.chain, "step": ch.divergence_step, "message": ch.divergence_reason}
+            )
+            per_chain.append(float("nan"))
+            paired.append(float("nan"))
+            continue
+        per_chain.append(nbeta * (float(lt.mean()) - init_loss))
+        if ch.init_batch_trace is not None:
+            paired.append(nbeta * float((ch.loss_trace - ch.init_batch_trace).mean()))
+    healthy = [i for i, ch in enumerate(chains) if not ch.diverged]
+    good = np.array([per_chain[i] for i in healthy])
+    mean, std, stderr = _mean_std_stderr(good)
+    for d in divergences:
+        warnings.warn(d["message"], RuntimeWarning, stacklevel=3)
+    if not healthy:
+        warnings.warn(
+            "every chain diverged: the estimate is NaN; reduce step_size (or step_scale).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    diagnostics: dict[str, Any] = {
+        "num_chains_used": len(healthy),
+        "divergences": divergences,
+        "step_size_per_chain": [ch.step_size for ch in chains],
+        "step_size_history": [ch.step_size_history for ch in chains],
+        "burnin_trace": [ch.burnin_trace.numpy() for ch in chains],
+    }
+    if len(healthy) >= 2:
+        diagnostics["rhat"] = split_rhat(trace[healthy])
+        diagnostics["ess"] = effective_sample_size(trace[healthy])
+    if cfg.mala:
+        acc = [float(ch.mala_acceptance.mean()) for ch in chains if len(ch.mala_acceptance)]
+        diagnostics["mala_acceptance_per_chain"] = acc
+        diagnostics["mala_acceptance"] = float(np.mean(acc)) if acc else float("nan")
+
+    result = LLCResult(
+        llc_mean=mean,
+        llc_std=std,
+        llc_stderr=stderr,
+        llc_per_chain=per_chain,
+        loss_trace=trace,
+        init_loss=init_loss,
+        nbeta=nbeta,
+        num_samples=n,
+        num_params=num_params,
+        config=cfg.to_dict(),
+        diagnostics=diagnostics,
+        timings={
+            "init_loss_seconds": t_init,
+            "sampling_seconds": sum(ch.seconds for ch in chains),
+            "chain_seconds": [ch.seconds for ch in chains],
+        },
+    )
+    if chains and chains[0].init_batch_trace is not None:
+        good_paired = np.array([p for p, ch in zip(paired, chains) if not ch.diverged])
+        result.llc_paired_per_chain = paired
+        result.llc_paired_mean, result.llc_paired_std, _ = _mean_std_stderr(good_paired)
+    return result
+
+
+def _mean_std_stderr(values: np.ndarray) -> tuple[float, float, float]:
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return mean, std, std / math.sqrt(len(values))

@@ -1,0 +1,349 @@
+"""Run one SGLD chain over a loss given as a pure function of a flat parameter vector.
+
+A problem is anything with ``num_samples``, ``batch(indices)`` and ``loss(w, batch)``; the
+loss returns the minibatch's per-sample losses (1-D) or their mean (0-d). This module knows
+nothing about Hugging Face: :mod:`hf_llc.estimator` builds the problem from a model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import SamplerConfig
+from .preconditioners import (
+    DiagonalPreconditioner,
+    Preconditioner,
+    RMSPropPreconditioner,
+)
+from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
+
+
+class LossProblem(Protocol):
+    num_samples: int
+
+    def batch(self, indices: Tensor) -> Any: ...
+
+    def loss(self, w: Tensor, batch: Any) -> Tensor: ...
+
+
+def chain_seed(seed: int, chain: int) -> int:
+    """The 63-bit seed of chain ``chain``'s generator, a function of (seed, chain) only."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(chain)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def chain_generator(seed: int, chain: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """One generator per chain, for both its data order and its noise."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(chain_seed(seed, chain))
+    return gen
+
+
+class EpochBatcher:
+    """Minibatch indices: a fresh permutation per epoch drawn from the chain's generator.
+
+    The last incomplete batch of an epoch is dropped, so every step sees ``batch_size``
+    samples; over many steps every sample is used equally often.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, generator: torch.Generator):
+        if batch_size > num_samples:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the dataset ({num_samples} samples); "
+                "pass a smaller batch_size."
+            )
+        self.n = num_samples
+        self.m = batch_size
+        self.gen = generator
+        self._perm: Tensor | None = None
+        self._pos = num_samples  # forces a shuffle on first use
+
+    def next(self) -> Tensor:
+        if self._pos + self.m > self.n:
+            self._perm = torch.randperm(self.n, generator=self.gen, device=self.gen.device)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + self.m]
+        self._pos += self.m
+        return idx
+
+
+@dataclass
+class ChainResult:
+    """What one chain produced. Traces are CPU float64 tensors."""
+
+    chain: int
+    loss_trace: Tensor  # L_{B_t}(w_t) at the draws
+    init_batch_trace: Tensor | None  # L_{B_t}(w*) at the draws (per-sample cache), else None
+    burnin_trace: Tensor
+    step_size: float
+    step_size_history: list = field(default_factory=list)
+    mala_acceptance: Tensor | None = None
+    diverged: bool = False
+    divergence_step: int | None = None
+    divergence_reason: str | None = None
+    seconds: float = 0.0
+
+
+def _grad(problem: LossProblem, w: Tensor, batch: Any, create_graph: bool = False):
+    leaf = w.detach().requires_grad_(True)
+    per = problem.loss(leaf, batch)
+    loss = per.mean() if per.ndim else per
+    (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
+    return leaf, per, loss, g
+
+
+def max_curvature(
+    problem: LossProblem,
+    w: Tensor,
+    w_star: Tensor,
+    batch: Any,
+    *,
+    nbeta: float,
+    localization: float,
+    precond_sqrt: Tensor | None,
+    v0: Tensor,
+    iters: int,
+) -> tuple[float, Tensor]:
+    """Largest eigenvalue of √A·∇²U(w)·√A on one minibatch, by power iteration.
+
+    Hessian-vector products use double backward; models that do not support it fall back to
+    a forward difference of gradients. Returns (eigenvalue, eigenvector) so later estimates
+    can warm-start from the vector.
+    """
+    v = v0 / v0.norm()
+    try:
+        leaf, _, _, g = _grad(problem, w, batch, create_graph=True)
+
+        def hvp(u):
+            return torch.autograd.grad(g, leaf, grad_outputs=u, retain_graph=True)[0]
+
+        hvp(torch.zeros_like(w))
+    except RuntimeError:
+        _, _, _, g0 = _grad(problem, w, batch)
+        g0 = g0.detach()
+        h = 1e-3 * max(float(w.norm()) / math.sqrt(w.numel()), 1e-2)
+
+        def hvp(u):
+            un = u.norm().clamp_min(1e-30)
+            g1 = _grad(problem, w + (h / un) * u, batch)[3]
+            return (g1 - g0) * (un / h)
+
+    lam = 0.0
+    for _ in range(iters):
+        u = v if precond_sqrt is None else v * precond_sqrt
+        z = hvp(u).detach() * nbeta + localization * u
+        if precond_sqrt is not None:
+            z = z * precond_sqrt
+        lam = float(torch.dot(v, z))
+        norm = z.norm()
+        if not torch.isfinite(norm) or norm == 0:
+            break
+        v = z / norm
+    return abs(lam), v.detach()
+
+
+def _initial_step_size(problem, w_star, batch, cfg, nbeta, precond, gen, v):
+    """ε = c / λ_max, with λ_max probed at w* and at points one noise step away from w*.
+
+    At a flat w* (the origin of a deep linear network, λ_max = γ) a step sized from w* alone
+    would throw the chain far out, where the loss is steep; probing at w* + √(εA)·ξ and
+    moving ε geometrically towards c / λ_max(probe) finds a self-consistent step.
+    """
+    kw = dict(
+        nbeta=nbeta,
+        localization=cfg.localization,
+        precond_sqrt=precond.A_sqrt,
+        iters=cfg.curvature_iters,
+    )
+    lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
+    lam = max(lam, 1e-12)
+    eps = cfg.step_scale / lam
+    for _ in range(8):
+        xi = torch.randn(w_star.shape, generator=gen, device=w_star.device, dtype=w_star.dtype)
+        if precond.A_sqrt is not None:
+            xi = xi * precond.A_sqrt
+        lam_p, v = max_curvature(problem, w_star + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
+        target = cfg.step_scale / max(lam_p, lam)
+        if target >= 0.9 * eps:
+            break
+        eps = math.sqrt(eps * target)
+    return eps, v
+
+
+def run_chain(
+    problem: LossProblem,
+    w_star: Tensor,
+    cfg: SamplerConfig,
+    chain: int,
+    *,
+    nbeta: float,
+    init_loss: float,
+    init_per_sample: Tensor | None = None,
+    precond_diagonal: Tensor | None = None,
+    progress: Any = None,
+) -> ChainResult:
+    """Run chain ``chain`` from w* and return its traces.
+
+    Draws are the steps t ≥ ``num_burnin`` with (t − num_burnin) divisible by ``draw_every``;
+    the loss recorded at step t is L_{B_t}(w_t), the one whose gradient moves w_t to w_{t+1}.
+    A chain whose loss stops being finite or explodes is stopped and flagged, never averaged.
+    """
+    start = time.perf_counter()
+    device = w_star.device
+    gen = chain_generator(cfg.seed, chain, device)
+    batcher = EpochBatcher(problem.num_samples, cfg.batch_size, gen)
+    d = w_star.numel()
+
+    if isinstance(cfg.preconditioner, str) and cfg.preconditioner.startswith("rmsprop"):
+        precond: Preconditioner = RMSPropPreconditioner(w_star, cfg.rmsprop_decay, cfg.rmsprop_eps)
+    elif precond_diagonal is not None:
+        precond = DiagonalPreconditioner(precond_diagonal)
+    else:
+        precond = Preconditioner()
+
+    w = w_star.clone()
+    noise = torch.empty_like(w)
+    total = cfg.num_steps
+    trace = torch.empty(total, dtype=torch.float64, device=device)
+    init_trace = (
+        torch.empty(total, dtype=torch.float64, device=device)
+        if init_per_sample is not None
+        else None
+    )
+    mala = torch.empty(cfg.num_draws, dtype=torch.float64, device=device) if cfg.mala else None
+
+    adaptive = cfg.step_size == "curvature"
+    step_size = float(cfg.step_size) if not adaptive else float("nan")
+    history: list = []
+    adapt_at: set[int] = set()
+    if adaptive and cfg.num_adaptations and cfg.num_burnin:
+        every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
+        adapt_at = {
+            every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
+        }
+    v = torch.randn(w.shape, generator=gen, device=device, dtype=w.dtype) if adaptive else None
+
+    # "rmsprop-burnin": adapt A during burn-in only; the draws then sample with a constant A.
+    freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
+    adapting_precond = True
+    threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
+    diverged, div_step, reason = False, None, None
+    checked = 0
+    for t in range(total):
+        idx = batcher.next()
+        batch = problem.batch(idx)
+        if adaptive and t == 0:
+            step_size, v = _initial_step_size(problem, w_star, batch, cfg, nbeta, precond, gen, v)
+            history.append((0, step_size))
+        elif t in adapt_at:
+            lam, v = max_curvature(
+                problem,
+                w,
+                w_star,
+                batch,
+                nbeta=nbeta,
+                localization=cfg.localization,
+                precond_sqrt=precond.A_sqrt,
+                v0=v,
+                iters=cfg.curvature_iters,
+            )
+            new = cfg.step_scale / max(lam, 1e-12)
+            step_size = min(max(new, step_size / 4), step_size * 4)
+            history.append((t, step_size))
+
+        if freeze_at == t:
+            # The RMSProp diagonal stops adapting: the draws use a constant A, and ε is
+            # re-measured against it.
+            adapting_precond = False
+            if adaptive:
+                lam, v = max_curvature(
+                    problem,
+                    w,
+                    w_star,
+                    batch,
+                    nbeta=nbeta,
+                    localization=cfg.localization,
+                    precond_sqrt=precond.A_sqrt,
+                    v0=v,
+                    iters=cfg.curvature_iters,
+                )
+                step_size = cfg.step_scale / max(lam, 1e-12)
+                history.append((t, step_size))
+
+        leaf, per, loss, g = _grad(problem, w, batch)
+        trace[t] = loss.detach()
+        if init_trace is not None:
+            init_trace[t] = init_per_sample[idx].mean()
+        if adapting_precond:
+            precond.update(g, w, w_star, nbeta, cfg.localization)
+        draw = t - cfg.num_burnin
+        if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
+            w_old = w.clone()
+            u_old = potential(
+                loss.detach(), w_old, w_star, nbeta=nbeta, localization=cfg.localization
+            )
+            gu_old = potential_grad(g, w_old, w_star, nbeta=nbeta, localization=cfg.localization)
+        sgld_step_(
+            w,
+            g,
+            w_star,
+            noise,
+            step_size=step_size,
+            nbeta=nbeta,
+            localization=cfg.localization,
+            generator=gen,
+            precond=precond.A,
+            precond_sqrt=precond.A_sqrt,
+        )
+        if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
+            _, _, loss_new, g_new = _grad(problem, w, batch)
+            u_new = potential(
+                loss_new.detach(), w, w_star, nbeta=nbeta, localization=cfg.localization
+            )
+            gu_new = potential_grad(g_new, w, w_star, nbeta=nbeta, localization=cfg.localization)
+            mala[draw // cfg.draw_every] = mala_acceptance(
+                w_old, w, u_old, u_new, gu_old, gu_new, step_size=step_size, precond=precond.A
+            )
+        if (t + 1 - checked) >= cfg.check_every or t + 1 == total:
+            chunk = trace[checked : t + 1]
+            bad = ~torch.isfinite(chunk) | (chunk - init_loss > threshold)
+            if bool(bad.any()):
+                first = checked + int(torch.nonzero(bad)[0, 0])
+                value = float(trace[first])
+                diverged, div_step = True, first
+                reason = (
+                    f"chain {chain} diverged at step {first} (loss {value:.4g}, "
+                    f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
+                    f"(or step_scale) by 2-10x"
+                )
+                break
+            if progress is not None:
+                progress.update(t + 1 - checked)
+            checked = t + 1
+
+    b, k = cfg.num_burnin, cfg.draw_every
+    end = total if not diverged else div_step
+    trace_cpu = trace[:end].cpu()
+    draws = trace_cpu[b::k][: cfg.num_draws]
+    return ChainResult(
+        chain=chain,
+        loss_trace=draws,
+        init_batch_trace=None
+        if init_trace is None
+        else init_trace[:end].cpu()[b::k][: cfg.num_draws],
+        burnin_trace=trace_cpu[:b],
+        step_size=step_size,
+        step_size_history=history,
+        mala_acceptance=None if mala is None else mala[: len(draws)].cpu(),
+        diverged=diverged,
+        divergence_step=div_step,
+        divergence_reason=reason,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,160 @@
+"""The sampler's configuration: one dataclass, no Hugging Face imports.
+
+Symbols follow Lau et al. (arXiv 2308.12108) and Furman & Lau (arXiv 2402.03698):
+ε = ``step_size``, γ = ``localization``, nβ = ``nbeta``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PRECONDITIONERS = ("identity", "rmsprop", "rmsprop-burnin")
+
+
+@dataclass
+class SamplerConfig:
+    """Settings of the SGLD sampler behind :func:`hf_llc.estimate_llc`.
+
+    Args:
+        step_size: ε, the SGLD step size; or ``"curvature"`` (default): each chain sets
+            ε = ``step_scale`` / λ_max(A·∇²U) where U(w) = nβ·L(w) + (γ/2)‖w − w*‖² is the
+            potential and λ_max its largest (preconditioned) Hessian eigenvalue, estimated by
+            power iteration with Hessian-vector products, first at w* (with a probe at the scale
+            of one step, so that a flat w* such as the origin of a deep linear network does not
+            yield a huge step), then re-estimated during burn-in at the chain's current point.
+            ε is fixed during the draws, so the draws are an ordinary constant-step SGLD chain.
+        step_scale: c in ε = c / λ_max, the step measured in units of the stiffest direction's
+            curvature. The Euler discretisation inflates the variance of a direction of curvature
+            h by 1 / (1 − εh/2), so c = 0.1 bounds that bias by about 2.6% in the stiffest
+            direction and less elsewhere.
+        localization: γ, strength of the Gaussian localization (γ/2)‖w − w*‖². Keep it weak
+            relative to nβ times the curvature: strong localization biases λ̂ low.
+        nbeta: nβ, the inverse temperature times n. ``None`` (default) uses n / log n with
+            n the number of samples in the dataset (never the batch size).
+        batch_size: m, the minibatch size of each SGLD step.
+        num_chains: number of independent chains.
+        num_burnin: steps per chain before the first draw; never part of the estimate.
+        num_draws: draws per chain that enter the estimate.
+        draw_every: steps between consecutive draws (thinning).
+        preconditioner: ``"identity"`` (plain SGLD), ``"rmsprop"`` (pSGLD, Li et al. 2016), or
+            a user-given positive per-parameter diagonal (a dict name → tensor shaped like the
+            parameter, or one flat tensor in ``named_parameters`` order).
+        rmsprop_decay: α of the pSGLD running average V ← αV + (1 − α)g².
+        rmsprop_eps: δ in A ∝ 1 / (δ·mean(√V) + √V), relative damping of pSGLD.
+        seed: base seed; chain c uses one ``torch.Generator`` seeded from (seed, c) for both its
+            data order and its noise, so its result does not depend on the other chains.
+        mala: record the Metropolis-adjusted Langevin acceptance probability of every proposal
+            during the draws (a diagnostic; costs one extra forward and backward per step).
+        init_loss_samples: compute L_n(w*) on the first this-many samples instead of all n
+            (for very large datasets). ``None`` uses every sample.
+        curvature_iters: power iterations per curvature estimate (``step_size="curvature"``).
+        num_adaptations: how many times the step size is re-estimated during burn-in.
+        divergence_factor: a chain diverges when its loss is not finite or
+            L_B(w_t) − L_n(w*) exceeds ``divergence_factor`` × (|L_n(w*)| + d / nβ), d the number
+            of sampled parameters (d/(2nβ) is the largest loss increase any LLC allows).
+        check_every: steps between the host-side checks for divergence (the only host sync).
+    """
+
+    step_size: float | str = "curvature"
+    step_scale: float = 0.3
+    localization: float = 1.0
+    nbeta: float | None = None
+    batch_size: int = 512
+    num_chains: int = 4
+    num_burnin: int = 2000
+    num_draws: int = 3000
+    draw_every: int = 1
+    preconditioner: Any = "identity"
+    rmsprop_decay: float = 0.99
+    rmsprop_eps: float = 0.1
+    seed: int = 0
+    mala: bool = False
+    init_loss_samples: int | None = None
+    curvature_iters: int = 10
+    num_adaptations: int = 8
+    divergence_factor: float = 1e3
+    check_every: int = 50
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_steps(self) -> int:
+        """Total SGLD steps per chain: burn-in plus draws × thinning."""
+        return self.num_burnin + self.num_draws * self.draw_every
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting and how to fix it."""
+        if isinstance(self.step_size, str):
+            if self.step_size != "curvature":
+                raise ValueError(
+                    f"step_size={self.step_size!r} is not understood: pass a positive float "
+                    "or 'curvature'."
+                )
+        else:
+            _positive_finite("step_size", self.step_size)
+        _positive_finite("step_scale", self.step_scale)
+        if not (isinstance(self.localization, (int, float)) and math.isfinite(self.localization)):
+            raise ValueError(
+                f"localization must be a finite number ≥ 0, got {self.localization!r}."
+            )
+        if self.localization < 0:
+            raise ValueError(
+                f"localization must be ≥ 0 (γ of the Gaussian localization), got "
+                f"{self.localization}; use 0 for none."
+            )
+        if self.nbeta is not None:
+            _positive_finite("nbeta", self.nbeta)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("num_chains", self.num_chains)
+        _nonneg_int("num_burnin", self.num_burnin)
+        _positive_int("num_draws", self.num_draws)
+        _positive_int("draw_every", self.draw_every)
+        _positive_int("curvature_iters", self.curvature_iters)
+        _nonneg_int("num_adaptations", self.num_adaptations)
+        _positive_int("check_every", self.check_every)
+        _positive_finite("divergence_factor", self.divergence_factor)
+        if self.init_loss_samples is not None:
+            _positive_int("init_loss_samples", self.init_loss_samples)
+        if isinstance(self.preconditioner, str) and self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(
+                f"preconditioner={self.preconditioner!r} is not known: use one of "
+                f"{PRECONDITIONERS} or pass a positive per-parameter diagonal."
+            )
+        if not 0.0 <= self.rmsprop_decay < 1.0:
+            raise ValueError(f"rmsprop_decay must be in [0, 1), got {self.rmsprop_decay}.")
+        _positive_finite("rmsprop_eps", self.rmsprop_eps)
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}.")
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly dict (a tensor preconditioner is recorded as ``"custom"``)."""
+        out = asdict(self)
+        if not isinstance(self.preconditioner, str):
+            out["preconditioner"] = "custom"
+        out.pop("extra")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SamplerConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _positive_finite(name: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}.")
+
+
+def _nonneg_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer ≥ 0, got {value!r}.")
