@@ -1,1 +1,35 @@
-"""hf_llc: Local Learning Coefficient estimation for Hugging Face models."""
+"""hf_llc: the Local Learning Coefficient of Hugging Face models, estimated with SGLD.
+
+    from hf_llc import estimate_llc, SamplerConfig
+    result = estimate_llc(model, dataset, SamplerConfig(num_chains=4))
+    print(result.summary())
+
+Importing the package registers the deep linear network validation architecture
+(``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
+"""
+
+from .estimator import LLCResult, estimate_llc
+from .models.dln import (
+    DLNConfig,
+    DLNModel,
+    DLNProblem,
+    dln_learning_coefficient,
+    dln_truth,
+    make_dln_problem,
+)
+from .sampling import SamplerConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DLNConfig",
+    "DLNModel",
+    "DLNProblem",
+    "LLCResult",
+    "SamplerConfig",
+    "__version__",
+    "dln_learning_coefficient",
+    "dln_truth",
+    "estimate_llc",
+    "make_dln_problem",
+]

@@ -460,6 +460,13 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init) -> LLCResult
     healthy = [i for i, ch in enumerate(chains) if not ch.diverged]
     good = np.array([per_chain[i] for i in healthy])
     mean, std, stderr = _mean_std_stderr(good)
+    for ch in chains:
+        for r in ch.retries[: len(ch.retries) - ch.diverged]:
+            warnings.warn(
+                f"{r['message']}; restarted it from w* with half the step size",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     for d in divergences:
         warnings.warn(d["message"], RuntimeWarning, stacklevel=3)
     if not healthy:
@@ -472,6 +479,7 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init) -> LLCResult
     diagnostics: dict[str, Any] = {
         "num_chains_used": len(healthy),
         "divergences": divergences,
+        "retries": [r | {"chain": ch.chain} for ch in chains for r in ch.retries],
         "step_size_per_chain": [ch.step_size for ch in chains],
         "step_size_history": [ch.step_size_history for ch in chains],
         "burnin_trace": [ch.burnin_trace.numpy() for ch in chains],

@@ -86,6 +86,7 @@ class ChainResult:
     step_size_history: list = field(default_factory=list)
     mala_acceptance: Tensor | None = None
     diverged: bool = False
+    retries: list = field(default_factory=list)
     divergence_step: int | None = None
     divergence_reason: str | None = None
     seconds: float = 0.0
@@ -149,7 +150,7 @@ def max_curvature(
     return abs(lam), v.detach()
 
 
-def _initial_step_size(problem, w_star, batch, cfg, nbeta, precond, gen, v):
+def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
     """ε = c / λ_max, with λ_max probed at w* and at points one noise step away from w*.
 
     At a flat w* (the origin of a deep linear network, λ_max = γ) a step sized from w* alone
@@ -164,13 +165,13 @@ def _initial_step_size(problem, w_star, batch, cfg, nbeta, precond, gen, v):
     )
     lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
-    eps = cfg.step_scale / lam
+    eps = step_scale / lam
     for _ in range(8):
         xi = torch.randn(w_star.shape, generator=gen, device=w_star.device, dtype=w_star.dtype)
         if precond.A_sqrt is not None:
             xi = xi * precond.A_sqrt
         lam_p, v = max_curvature(problem, w_star + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
-        target = cfg.step_scale / max(lam_p, lam)
+        target = step_scale / max(lam_p, lam)
         if target >= 0.9 * eps:
             break
         eps = math.sqrt(eps * target)
@@ -194,10 +195,59 @@ def run_chain(
     Draws are the steps t ≥ ``num_burnin`` with (t − num_burnin) divisible by ``draw_every``;
     the loss recorded at step t is L_{B_t}(w_t), the one whose gradient moves w_t to w_{t+1}.
     A chain whose loss stops being finite or explodes is stopped and flagged, never averaged.
+    With ``cfg.divergence_retries`` > 0 a diverged chain starts again from w* with half the step
+    size (its generator continues, so the result is still a function of (seed, chain)); every
+    divergence is kept in ``ChainResult.retries``.
     """
+    gen = chain_generator(cfg.seed, chain, w_star.device)
+    retries: list[dict] = []
+    for attempt in range(cfg.divergence_retries + 1):
+        if attempt and progress is not None:
+            progress.total += cfg.num_steps
+        result = _run_attempt(
+            problem,
+            w_star,
+            cfg,
+            chain,
+            gen,
+            0.5**attempt,
+            nbeta=nbeta,
+            init_loss=init_loss,
+            init_per_sample=init_per_sample,
+            precond_diagonal=precond_diagonal,
+            progress=progress,
+        )
+        if not result.diverged:
+            break
+        retries.append(
+            {
+                "step": result.divergence_step,
+                "step_size": result.step_size,
+                "message": result.divergence_reason,
+            }
+        )
+    result.retries = retries
+    return result
+
+
+def _run_attempt(
+    problem: LossProblem,
+    w_star: Tensor,
+    cfg: SamplerConfig,
+    chain: int,
+    gen: torch.Generator,
+    step_factor: float,
+    *,
+    nbeta: float,
+    init_loss: float,
+    init_per_sample: Tensor | None,
+    precond_diagonal: Tensor | None,
+    progress: Any,
+) -> ChainResult:
+    """One attempt of a chain, with the step size (or step scale) multiplied by step_factor."""
     start = time.perf_counter()
     device = w_star.device
-    gen = chain_generator(cfg.seed, chain, device)
+    step_scale = cfg.step_scale * step_factor
     batcher = EpochBatcher(problem.num_samples, cfg.batch_size, gen)
     d = w_star.numel()
 
@@ -220,7 +270,7 @@ def run_chain(
     mala = torch.empty(cfg.num_draws, dtype=torch.float64, device=device) if cfg.mala else None
 
     adaptive = cfg.step_size == "curvature"
-    step_size = float(cfg.step_size) if not adaptive else float("nan")
+    step_size = float(cfg.step_size) * step_factor if not adaptive else float("nan")
     history: list = []
     adapt_at: set[int] = set()
     if adaptive and cfg.num_adaptations and cfg.num_burnin:
@@ -240,7 +290,9 @@ def run_chain(
         idx = batcher.next()
         batch = problem.batch(idx)
         if adaptive and t == 0:
-            step_size, v = _initial_step_size(problem, w_star, batch, cfg, nbeta, precond, gen, v)
+            step_size, v = _initial_step_size(
+                problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
+            )
             history.append((0, step_size))
         elif t in adapt_at:
             lam, v = max_curvature(
@@ -254,7 +306,7 @@ def run_chain(
                 v0=v,
                 iters=cfg.curvature_iters,
             )
-            new = cfg.step_scale / max(lam, 1e-12)
+            new = step_scale / max(lam, 1e-12)
             step_size = min(max(new, step_size / 4), step_size * 4)
             history.append((t, step_size))
 
@@ -274,7 +326,7 @@ def run_chain(
                     v0=v,
                     iters=cfg.curvature_iters,
                 )
-                step_size = cfg.step_scale / max(lam, 1e-12)
+                step_size = step_scale / max(lam, 1e-12)
                 history.append((t, step_size))
 
         leaf, per, loss, g = _grad(problem, w, batch)
@@ -322,6 +374,11 @@ def run_chain(
                     f"chain {chain} diverged at step {first} (loss {value:.4g}, "
                     f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
                     f"(or step_scale) by 2-10x"
+                    + (
+                        f" (attempt {1 + round(math.log2(1 / step_factor))})"
+                        if step_factor < 1
+                        else ""
+                    )
                 )
                 break
             if progress is not None:

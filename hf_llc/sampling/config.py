@@ -27,8 +27,9 @@ class SamplerConfig:
             ε is fixed during the draws, so the draws are an ordinary constant-step SGLD chain.
         step_scale: c in ε = c / λ_max, the step measured in units of the stiffest direction's
             curvature. The Euler discretisation inflates the variance of a direction of curvature
-            h by 1 / (1 − εh/2), so c = 0.1 bounds that bias by about 2.6% in the stiffest
-            direction and less elsewhere.
+            h by 1 / (1 − εh/2) (exactly, for a Gaussian); c = 0.3 (default) trades a bounded
+            inflation in the stiffest directions for three times faster mixing than c = 0.1,
+            which on deep linear networks gave the smaller total error.
         localization: γ, strength of the Gaussian localization (γ/2)‖w − w*‖². Keep it weak
             relative to nβ times the curvature: strong localization biases λ̂ low.
         nbeta: nβ, the inverse temperature times n. ``None`` (default) uses n / log n with
@@ -38,9 +39,15 @@ class SamplerConfig:
         num_burnin: steps per chain before the first draw; never part of the estimate.
         num_draws: draws per chain that enter the estimate.
         draw_every: steps between consecutive draws (thinning).
-        preconditioner: ``"identity"`` (plain SGLD), ``"rmsprop"`` (pSGLD, Li et al. 2016), or
-            a user-given positive per-parameter diagonal (a dict name → tensor shaped like the
-            parameter, or one flat tensor in ``named_parameters`` order).
+        preconditioner: the diagonal A. ``"rmsprop-burnin"`` (default): the pSGLD RMSProp
+            diagonal is learned during burn-in and then held fixed, so the draws are SGLD with a
+            constant preconditioner, which leaves the target posterior unchanged while evening
+            out the curvature (on deep linear networks it mixes far faster than identity, and
+            without the upward bias of always-adapting pSGLD). ``"identity"``: plain SGLD.
+            ``"rmsprop"``: pSGLD (Li et al. 2016) adapting at every step; without its Γ
+            correction term it reads ≈ 10% high on deep linear networks. Or a user-given
+            positive per-parameter diagonal (a dict name → tensor shaped like the parameter,
+            or one flat tensor in ``named_parameters`` order).
         rmsprop_decay: α of the pSGLD running average V ← αV + (1 − α)g².
         rmsprop_eps: δ in A ∝ 1 / (δ·mean(√V) + √V), relative damping of pSGLD.
         seed: base seed; chain c uses one ``torch.Generator`` seeded from (seed, c) for both its
@@ -54,6 +61,8 @@ class SamplerConfig:
         divergence_factor: a chain diverges when its loss is not finite or
             L_B(w_t) − L_n(w*) exceeds ``divergence_factor`` × (|L_n(w*)| + d / nβ), d the number
             of sampled parameters (d/(2nβ) is the largest loss increase any LLC allows).
+        divergence_retries: how many times a diverged chain starts again from w* with half
+            the step size before it is given up (every divergence is reported either way).
         check_every: steps between the host-side checks for divergence (the only host sync).
     """
 
@@ -66,7 +75,7 @@ class SamplerConfig:
     num_burnin: int = 2000
     num_draws: int = 3000
     draw_every: int = 1
-    preconditioner: Any = "identity"
+    preconditioner: Any = "rmsprop-burnin"
     rmsprop_decay: float = 0.99
     rmsprop_eps: float = 0.1
     seed: int = 0
@@ -75,6 +84,7 @@ class SamplerConfig:
     curvature_iters: int = 10
     num_adaptations: int = 8
     divergence_factor: float = 1e3
+    divergence_retries: int = 2
     check_every: int = 50
     extra: dict = field(default_factory=dict, repr=False)
 
@@ -116,6 +126,7 @@ class SamplerConfig:
         _positive_int("curvature_iters", self.curvature_iters)
         _nonneg_int("num_adaptations", self.num_adaptations)
         _positive_int("check_every", self.check_every)
+        _nonneg_int("divergence_retries", self.divergence_retries)
         _positive_finite("divergence_factor", self.divergence_factor)
         if self.init_loss_samples is not None:
             _positive_int("init_loss_samples", self.init_loss_samples)

@@ -1,0 +1,192 @@
+"""``hf-llc`` command line: ``hf-llc validate`` checks the estimator against exact theory.
+
+Also runnable as ``python -m hf_llc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .sampling import SamplerConfig
+from .sampling.config import PRECONDITIONERS
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 7,4,6,5, got {text!r}"
+        ) from err
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError("--widths needs at least two widths (input, output)")
+    return values
+
+
+def _step_size(text: str):
+    if text == "curvature":
+        return text
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--step-size takes a positive number or 'curvature', got {text!r}"
+        ) from err
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that override :class:`SamplerConfig` fields (defaults: the config's defaults)."""
+    g = parser.add_argument_group("sampler (defaults: SamplerConfig defaults)")
+    g.add_argument("--step-size", type=_step_size, help="ε, or 'curvature' (default)")
+    g.add_argument("--step-scale", type=float, help="c in ε = c / λ_max (curvature step size)")
+    g.add_argument("--localization", type=float, help="γ")
+    g.add_argument("--nbeta", type=float, help="nβ (default n / log n)")
+    g.add_argument("--num-chains", type=int)
+    g.add_argument("--num-draws", type=int)
+    g.add_argument("--num-burnin", type=int)
+    g.add_argument("--draw-every", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--preconditioner", choices=PRECONDITIONERS)
+    g.add_argument("--sampler-seed", type=int, help="seed of the chains (default 0)")
+    g.add_argument("--mala", action="store_true", help="record MALA acceptance (diagnostic)")
+
+
+def config_from_args(args: argparse.Namespace) -> SamplerConfig:
+    fields = {
+        "step_size": args.step_size,
+        "step_scale": args.step_scale,
+        "localization": args.localization,
+        "nbeta": args.nbeta,
+        "num_chains": args.num_chains,
+        "num_draws": args.num_draws,
+        "num_burnin": args.num_burnin,
+        "draw_every": args.draw_every,
+        "batch_size": args.batch_size,
+        "preconditioner": args.preconditioner,
+        "seed": args.sampler_seed,
+        "mala": args.mala or None,
+    }
+    return SamplerConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-llc", description="Local Learning Coefficient estimation for Hugging Face models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser(
+        "validate",
+        help="check λ̂ against exact deep-linear-network theory",
+        description=(
+            "Without --widths, run a built-in suite of deep linear network cases and compare "
+            "λ̂ with Aoyagi's exact λ; with --widths/--rank/--construction, run that one case."
+        ),
+    )
+    v.add_argument("--suite", choices=["quick", "paper"], default="quick")
+    v.add_argument("--widths", type=_ints, help="e.g. 7,4,6,5 (input, hidden…, output)")
+    v.add_argument("--rank", type=int, help="true rank (origin: 0, full_rank: min width)")
+    v.add_argument(
+        "--construction",
+        choices=["origin", "aligned", "full_rank"],
+        default=None,
+        help="where w* sits (default: full_rank, or aligned when --rank < min width)",
+    )
+    v.add_argument("--num-samples", type=int, default=None, help="n (default 100000)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the teacher problem")
+    v.add_argument("--input-distribution", choices=["normal", "uniform"], default="normal")
+    v.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
+    v.add_argument("--output", type=Path, help="write the results as JSON here")
+    v.add_argument("--no-progress", action="store_true")
+    add_sampler_arguments(v)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validation import DEFAULT_NUM_SAMPLES, SUITES, ValidationCase, format_table, run_suite
+
+    cfg = config_from_args(args)
+    n = args.num_samples if args.num_samples is not None else DEFAULT_NUM_SAMPLES
+    if n < 2:
+        raise ValueError(f"--num-samples must be ≥ 2, got {n}.")
+    if args.widths is not None:
+        construction = args.construction
+        if construction is None:
+            low = args.rank is not None and args.rank < min(args.widths)
+            construction = "aligned" if low else "full_rank"
+        rank = args.rank
+        if rank is None:
+            rank = 0 if construction == "origin" else min(args.widths)
+        from .models.dln import dln_truth
+
+        dln_truth(args.widths, rank, construction)  # clear error before any work
+        cases = [ValidationCase(tuple(args.widths), rank, construction)]
+    else:
+        if args.rank is not None or args.construction is not None:
+            raise ValueError("--rank/--construction need --widths (or drop them to run a suite).")
+        cases = list(SUITES[args.suite])
+    if args.output is not None:
+        _check_writable(args.output)
+
+    done = []
+
+    def report(r: dict) -> None:
+        done.append(r)
+        if not args.no_progress:
+            print(
+                f"[{len(done)}/{len(cases)}] {','.join(map(str, r['widths']))} "
+                f"{r['construction']} r={r['rank']}: λ̂ = {r['llc_mean']:.4g} "
+                f"(λ = {r['lambda_theory']:g}, {r['relative_error']:+.1%}) {r['seconds']:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    out = run_suite(
+        cases,
+        cfg,
+        num_samples=n,
+        seed=args.seed,
+        input_distribution=args.input_distribution,
+        jobs=args.jobs,
+        on_result=report,
+    )
+    print(format_table(out["cases"]))
+    s = out["summary"]
+    print(
+        f"\n{s['num_cases']} cases, n = {n}: median |rel. err| = "
+        f"{s['median_abs_relative_error']:.1%}, max = {s['max_abs_relative_error']:.1%}, "
+        f"{s['wall_seconds']:.0f}s"
+    )
+    if args.output is not None:
+        from .estimator import _plain
+
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(json.dumps(_plain(out), indent=1, allow_nan=False))
+        tmp.replace(args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory; give a file path like {path}/out.json.")
+    if not parent.exists():
+        raise ValueError(f"--output: directory {parent} does not exist; create it first.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args)
+    except ValueError as err:
+        parser.exit(2, f"hf-llc {args.command}: error: {err}\n")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

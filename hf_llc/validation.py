@@ -1,0 +1,241 @@
+"""Validate the estimator against the exact learning coefficients of deep linear networks.
+
+Each case builds a DLN teacher problem (:func:`hf_llc.make_dln_problem`), runs
+:func:`hf_llc.estimate_llc` with ONE recipe (the :class:`SamplerConfig` defaults, unless the
+caller overrides a setting for every case alike) and compares λ̂ with Aoyagi's λ. Cases run in
+parallel worker processes, one thread each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+
+from .sampling import SamplerConfig
+
+DEFAULT_NUM_SAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class ValidationCase:
+    """One DLN problem: widths [H_0 (input), …, H_L (output)], rank and construction."""
+
+    widths: tuple[int, ...]
+    rank: int
+    construction: str
+
+
+def _case(widths, rank, construction) -> ValidationCase:
+    return ValidationCase(tuple(widths), rank, construction)
+
+
+# ≥ 8 cases, the three constructions, depths 2–4, 12 to 7,500 parameters (~4 minutes on 2 cores).
+QUICK_SUITE: tuple[ValidationCase, ...] = (
+    _case([3, 2, 3], 0, "origin"),
+    _case([5, 3, 5], 0, "origin"),
+    _case([4, 4, 4, 4], 0, "origin"),
+    _case([7, 4, 6, 5], 0, "origin"),
+    _case([3, 3, 3], 1, "aligned"),
+    _case([10, 5, 10], 2, "aligned"),
+    _case([4, 4, 4, 4], 2, "aligned"),
+    _case([10, 20, 30, 20, 10], 5, "aligned"),
+    _case([50, 50, 50, 50], 10, "aligned"),
+    _case([5, 4, 5], 4, "full_rank"),
+    _case([8, 6, 7], 6, "full_rank"),
+    _case([30, 20, 30], 20, "full_rank"),
+)
+
+# Modelled on Furman & Lau's parameter-count buckets (their 1k–100M), as far as 2 CPU cores
+# allow: ~10³, ~10⁴ and ~5·10⁴ parameters, each construction, depths 2–5.
+PAPER_SUITE: tuple[ValidationCase, ...] = (
+    _case([20, 30, 20], 0, "origin"),
+    _case([20, 30, 20], 8, "aligned"),
+    _case([20, 30, 20], 20, "full_rank"),
+    _case([50, 50, 50, 50, 50], 0, "origin"),
+    _case([50, 50, 50, 50, 50], 20, "aligned"),
+    _case([50, 50, 50, 50, 50], 50, "full_rank"),
+    _case([100, 150, 150, 100], 0, "origin"),
+    _case([100, 150, 150, 100], 40, "aligned"),
+    _case([100, 150, 150, 100], 100, "full_rank"),
+)
+
+SUITES = {"quick": QUICK_SUITE, "paper": PAPER_SUITE}
+
+
+def run_case(
+    case: ValidationCase,
+    config: SamplerConfig | None = None,
+    *,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+    input_distribution: str = "normal",
+    progress: bool = False,
+) -> dict:
+    """Estimate the LLC of one DLN case and compare it with theory; returns a JSON-ready dict."""
+    from .estimator import estimate_llc
+    from .models.dln import dln_truth, make_dln_problem
+
+    cfg = config if config is not None else SamplerConfig()
+    truth = dln_truth(list(case.widths), case.rank, case.construction)
+    start = time.perf_counter()
+    model, dataset, lam = make_dln_problem(
+        list(case.widths),
+        case.rank,
+        case.construction,
+        num_samples=num_samples,
+        seed=seed,
+        input_distribution=input_distribution,
+    )
+    # Per-sample losses: exact L_n(w*) from the cache, and the paired estimator alongside.
+    result = estimate_llc(model, dataset, cfg, loss_fn=per_sample_loss_fn(model), progress=progress)
+    seconds = time.perf_counter() - start
+    theory = float(lam)
+    rel = (result.llc_mean - theory) / theory if theory else float("nan")
+    diag = result.diagnostics
+    steps = diag["step_size_per_chain"]
+    return {
+        "widths": list(case.widths),
+        "rank": case.rank,
+        "construction": case.construction,
+        "num_params": result.num_params,
+        "num_samples": num_samples,
+        "seed": seed,
+        "lambda_theory": theory,
+        "lambda_theory_exact": str(lam),
+        "multiplicity": truth.multiplicity,
+        "llc_mean": result.llc_mean,
+        "llc_std": result.llc_std,
+        "llc_stderr": result.llc_stderr,
+        "llc_per_chain": result.llc_per_chain,
+        "llc_paired_mean": result.llc_paired_mean,
+        "relative_error": rel,
+        "nbeta": result.nbeta,
+        "step_size": statistics.fmean(steps) if steps else float("nan"),
+        "rhat": diag.get("rhat"),
+        "ess": diag.get("ess"),
+        "mala_acceptance": diag.get("mala_acceptance"),
+        "diverged_chains": len(diag["divergences"]),
+        "seconds": seconds,
+    }
+
+
+def per_sample_loss_fn(model) -> Callable:
+    """``loss_fn`` for a DLN that returns per-sample losses (the batch mean is ``.loss``)."""
+
+    def loss_fn(outputs, batch):
+        return model.per_sample_loss(outputs.logits, batch["labels"])
+
+    return loss_fn
+
+
+def _worker(args: tuple) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    case, config, kwargs = args
+    return run_case(case, SamplerConfig.from_dict(config), **kwargs)
+
+
+def run_suite(
+    cases: Sequence[ValidationCase],
+    config: SamplerConfig | None = None,
+    *,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+    input_distribution: str = "normal",
+    jobs: int | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run ``cases`` (in ``jobs`` worker processes; default: one per CPU core) and summarise.
+
+    Returns ``{"cases": [...], "summary": {...}}`` with the cases in their given order.
+    """
+    cfg = config if config is not None else SamplerConfig()
+    kwargs = dict(num_samples=num_samples, seed=seed, input_distribution=input_distribution)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
+    start = time.perf_counter()
+    results: list[dict | None] = [None] * len(cases)
+    if jobs == 1:
+        for i, case in enumerate(cases):
+            results[i] = run_case(case, cfg, **kwargs)
+            if on_result:
+                on_result(results[i])
+    else:
+        work = [(case, cfg.to_dict(), kwargs) for case in cases]
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_worker, w): i for i, w in enumerate(work)}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                if on_result:
+                    on_result(results[futures[fut]])
+    return {
+        "cases": results,
+        "summary": summarise(results, cfg, time.perf_counter() - start, num_samples),
+    }
+
+
+def summarise(results: Sequence[dict], config: SamplerConfig, seconds: float, n: int) -> dict:
+    """Median and max |relative error| over the cases, with the recipe that produced them."""
+    errors = [abs(r["relative_error"]) for r in results if math.isfinite(r["relative_error"])]
+    return {
+        "num_cases": len(results),
+        "median_abs_relative_error": statistics.median(errors) if errors else float("nan"),
+        "max_abs_relative_error": max(errors) if errors else float("nan"),
+        "cases_failed": len(results) - len(errors),
+        "num_samples": n,
+        "wall_seconds": seconds,
+        "config": config.to_dict(),
+    }
+
+
+def format_table(results: Sequence[dict]) -> str:
+    """A plain-text table of validation results."""
+    show_mala = any(r.get("mala_acceptance") is not None for r in results)
+    head = ["widths", "rank", "construction", "params", "λ (theory)", "λ̂ ± std", "rel. err"]
+    if show_mala:
+        head.append("MALA")
+    head.append("seconds")
+    rows = []
+    for r in results:
+        row = [
+            ",".join(map(str, r["widths"])),
+            str(r["rank"]),
+            r["construction"],
+            str(r["num_params"]),
+            f"{r['lambda_theory']:g}",
+            f"{r['llc_mean']:.4g} ± {r['llc_std']:.2g}",
+            f"{r['relative_error']:+.1%}",
+        ]
+        if show_mala:
+            acc = r.get("mala_acceptance")
+            row.append("-" if acc is None else f"{acc:.3f}")
+        row.append(f"{r['seconds']:.1f}")
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def case_from_dict(data: dict) -> ValidationCase:
+    return ValidationCase(tuple(data["widths"]), data["rank"], data["construction"])
+
+
+__all__ = [
+    "PAPER_SUITE",
+    "QUICK_SUITE",
+    "SUITES",
+    "ValidationCase",
+    "asdict",
+    "format_table",
+    "run_case",
+    "run_suite",
+    "summarise",
+]
