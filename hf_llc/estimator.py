@@ -488,7 +488,11 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init) -> LLCResult
         diagnostics["rhat"] = split_rhat(trace[healthy])
         diagnostics["ess"] = effective_sample_size(trace[healthy])
     if cfg.mala:
-        acc = [float(ch.mala_acceptance.mean()) for ch in chains if len(ch.mala_acceptance)]
+        acc = [
+            float(ch.mala_acceptance.mean())
+            for ch in chains
+            if not ch.diverged and len(ch.mala_acceptance)
+        ]
         diagnostics["mala_acceptance_per_chain"] = acc
         diagnostics["mala_acceptance"] = float(np.mean(acc)) if acc else float("nan")
 

@@ -35,7 +35,7 @@ class LossProblem(Protocol):
 
 def chain_seed(seed: int, chain: int) -> int:
     """The 63-bit seed of chain ``chain``'s generator, a function of (seed, chain) only."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(chain)]).generate_state(2)
+    state = np.random.SeedSequence([int(seed), int(chain)]).generate_state(2)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 

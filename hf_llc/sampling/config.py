@@ -138,8 +138,8 @@ class SamplerConfig:
         if not 0.0 <= self.rmsprop_decay < 1.0:
             raise ValueError(f"rmsprop_decay must be in [0, 1), got {self.rmsprop_decay}.")
         _positive_finite("rmsprop_eps", self.rmsprop_eps)
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}.")
 
     def to_dict(self) -> dict:
         """A JSON-friendly dict (a tensor preconditioner is recorded as ``"custom"``)."""
