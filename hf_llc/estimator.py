@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,14 @@ class FlatParameters:
         self.shapes: list[torch.Size] = []
         self.dtypes: list[torch.dtype] = []
         self.offsets: list[int] = []
+        self.params: list[nn.Parameter] = []
         flats = []
         offset = 0
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
             self.names.append(name)
+            self.params.append(p)
             self.shapes.append(p.shape)
             self.dtypes.append(p.dtype)
             self.offsets.append(offset)
@@ -115,7 +118,7 @@ class TensorBatches:
     def batch(self, indices: Tensor) -> dict[str, Any]:
         if self.columns is not None:
             idx = indices.to(self.device)
-            return {k: v[idx] for k, v in self.columns.items()}
+            return {k: v.index_select(0, idx) for k, v in self.columns.items()}
         rows = [self.dataset[i] for i in indices.tolist()]
         out = self.collate_fn(rows)
         out = {_LABEL_ALIASES.get(k, k): v for k, v in dict(out).items()}
@@ -190,6 +193,49 @@ class ModelLoss:
                 "the labels the model needs)."
             )
         return loss
+
+    @contextmanager
+    def bind(self, w: Tensor):
+        """Hot-path evaluation at the chain's own buffer ``w``: yields ``step(batch)``.
+
+        For the duration of the context the model's sampled parameters are replaced by
+        ``nn.Parameter`` views of ``w`` (tied parameters stay tied), each with ``.grad`` a view
+        of one flat gradient buffer; the originals are put back in ``finally``. A step is then
+        a plain forward and backward, as in training, and ``step(batch)`` returns
+        (per-sample or mean loss, mean loss, flat gradient). Models with non-fp32 parameters
+        get ``None`` and use the functional path.
+        """
+        if w.dtype != torch.float32 or any(d != torch.float32 for d in self.flat.dtypes):
+            yield None
+            return
+        grad = torch.zeros_like(w)
+        replacement: dict[int, nn.Parameter] = {}
+        for p, off, shape in zip(self.flat.params, self.flat.offsets, self.flat.shapes):
+            n = shape.numel()
+            new = nn.Parameter(w[off : off + n].view(shape))
+            new.grad = grad[off : off + n].view(shape)
+            replacement[id(p)] = new
+        swapped = []
+        try:
+            for module in self.model.modules():
+                for name, p in list(module._parameters.items()):
+                    if p is not None and id(p) in replacement:
+                        module._parameters[name] = replacement[id(p)]
+                        swapped.append((module, name, p))
+            leaves = list(replacement.values())
+
+            def step(batch: Mapping[str, Any]):
+                grad.zero_()
+                outputs = self.model(**self._forward_inputs(batch))
+                per = self.outputs_to_loss(outputs, batch).float()
+                loss = per.mean() if per.ndim else per
+                torch.autograd.backward(loss, inputs=leaves)
+                return per, loss, grad
+
+            yield step
+        finally:
+            for module, name, p in swapped:
+                module._parameters[name] = p
 
     def loss(self, w: Tensor, batch: Mapping[str, Any]) -> Tensor:
         outputs = functional_call(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,10 @@ from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
 
 
 class LossProblem(Protocol):
+    """What a chain needs. ``bind(w)`` is optional: a context manager yielding a fast
+    ``step(batch) -> (per-sample or mean loss, mean loss, flat gradient)`` evaluated at the
+    chain's own buffer ``w`` (or ``None``); without it every step goes through ``loss``."""
+
     num_samples: int
 
     def batch(self, indices: Tensor) -> Any: ...
@@ -286,35 +291,17 @@ def _run_attempt(
     threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
     diverged, div_step, reason = False, None, None
     checked = 0
-    for t in range(total):
-        idx = batcher.next()
-        batch = problem.batch(idx)
-        if adaptive and t == 0:
-            step_size, v = _initial_step_size(
-                problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
-            )
-            history.append((0, step_size))
-        elif t in adapt_at:
-            lam, v = max_curvature(
-                problem,
-                w,
-                w_star,
-                batch,
-                nbeta=nbeta,
-                localization=cfg.localization,
-                precond_sqrt=precond.A_sqrt,
-                v0=v,
-                iters=cfg.curvature_iters,
-            )
-            new = step_scale / max(lam, 1e-12)
-            step_size = min(max(new, step_size / 4), step_size * 4)
-            history.append((t, step_size))
-
-        if freeze_at == t:
-            # The RMSProp diagonal stops adapting: the draws use a constant A, and ε is
-            # re-measured against it.
-            adapting_precond = False
-            if adaptive:
+    bind = getattr(problem, "bind", None)
+    with bind(w) if bind is not None else nullcontext() as fast_step:
+        for t in range(total):
+            idx = batcher.next()
+            batch = problem.batch(idx)
+            if adaptive and t == 0:
+                step_size, v = _initial_step_size(
+                    problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
+                )
+                history.append((0, step_size))
+            elif t in adapt_at:
                 lam, v = max_curvature(
                     problem,
                     w,
@@ -326,64 +313,91 @@ def _run_attempt(
                     v0=v,
                     iters=cfg.curvature_iters,
                 )
-                step_size = step_scale / max(lam, 1e-12)
+                new = step_scale / max(lam, 1e-12)
+                step_size = min(max(new, step_size / 4), step_size * 4)
                 history.append((t, step_size))
 
-        leaf, per, loss, g = _grad(problem, w, batch)
-        trace[t] = loss.detach()
-        if init_trace is not None:
-            init_trace[t] = init_per_sample[idx].mean()
-        if adapting_precond:
-            precond.update(g, w, w_star, nbeta, cfg.localization)
-        draw = t - cfg.num_burnin
-        if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
-            w_old = w.clone()
-            u_old = potential(
-                loss.detach(), w_old, w_star, nbeta=nbeta, localization=cfg.localization
-            )
-            gu_old = potential_grad(g, w_old, w_star, nbeta=nbeta, localization=cfg.localization)
-        sgld_step_(
-            w,
-            g,
-            w_star,
-            noise,
-            step_size=step_size,
-            nbeta=nbeta,
-            localization=cfg.localization,
-            generator=gen,
-            precond=precond.A,
-            precond_sqrt=precond.A_sqrt,
-        )
-        if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
-            _, _, loss_new, g_new = _grad(problem, w, batch)
-            u_new = potential(
-                loss_new.detach(), w, w_star, nbeta=nbeta, localization=cfg.localization
-            )
-            gu_new = potential_grad(g_new, w, w_star, nbeta=nbeta, localization=cfg.localization)
-            mala[draw // cfg.draw_every] = mala_acceptance(
-                w_old, w, u_old, u_new, gu_old, gu_new, step_size=step_size, precond=precond.A
-            )
-        if (t + 1 - checked) >= cfg.check_every or t + 1 == total:
-            chunk = trace[checked : t + 1]
-            bad = ~torch.isfinite(chunk) | (chunk - init_loss > threshold)
-            if bool(bad.any()):
-                first = checked + int(torch.nonzero(bad)[0, 0])
-                value = float(trace[first])
-                diverged, div_step = True, first
-                reason = (
-                    f"chain {chain} diverged at step {first} (loss {value:.4g}, "
-                    f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
-                    f"(or step_scale) by 2-10x"
-                    + (
-                        f" (attempt {1 + round(math.log2(1 / step_factor))})"
-                        if step_factor < 1
-                        else ""
+            if freeze_at == t:
+                # The RMSProp diagonal stops adapting: the draws use a constant A, and ε is
+                # re-measured against it.
+                adapting_precond = False
+                if adaptive:
+                    lam, v = max_curvature(
+                        problem,
+                        w,
+                        w_star,
+                        batch,
+                        nbeta=nbeta,
+                        localization=cfg.localization,
+                        precond_sqrt=precond.A_sqrt,
+                        v0=v,
+                        iters=cfg.curvature_iters,
                     )
+                    step_size = step_scale / max(lam, 1e-12)
+                    history.append((t, step_size))
+
+            if fast_step is not None:
+                per, loss, g = fast_step(batch)
+            else:
+                _, per, loss, g = _grad(problem, w, batch)
+            trace[t] = loss.detach()
+            if init_trace is not None:
+                init_trace[t] = init_per_sample[idx].mean()
+            if adapting_precond:
+                precond.update(g, w, w_star, nbeta, cfg.localization)
+            draw = t - cfg.num_burnin
+            if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
+                w_old = w.clone()
+                u_old = potential(
+                    loss.detach(), w_old, w_star, nbeta=nbeta, localization=cfg.localization
                 )
-                break
-            if progress is not None:
-                progress.update(t + 1 - checked)
-            checked = t + 1
+                gu_old = potential_grad(
+                    g, w_old, w_star, nbeta=nbeta, localization=cfg.localization
+                )
+            sgld_step_(
+                w,
+                g,
+                w_star,
+                noise,
+                step_size=step_size,
+                nbeta=nbeta,
+                localization=cfg.localization,
+                generator=gen,
+                precond=precond.A,
+                precond_sqrt=precond.A_sqrt,
+            )
+            if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
+                _, _, loss_new, g_new = _grad(problem, w, batch)
+                u_new = potential(
+                    loss_new.detach(), w, w_star, nbeta=nbeta, localization=cfg.localization
+                )
+                gu_new = potential_grad(
+                    g_new, w, w_star, nbeta=nbeta, localization=cfg.localization
+                )
+                mala[draw // cfg.draw_every] = mala_acceptance(
+                    w_old, w, u_old, u_new, gu_old, gu_new, step_size=step_size, precond=precond.A
+                )
+            if (t + 1 - checked) >= cfg.check_every or t + 1 == total:
+                chunk = trace[checked : t + 1]
+                bad = ~torch.isfinite(chunk) | (chunk - init_loss > threshold)
+                if bool(bad.any()):
+                    first = checked + int(torch.nonzero(bad)[0, 0])
+                    value = float(trace[first])
+                    diverged, div_step = True, first
+                    reason = (
+                        f"chain {chain} diverged at step {first} (loss {value:.4g}, "
+                        f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
+                        f"(or step_scale) by 2-10x"
+                        + (
+                            f" (attempt {1 + round(math.log2(1 / step_factor))})"
+                            if step_factor < 1
+                            else ""
+                        )
+                    )
+                    break
+                if progress is not None:
+                    progress.update(t + 1 - checked)
+                checked = t + 1
 
     b, k = cfg.num_burnin, cfg.draw_every
     end = total if not diverged else div_step
