@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--num-samples", type=int, default=None, help="n (default 100000)")
     v.add_argument("--seed", type=int, default=0, help="seed of the teacher problem")
     v.add_argument("--input-distribution", choices=["normal", "uniform"], default="normal")
+    v.add_argument(
+        "--loss-type",
+        choices=["gaussian_nll", "mse"],
+        default="gaussian_nll",
+        help="DLN loss: ½·squared error summed over outputs (default) or averaged (mse)",
+    )
     v.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
     v.add_argument("--output", type=Path, help="write the results as JSON here")
     v.add_argument("--no-progress", action="store_true")
@@ -149,6 +155,7 @@ def _validate(args: argparse.Namespace) -> int:
         num_samples=n,
         seed=args.seed,
         input_distribution=args.input_distribution,
+        loss_type=args.loss_type,
         jobs=args.jobs,
         on_result=report,
     )

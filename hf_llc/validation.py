@@ -75,6 +75,7 @@ def run_case(
     num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     input_distribution: str = "normal",
+    loss_type: str = "gaussian_nll",
     progress: bool = False,
 ) -> dict:
     """Estimate the LLC of one DLN case and compare it with theory; returns a JSON-ready dict."""
@@ -91,6 +92,7 @@ def run_case(
         num_samples=num_samples,
         seed=seed,
         input_distribution=input_distribution,
+        loss_type=loss_type,
     )
     # Per-sample losses: exact L_n(w*) from the cache, and the paired estimator alongside.
     result = estimate_llc(model, dataset, cfg, loss_fn=per_sample_loss_fn(model), progress=progress)
@@ -106,6 +108,7 @@ def run_case(
         "num_params": result.num_params,
         "num_samples": num_samples,
         "seed": seed,
+        "loss_type": loss_type,
         "lambda_theory": theory,
         "lambda_theory_exact": str(lam),
         "multiplicity": truth.multiplicity,
@@ -149,6 +152,7 @@ def run_suite(
     num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     input_distribution: str = "normal",
+    loss_type: str = "gaussian_nll",
     jobs: int | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -157,7 +161,12 @@ def run_suite(
     Returns ``{"cases": [...], "summary": {...}}`` with the cases in their given order.
     """
     cfg = config if config is not None else SamplerConfig()
-    kwargs = dict(num_samples=num_samples, seed=seed, input_distribution=input_distribution)
+    kwargs = dict(
+        num_samples=num_samples,
+        seed=seed,
+        input_distribution=input_distribution,
+        loss_type=loss_type,
+    )
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
     start = time.perf_counter()
     results: list[dict | None] = [None] * len(cases)
