@@ -26,8 +26,9 @@ def _small_problem(n=512):
 
 def _accuracy_bound(result: LLCResult, lam: float) -> float:
     # Systematic error of the default recipe at n = 1e5 (step discretisation at step_scale 0.3,
-    # finite-nβ terms of the multiplicity): ≤ 10.4% on the quick suite and ≤ 7.8% on 15 other
-    # cases, so 12% of λ, plus 3 standard errors of the 4-chain mean for the sampling noise.
+    # finite-nβ terms of the multiplicity, mixing): ≤ 7.9% on the 12-case quick suite and
+    # ≤ 5.2% on the cases below, so 12% of λ, plus 3 standard errors of the 4-chain mean
+    # (seed 0) for the sampling noise.
     return 0.12 * lam + 3 * result.llc_stderr
 
 

@@ -313,8 +313,10 @@ def _run_attempt(
                     v0=v,
                     iters=cfg.curvature_iters,
                 )
+                # The step only shrinks (at most 4x per re-measurement): it has to be stable at
+                # every point the chain visits, not only at the latest one.
                 new = step_scale / max(lam, 1e-12)
-                step_size = min(max(new, step_size / 4), step_size * 4)
+                step_size = min(max(new, step_size / 4), step_size)
                 history.append((t, step_size))
 
             if freeze_at == t:
@@ -333,7 +335,7 @@ def _run_attempt(
                         v0=v,
                         iters=cfg.curvature_iters,
                     )
-                    step_size = step_scale / max(lam, 1e-12)
+                    step_size = min(step_scale / max(lam, 1e-12), step_size)
                     history.append((t, step_size))
 
             if fast_step is not None:

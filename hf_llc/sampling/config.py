@@ -23,8 +23,9 @@ class SamplerConfig:
             potential and λ_max its largest (preconditioned) Hessian eigenvalue, estimated by
             power iteration with Hessian-vector products, first at w* (with a probe at the scale
             of one step, so that a flat w* such as the origin of a deep linear network does not
-            yield a huge step), then re-estimated during burn-in at the chain's current point.
-            ε is fixed during the draws, so the draws are an ordinary constant-step SGLD chain.
+            yield a huge step), then re-estimated during burn-in at the chain's current point,
+            where ε may only shrink (it must be stable wherever the chain goes). ε is fixed
+            during the draws, so the draws are an ordinary constant-step SGLD chain.
         step_scale: c in ε = c / λ_max, the step measured in units of the stiffest direction's
             curvature. The Euler discretisation inflates the variance of a direction of curvature
             h by 1 / (1 − εh/2) (exactly, for a Gaussian); c = 0.3 (default) trades a bounded
