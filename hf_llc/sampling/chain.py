@@ -301,7 +301,10 @@ def _run_attempt(
                     problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
                 )
                 history.append((0, step_size))
-            elif t in adapt_at:
+            elif t in adapt_at or (adaptive and t == freeze_at):
+                # Re-measure at the chain's own position (at freeze_at: against the final A).
+                # The step only shrinks, by at most 4x here: it has to be stable at every point
+                # the chain visits, not only at the latest one.
                 lam, v = max_curvature(
                     problem,
                     w,
@@ -313,30 +316,13 @@ def _run_attempt(
                     v0=v,
                     iters=cfg.curvature_iters,
                 )
-                # The step only shrinks (at most 4x per re-measurement): it has to be stable at
-                # every point the chain visits, not only at the latest one.
                 new = step_scale / max(lam, 1e-12)
-                step_size = min(max(new, step_size / 4), step_size)
+                step_size = min(new if t == freeze_at else max(new, step_size / 4), step_size)
                 history.append((t, step_size))
-
-            if freeze_at == t:
-                # The RMSProp diagonal stops adapting: the draws use a constant A, and ε is
-                # re-measured against it.
+            if t == freeze_at:
+                # "rmsprop-burnin": the RMSProp diagonal stops adapting; the draws use a
+                # constant A.
                 adapting_precond = False
-                if adaptive:
-                    lam, v = max_curvature(
-                        problem,
-                        w,
-                        w_star,
-                        batch,
-                        nbeta=nbeta,
-                        localization=cfg.localization,
-                        precond_sqrt=precond.A_sqrt,
-                        v0=v,
-                        iters=cfg.curvature_iters,
-                    )
-                    step_size = min(step_scale / max(lam, 1e-12), step_size)
-                    history.append((t, step_size))
 
             if fast_step is not None:
                 per, loss, g = fast_step(batch)
