@@ -1,0 +1,331 @@
+"""Safe, strict loading of Hugging Face checkpoints for LLC estimation.
+
+:func:`load_checkpoint` is the single entry point. It differs from calling
+``AutoModel*.from_pretrained`` directly in ways that matter for LLC estimation:
+
+* the model is always returned in ``float32`` and in ``eval()`` mode (SGLD noise and
+  ``n * beta`` scaled losses are not meaningful in half precision);
+* pickle weights (``pytorch_model.bin``) are refused unless ``allow_pickle=True``;
+* custom modelling code is refused unless ``trust_remote_code=True``;
+* a checkpoint that does not cover every parameter of the chosen model class (e.g. a
+  bare encoder loaded with a masked-LM head) is refused unless
+  ``allow_missing_weights=True`` -- an LLC measured at randomly initialised weights
+  says nothing about the trained model;
+* "not found" problems become one readable :class:`ValueError` instead of a deep
+  traceback from ``huggingface_hub``.
+
+Offline behaviour: ``transformers`` and ``huggingface_hub`` honour ``HF_HUB_OFFLINE=1``
+by themselves (``local_files_only`` is forced on), so local folders and models already
+in the Hub cache load without network access; nothing extra is passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+import torch
+import transformers
+from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers.models.auto import modeling_auto
+
+__all__ = ["TASKS", "load_checkpoint", "resolve_auto_class"]
+
+# task name -> (Auto class name, name of the transformers *_MAPPING_NAMES table it uses).
+# The order is the priority used when an architecture appears in several tables
+# (e.g. GPT2LMHeadModel is both the causal-LM and the pre-training class of gpt2).
+TASKS: dict[str, tuple[str, str]] = {
+    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    "seq2seq-lm": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+    "sequence-classification": (
+        "AutoModelForSequenceClassification",
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    ),
+    "token-classification": (
+        "AutoModelForTokenClassification",
+        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    ),
+    "question-answering": (
+        "AutoModelForQuestionAnswering",
+        "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    ),
+    "multiple-choice": ("AutoModelForMultipleChoice", "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES"),
+    "image-classification": (
+        "AutoModelForImageClassification",
+        "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    ),
+    "image-text-to-text": (
+        "AutoModelForImageTextToText",
+        "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+    ),
+    "speech-seq2seq": ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+    "audio-classification": (
+        "AutoModelForAudioClassification",
+        "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+    ),
+    "pretraining": ("AutoModelForPreTraining", "MODEL_FOR_PRETRAINING_MAPPING_NAMES"),
+    "base": ("AutoModel", "MODEL_MAPPING_NAMES"),
+}
+
+# Fallback for architectures transformers does not list (custom code): class-name suffix
+# -> task. Checked in order, so more specific suffixes come first.
+_SUFFIX_TASKS: tuple[tuple[str, str], ...] = (
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),  # GPT2LMHeadModel, OpenAIGPTLMHeadModel, XLNetLMHeadModel...
+    ("ForMaskedLM", "masked-lm"),
+    ("ForSeq2SeqLM", "seq2seq-lm"),
+    ("ForConditionalGeneration", "seq2seq-lm"),  # T5/BART; VLMs are found in the tables
+    ("ForSequenceClassification", "sequence-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMultipleChoice", "multiple-choice"),
+    ("ForImageClassification", "image-classification"),
+    ("ForAudioClassification", "audio-classification"),
+    ("ForPreTraining", "pretraining"),
+    ("Model", "base"),
+)
+
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _task_list() -> str:
+    return ", ".join(repr(t) for t in TASKS)
+
+
+def _normalise_task(task: str) -> str:
+    key = task.strip().lower().replace("_", "-").replace(" ", "-")
+    if key not in TASKS:
+        raise ValueError(f"Unknown task {task!r}. Supported tasks: {_task_list()}.")
+    return key
+
+
+def _task_for_architecture(model_type: str | None, architecture: str) -> str | None:
+    """Exact lookup in the transformers mapping tables, then class-name suffix."""
+    if model_type is not None:
+        for task, (_, table_name) in TASKS.items():
+            table = getattr(modeling_auto, table_name, {})
+            entry = table.get(model_type)
+            names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+            if architecture in names:
+                return task
+    for suffix, task in _SUFFIX_TASKS:
+        if architecture.endswith(suffix):
+            return task
+    return None
+
+
+def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
+    """Return the ``transformers`` Auto class for a raw ``config.json`` dict.
+
+    ``task`` (one of :data:`TASKS`; ``_`` and ``-`` are interchangeable) wins over
+    ``config["architectures"][0]``. Raises :class:`ValueError` listing the options when
+    neither determines a class.
+    """
+    if task is not None:
+        key = _normalise_task(task)
+    else:
+        archs = config.get("architectures") or []
+        if not archs:
+            raise ValueError(
+                "The checkpoint's config.json has no 'architectures' entry, so the model "
+                f"head cannot be inferred; pass task=... (one of {_task_list()})."
+            )
+        key = _task_for_architecture(config.get("model_type"), archs[0])
+        if key is None:
+            suffixes = ", ".join(s for s, _ in _SUFFIX_TASKS)
+            raise ValueError(
+                f"Cannot infer the model head from architecture {archs[0]!r} (known suffixes: "
+                f"{suffixes}); pass task=... (one of {_task_list()})."
+            )
+    return getattr(transformers, TASKS[key][0])
+
+
+def _is_local_like(path: str) -> bool:
+    """Paths that can only mean a folder on disk, never a Hub repo id."""
+    return os.path.isabs(path) or path.startswith((".", "~")) or "\\" in path
+
+
+def _is_valid_repo_id(path: str) -> bool:
+    if _is_local_like(path):
+        return False
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _not_found(path: str, reason: str) -> ValueError:
+    offline = " HF_HUB_OFFLINE is set, so the Hub was not contacted." if is_offline_mode() else ""
+    return ValueError(f"Checkpoint {path!r} not found locally; {reason}.{offline}")
+
+
+def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, Any]:
+    if is_local:
+        cfg_file = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_file):
+            raise ValueError(f"{path!r} is a folder but has no config.json; not a checkpoint.")
+    else:
+        try:
+            cfg_file = hf_hub_download(path, "config.json", revision=revision)
+        except Exception as exc:  # LocalEntryNotFound, RepositoryNotFound, HTTP errors...
+            if is_offline_mode():
+                reason = "it is not a local folder and is not in the Hub cache (offline mode)"
+            else:
+                reason = f"fetching config.json from the Hub failed ({type(exc).__name__}: {exc})"
+            raise _not_found(path, reason) from exc
+    with open(cfg_file, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _check_remote_code(config: dict[str, Any], path: str, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        return
+    model_type = config.get("model_type")
+    known_type = model_type in modeling_auto.CONFIG_MAPPING_NAMES
+    archs = config.get("architectures") or []
+    native_arch = bool(archs) and hasattr(transformers, archs[0])
+    if "auto_map" in config and not (known_type and native_arch):
+        raise ValueError(
+            f"Checkpoint {path!r} needs custom modelling code from its repository (config.json "
+            "has an 'auto_map'). Executing it runs arbitrary Python; if you trust the source, "
+            "pass trust_remote_code=True."
+        )
+    if not known_type:
+        raise ValueError(
+            f"Checkpoint {path!r} has model_type {model_type!r}, which transformers "
+            f"{transformers.__version__} does not know. If the checkpoint ships custom code and "
+            "you trust it, pass trust_remote_code=True; otherwise upgrade transformers."
+        )
+
+
+def _available_weights(path: str, revision: str | None, is_local: bool) -> tuple[bool, bool]:
+    """Return ``(has_safetensors, has_pickle)``; ``(True, True)`` if it cannot be told."""
+
+    def present(name: str) -> bool | None:
+        if is_local:
+            return os.path.isfile(os.path.join(path, name))
+        hit = try_to_load_from_cache(path, name, revision=revision)
+        if isinstance(hit, str):
+            return True
+        if is_offline_mode():
+            return False
+        try:
+            return transformers.utils.has_file(path, name, revision=revision)
+        except Exception:  # network trouble: let from_pretrained decide
+            return None
+
+    def any_present(names: tuple[str, ...]) -> bool:
+        results = [present(n) for n in names]
+        return any(r is None or r for r in results)
+
+    has_safe = any_present(_SAFE_WEIGHTS)
+    has_pickle = False if has_safe else any_present(_PICKLE_WEIGHTS)
+    return has_safe, has_pickle
+
+
+def load_checkpoint(
+    path_or_id: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    allow_missing_weights: bool = False,
+) -> transformers.PreTrainedModel:
+    """Load a trained checkpoint as a float32 model in eval mode.
+
+    Args:
+        path_or_id: a local folder written by ``save_pretrained`` or a Hub repo id
+            (``"org/name"``). With ``HF_HUB_OFFLINE=1`` a repo id must be in the Hub cache.
+        task: which head to load. One of ``"causal-lm"``, ``"masked-lm"``, ``"seq2seq-lm"``,
+            ``"sequence-classification"``, ``"token-classification"``,
+            ``"question-answering"``, ``"multiple-choice"``, ``"image-classification"``,
+            ``"image-text-to-text"``, ``"speech-seq2seq"``, ``"audio-classification"``,
+            ``"pretraining"``, ``"base"`` (bare ``AutoModel``); underscores are accepted.
+            ``None`` infers it from ``config.architectures[0]`` (exact transformers mapping,
+            else the class-name suffix, e.g. ``*ForCausalLM``/``*LMHeadModel``).
+        revision: Hub branch, tag or commit (ignored for local folders).
+        trust_remote_code: allow running modelling code shipped with the checkpoint.
+        allow_pickle: allow ``pytorch_model.bin`` weights (safetensors still preferred).
+            Pickle files can execute code when loaded; only enable for trusted sources.
+        allow_missing_weights: load even if some parameters are not in the checkpoint
+            and are therefore randomly initialised (a warning is emitted).
+
+    Raises:
+        ValueError: checkpoint not found, unknown task/architecture, custom code without
+            ``trust_remote_code``, pickle-only weights without ``allow_pickle``, or missing
+            weights without ``allow_missing_weights``.
+    """
+    path = os.fspath(path_or_id)
+    expanded = os.path.expanduser(path)
+    if os.path.exists(expanded):
+        if not os.path.isdir(expanded):
+            raise ValueError(
+                f"{path!r} is a file; pass the checkpoint folder (with config.json) instead."
+            )
+        path, is_local = expanded, True
+    elif _is_valid_repo_id(path):
+        is_local = False
+    else:
+        raise _not_found(path, "no such folder, and it is not a valid Hugging Face Hub repo id")
+
+    config = _read_config(path, revision, is_local)
+    _check_remote_code(config, path, trust_remote_code)
+    auto_cls = resolve_auto_class(config, task)
+
+    has_safe, has_pickle = _available_weights(path, revision, is_local)
+    if not has_safe:
+        if not has_pickle:
+            raise ValueError(
+                f"Checkpoint {path!r} has no model weights (looked for "
+                f"{', '.join(_SAFE_WEIGHTS + _PICKLE_WEIGHTS)})"
+                + (" in the local Hub cache while offline." if not is_local else ".")
+            )
+        if not allow_pickle:
+            raise ValueError(
+                f"Checkpoint {path!r} only has pickle weights (pytorch_model.bin). Unpickling "
+                "can execute arbitrary code from the file; pass allow_pickle=True only if you "
+                "trust the source (or convert the checkpoint to safetensors)."
+            )
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch.float32,
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": None if allow_pickle else True,
+        "output_loading_info": True,
+    }
+    if revision is not None and not is_local:
+        kwargs["revision"] = revision
+    try:
+        model, info = auto_cls.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ValueError(f"Could not load checkpoint {path!r}: {exc}") from exc
+
+    # transformers 5 already drops tied parameters (e.g. GPT-2's lm_head.weight),
+    # non-persistent buffers and `_keys_to_ignore_on_load_missing` from missing_keys.
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or ()))
+    if missing or mismatched:
+        shown = missing[:10] + mismatched[:10]
+        more = len(missing) + len(mismatched) - len(shown)
+        listing = ", ".join(shown) + (f", ... (+{more} more)" if more > 0 else "")
+        msg = (
+            f"{auto_cls.__name__} for {path!r}: {len(missing)} parameter(s) missing from the "
+            f"checkpoint and {len(mismatched)} with mismatched shapes were randomly "
+            f"initialised: {listing}. An LLC estimated at randomly initialised weights is "
+            "meaningless; pick the task/head the checkpoint was trained with"
+        )
+        if not allow_missing_weights:
+            raise ValueError(msg + ", or pass allow_missing_weights=True to load anyway.")
+        warnings.warn(msg + ".", stacklevel=2)
+
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model = model.to(torch.float32)  # e.g. modules kept in another dtype by the class
+    model.eval()
+    return model
