@@ -1,0 +1,595 @@
+"""Record LLC estimates in a Hugging Face model card (README.md).
+
+    from hf_llc.modelcard import write_llc_to_model_card, read_llc_from_model_card
+    write_llc_to_model_card("my-model/", result, dataset_name="wikitext",
+                            dataset_config="wikitext-2-raw-v1", dataset_split="train")
+    read_llc_from_model_card("my-model/")  # -> [{"value": ..., "std": ..., ...}]
+
+What is written, in the card's YAML front matter:
+
+* ``model-index``: one metric per estimate, ``type: llc``, ``name: Local Learning
+  Coefficient``, ``value`` = λ̂ (a plain float), under a result whose ``task.type`` is
+  ``local-learning-coefficient`` and whose ``dataset`` carries the dataset's name, config and
+  split. The metric's ``config`` is the estimate's settings id (a hash of the sampler settings
+  and nβ) and its ``args`` hold ``std`` (the spread of λ̂ over chains), ``stderr``, ``nbeta``,
+  ``num_samples``, ``num_chains``, ``num_draws`` and ``seed``. All of this round-trips through
+  :class:`huggingface_hub.ModelCardData` / :class:`huggingface_hub.EvalResult` (``metric_config``
+  and ``metric_args``), and estimates of one dataset/config/split share one result, which is
+  how ``ModelCardData`` groups them, so a later ``ModelCard`` save leaves them as they are.
+* ``hf_llc``: a list with one entry per estimate holding everything needed to reproduce it:
+  the value, std, stderr and per-chain values, the dataset's name/config/split/fingerprint,
+  the full sampler settings, nβ, n, the seed, chains × draws, the initial loss, the model
+  revision, library versions, the UTC date and a small diagnostics summary (chains used,
+  R̂, ESS, MALA acceptance, number of divergences and restarts).
+
+and in its body, a ``## Local Learning Coefficient`` section (between the HTML comments
+``<!-- hf_llc:llc:start -->`` and ``<!-- hf_llc:llc:end -->``) with a table of every recorded
+estimate and the trace plots, regenerated from the ``hf_llc`` entries on each write.
+
+An estimate is identified by dataset name + config + split + settings id; writing it again
+replaces its entry, anything else adds one. The rest of the card is kept as it was: the YAML
+text of every other top-level key (comments and formatting included) and the body outside
+the markers are copied byte for byte; only the ``model-index`` and ``hf_llc`` keys are
+re-serialised (values of other ``model-index`` results are unchanged, their formatting may be).
+
+``transformers.Trainer.create_model_card()`` (and ``Trainer.push_to_hub()``) rewrite
+README.md from scratch, dropping what was recorded here: write the LLC after them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.utils import yaml_dump
+
+__all__ = [
+    "LLC_CARD_TEMPLATE",
+    "LLC_METRIC_TYPE",
+    "LLC_TASK_TYPE",
+    "read_llc_from_model_card",
+    "write_llc_to_model_card",
+]
+
+LLC_TASK_TYPE = "local-learning-coefficient"
+LLC_TASK_NAME = "Local Learning Coefficient estimation"
+LLC_METRIC_TYPE = "llc"
+LLC_METRIC_NAME = "Local Learning Coefficient"
+METADATA_KEY = "hf_llc"
+SECTION_START = "<!-- hf_llc:llc:start -->"
+SECTION_END = "<!-- hf_llc:llc:end -->"
+
+# Kept identical to model_cards/llc_card_template.md (a test checks it): installed packages
+# cannot rely on the repository folder. ``{model_name}`` is the only placeholder.
+LLC_CARD_TEMPLATE = """\
+---
+library_name: transformers
+tags:
+- hf_llc
+---
+
+# {model_name}
+
+<!-- This card was created by hf_llc because the model had no README.md.
+Describe the model, its training data and its intended use here. -->
+"""
+
+# The same pattern ModelCard uses to find the front matter.
+_YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+
+
+def write_llc_to_model_card(
+    model_dir_or_readme: str | os.PathLike,
+    result: Any,
+    *,
+    dataset_name: str,
+    dataset_split: str = "train",
+    dataset_config: str | None = None,
+    dataset_fingerprint: str | None = None,
+    model_name: str | None = None,
+    model_revision: str | None = None,
+    plot_path: str | os.PathLike | None = None,
+    date: str | datetime | None = None,
+) -> Path:
+    """Record an LLC estimate in a model card's metadata and body; return the card's path.
+
+    Args:
+        model_dir_or_readme: a model directory (its ``README.md`` is used) or the path of a
+            ``.md`` card. A missing card is created from :data:`LLC_CARD_TEMPLATE`.
+        result: an :class:`hf_llc.LLCResult`, or the dict of its ``to_dict()``.
+        dataset_name: the dataset's Hub id (or a descriptive name), e.g. ``"wikitext"``.
+        dataset_split: the split the estimate used.
+        dataset_config: the dataset's config name, if any.
+        dataset_fingerprint: e.g. ``datasets.Dataset._fingerprint``, to pin the exact data.
+        model_name: the ``model-index`` name and the new card's title when the card has
+            none (default: the directory's name).
+        model_revision: the model's commit/revision the estimate was made on.
+        plot_path: a trace plot to link from the card; a path inside the model directory is
+            written relative to it (so it renders on the Hub once uploaded with the card).
+        date: override the recorded UTC date (ISO string or datetime); for reproducible
+            output in tests.
+
+    Writing the same dataset + config + split + sampler settings again replaces that entry
+    (metadata and table row); other metadata keys and body text are left untouched. The
+    file is replaced atomically. ``Trainer.create_model_card()`` rewrites README.md, so call
+    this after it.
+
+    Raises:
+        ValueError: the card's YAML metadata (or its LLC section markers) is malformed (the
+            file is left untouched), or λ̂ is not finite.
+        FileNotFoundError: the model directory does not exist.
+    """
+    readme = _readme_path(model_dir_or_readme)
+    if not readme.parent.is_dir():
+        raise FileNotFoundError(f"model directory {readme.parent} does not exist.")
+
+    get = _getter(result)
+    value = _plain(get("llc_mean"))
+    if value is None:
+        raise ValueError(
+            f"cannot record a non-finite LLC ({get('llc_mean')!r}) in {readme}: "
+            "every chain diverged? Check result.diagnostics['divergences']."
+        )
+
+    if readme.exists():
+        original = readme.read_bytes().decode("utf-8")
+    else:
+        title = model_name or readme.parent.resolve().name or "Model"
+        original = LLC_CARD_TEMPLATE.replace("{model_name}", title)
+    front, body, data = _parse(original, readme)
+    newline = _line_ending(original)
+
+    entry = _make_entry(
+        get,
+        value=value,
+        dataset_name=dataset_name,
+        dataset_config=dataset_config,
+        dataset_split=dataset_split,
+        dataset_fingerprint=dataset_fingerprint,
+        model_revision=model_revision,
+        plot=_plot_link(plot_path, readme.parent),
+        date=date,
+    )
+
+    entries = _entries(data, readme)
+    _upsert(entries, entry, _entry_key)
+    model_index = copy.deepcopy(data.get("model-index")) or []
+    name = model_name or readme.parent.resolve().name or "model"
+    _upsert_model_index(model_index, entry, name)
+
+    new_front = _set_top_level_keys(
+        front, data, {"model-index": model_index, METADATA_KEY: entries}, newline
+    )
+    new_body = _set_section(body, _render_section(entries, newline), readme, newline)
+    text = f"---{newline}{new_front}{newline}---{newline}{new_body}"
+
+    # Whatever we wrote must load as a model card and give our entries back.
+    new_data = _parse(text, readme)[2]
+    if new_data.get(METADATA_KEY) != entries:
+        raise RuntimeError(f"internal error: the LLC entries of {readme} did not round-trip.")
+    _atomic_write(readme, text)
+    return readme
+
+
+def read_llc_from_model_card(model_dir_or_readme: str | os.PathLike) -> list[dict]:
+    """The LLC entries recorded in a model card (``[]`` if it has none or does not exist).
+
+    Each entry is a dict with ``value`` (λ̂), ``std``, ``stderr``, ``per_chain``,
+    ``dataset``, ``dataset_config``, ``dataset_split``, ``dataset_fingerprint``,
+    ``settings_id``, ``settings`` (the sampler settings), ``nbeta``, ``num_samples``,
+    ``num_params``, ``seed``, ``num_chains``, ``num_draws``, ``num_burnin``, ``init_loss``,
+    ``model_revision``, ``versions``, ``date``, ``diagnostics`` and ``plot``.
+
+    Raises:
+        ValueError: the card's metadata is malformed.
+    """
+    readme = _readme_path(model_dir_or_readme)
+    if not readme.exists():
+        return []
+    _, _, data = _parse(readme.read_bytes().decode("utf-8"), readme)
+    return copy.deepcopy(_entries(data, readme))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _readme_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() == ".md" and not path.is_dir():
+        return path
+    return path / "README.md"
+
+
+def _parse(text: str, readme: Path) -> tuple[str | None, str, dict]:
+    """(YAML text or None, body, metadata dict), validated by huggingface_hub's ModelCard."""
+    match = _YAML_BLOCK.search(text)
+    front, body = (match.group(2), text[match.end() :]) if match else (None, text)
+    try:
+        data = yaml.safe_load(front) if front is not None else {}
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"the metadata block is a {type(data).__name__}, not a mapping")
+        if match:
+            ModelCard(text)  # validates model-index the way the Hub tooling reads it
+    except (yaml.YAMLError, ValueError) as error:
+        raise ValueError(f"{readme}: malformed model card metadata: {error}") from error
+    return front, body, data
+
+
+def _entries(data: dict, readme: Path) -> list[dict]:
+    entries = data.get(METADATA_KEY) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(
+            f"{readme}: malformed model card metadata: '{METADATA_KEY}' must be a list of mappings."
+        )
+    return entries
+
+
+def _line_ending(text: str) -> str:
+    match = re.search(r"\r\n|\r|\n", text)
+    return match.group(0) if match else "\n"
+
+
+# --------------------------------------------------------------------------- entries
+
+
+def _getter(result: Any):
+    if isinstance(result, Mapping):
+        return result.get
+    return lambda key: getattr(result, key, None)
+
+
+def _make_entry(
+    get,
+    *,
+    value,
+    dataset_name,
+    dataset_config,
+    dataset_split,
+    dataset_fingerprint,
+    model_revision,
+    plot,
+    date,
+) -> dict:
+    settings = _plain(dict(get("config") or {}))
+    nbeta = _plain(get("nbeta"))
+    settings_id = _settings_id(settings, nbeta)
+    per_chain = _plain(list(get("llc_per_chain") or []))
+    return {
+        "value": value,
+        "std": _plain(get("llc_std")),
+        "stderr": _plain(get("llc_stderr")),
+        "per_chain": per_chain,
+        "paired_value": _plain(get("llc_paired_mean")),
+        "dataset": dataset_name,
+        "dataset_config": dataset_config,
+        "dataset_split": dataset_split,
+        "dataset_fingerprint": dataset_fingerprint,
+        "settings_id": settings_id,
+        "settings": settings,
+        "nbeta": nbeta,
+        "num_samples": _plain(get("num_samples")),
+        "num_params": _plain(get("num_params")),
+        "seed": settings.get("seed"),
+        "num_chains": settings.get("num_chains", len(per_chain)),
+        "num_draws": settings.get("num_draws"),
+        "num_burnin": settings.get("num_burnin"),
+        "init_loss": _plain(get("init_loss")),
+        "model_revision": model_revision,
+        "versions": _versions(),
+        "date": _date(date),
+        "diagnostics": _diagnostics_summary(get("diagnostics") or {}),
+        "sampling_seconds": _plain((get("timings") or {}).get("sampling_seconds")),
+        "plot": plot,
+    }
+
+
+def _settings_id(settings: dict, nbeta: Any) -> str:
+    blob = json.dumps({"settings": settings, "nbeta": nbeta}, sort_keys=True, default=str)
+    return "sgld-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _entry_key(entry: Mapping) -> tuple:
+    return (
+        entry.get("dataset"),
+        entry.get("dataset_config"),
+        entry.get("dataset_split"),
+        entry.get("settings_id"),
+    )
+
+
+def _upsert(items: list, item: Any, key) -> None:
+    for i, old in enumerate(items):
+        if key(old) == key(item):
+            items[i] = item
+            return
+    items.append(item)
+
+
+def _diagnostics_summary(diag: Mapping) -> dict:
+    divergences = diag.get("divergences") or []
+    retries = diag.get("retries") or []
+    return {
+        "num_chains_used": _plain(diag.get("num_chains_used")),
+        "rhat": _plain(diag.get("rhat")),
+        "ess": _plain(diag.get("ess")),
+        "mala_acceptance": _plain(diag.get("mala_acceptance")),
+        "num_divergences": len(divergences) if isinstance(divergences, (list, tuple)) else 0,
+        "num_retries": len(retries) if isinstance(retries, (list, tuple)) else 0,
+    }
+
+
+def _versions() -> dict:
+    out = {}
+    for name, dist in (
+        ("hf_llc", "hf-llc"),
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("huggingface_hub", "huggingface_hub"),
+    ):
+        try:
+            out[name] = _metadata.version(dist)
+        except _metadata.PackageNotFoundError:
+            out[name] = None
+    if out["hf_llc"] is None:
+        from . import __version__
+
+        out["hf_llc"] = __version__
+    return out
+
+
+def _date(date: str | datetime | None) -> str:
+    if isinstance(date, str):
+        return date
+    date = date or datetime.now(timezone.utc)
+    if date.tzinfo is not None:
+        date = date.astimezone(timezone.utc)
+    return date.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+
+
+def _plot_link(plot_path: str | os.PathLike | None, card_dir: Path) -> str | None:
+    if plot_path is None:
+        return None
+    plot = Path(plot_path)
+    try:
+        return plot.resolve().relative_to(card_dir.resolve()).as_posix()
+    except ValueError:
+        return plot.as_posix()
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON/YAML-safe Python values: numpy/torch → float/int/list, non-finite → None."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy arrays and scalars, torch tensors
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    return str(value)
+
+
+# --------------------------------------------------------------------------- model-index
+
+
+def _metric(entry: dict) -> dict:
+    args = {
+        "std": entry["std"],
+        "stderr": entry["stderr"],
+        "nbeta": entry["nbeta"],
+        "num_samples": entry["num_samples"],
+        "num_chains": entry["num_chains"],
+        "num_draws": entry["num_draws"],
+        "seed": entry["seed"],
+    }
+    return {
+        "type": LLC_METRIC_TYPE,
+        "value": entry["value"],
+        "name": LLC_METRIC_NAME,
+        "config": entry["settings_id"],
+        "args": {k: v for k, v in args.items() if v is not None},
+    }
+
+
+def _upsert_model_index(model_index: list, entry: dict, model_name: str) -> None:
+    """Put the entry's metric under the (LLC task, dataset, config, split) result."""
+    dataset = {
+        "name": entry["dataset"],
+        "type": entry["dataset"],
+        "config": entry["dataset_config"],
+        "split": entry["dataset_split"],
+    }
+    dataset = {k: v for k, v in dataset.items() if v is not None}
+    metric = _metric(entry)
+    for block in model_index:
+        for res in block.get("results") or []:
+            task, ds = res.get("task") or {}, res.get("dataset") or {}
+            same = (
+                task.get("type") == LLC_TASK_TYPE
+                and ds.get("type") == dataset["type"]
+                and ds.get("config") == entry["dataset_config"]
+                and ds.get("split") == entry["dataset_split"]
+                and ds.get("revision") is None
+            )
+            if same:
+                metrics = res.setdefault("metrics", [])
+                _upsert(metrics, metric, lambda m: (m.get("type"), m.get("config")))
+                return
+    if not model_index:
+        model_index.append({"name": model_name, "results": []})
+    model_index[-1].setdefault("results", []).append(
+        {
+            "task": {"type": LLC_TASK_TYPE, "name": LLC_TASK_NAME},
+            "dataset": dataset,
+            "metrics": [metric],
+        }
+    )
+
+
+# --------------------------------------------------------------------------- YAML splicing
+
+
+def _dump(key: str, value: Any, newline: str) -> str:
+    return yaml_dump({key: value}, sort_keys=False, line_break=newline).rstrip("\r\n")
+
+
+def _set_top_level_keys(front: str | None, data: dict, updates: dict, newline: str) -> str:
+    """The YAML text with ``updates`` set, every other top-level key's text kept verbatim.
+
+    Each updated key's text span (found with ``yaml.compose``) is replaced in place, or the
+    key is appended. Should the spliced text not re-parse to exactly the intended values
+    (exotic YAML such as a flow-style top-level mapping), the whole block is dumped instead,
+    in its original key order, which keeps every value but not the formatting.
+    """
+    expected = dict(data)
+    expected.update(updates)
+    if front is not None and front.strip():
+        try:
+            spliced = _splice(front, updates, newline)
+            if yaml.safe_load(spliced) == expected:
+                return spliced
+        except yaml.YAMLError:
+            pass
+    return yaml_dump(expected, sort_keys=False, line_break=newline).rstrip("\r\n")
+
+
+def _splice(front: str, updates: dict, newline: str) -> str:
+    root = yaml.compose(front)
+    if not isinstance(root, yaml.MappingNode) or root.flow_style:
+        raise yaml.YAMLError("not a block mapping")
+    spans = {}
+    for key_node, value_node in root.value:
+        if key_node.start_mark.column != 0:
+            raise yaml.YAMLError("indented top-level mapping")
+        start = key_node.start_mark.index
+        end = value_node.end_mark.index
+        if value_node.end_mark.column != 0:  # ends mid-line: take the rest of the line
+            eol = re.compile(r"\r\n|\r|\n").search(front, end)
+            end = eol.end() if eol else len(front)
+        # A block collection's span runs up to the next key, over any comment or blank
+        # lines before it: leave those where they are.
+        lines = front[start:end].splitlines(keepends=True)
+        while len(lines) > 1 and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
+            lines.pop()
+        spans[key_node.value] = (start, start + len("".join(lines)))
+    text = front
+    appended = []
+    for key in sorted(updates, key=lambda k: -spans.get(k, (-1, -1))[0]):
+        block = _dump(key, updates[key], newline)
+        if key in spans:
+            start, end = spans[key]
+            tail = newline if text[start:end].endswith(("\n", "\r")) else ""
+            text = text[:start] + block + tail + text[end:]
+        else:
+            appended.append(block)
+    for block in appended:
+        text = text.rstrip("\r\n") + newline + block
+    return text
+
+
+# --------------------------------------------------------------------------- body section
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _render_section(entries: list[dict], newline: str) -> str:
+    lines = [
+        SECTION_START,
+        "## Local Learning Coefficient",
+        "",
+        "The local learning coefficient λ̂ (LLC) of these weights, estimated with SGLD by "
+        "hf_llc. ± is the standard deviation over chains; the full settings of each "
+        f"estimate are in the `{METADATA_KEY}` entries of this card's metadata.",
+        "",
+        "| Dataset | Config | Split | λ̂ | ± std | stderr | nβ | n | chains × draws | seed "
+        "| settings | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        chains_draws = f"{_fmt(e.get('num_chains'))} × {_fmt(e.get('num_draws'))}"
+        row = [
+            _fmt(e.get("dataset")),
+            _fmt(e.get("dataset_config")),
+            _fmt(e.get("dataset_split")),
+            _fmt(e.get("value")),
+            _fmt(e.get("std"), ".3g"),
+            _fmt(e.get("stderr"), ".3g"),
+            _fmt(e.get("nbeta")),
+            _fmt(e.get("num_samples")),
+            chains_draws,
+            _fmt(e.get("seed")),
+            f"`{_fmt(e.get('settings_id'))}`",
+            _fmt(e.get("date")),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    plots = [e for e in entries if e.get("plot")]
+    for e in plots:
+        label = "/".join(
+            str(x) for x in (e.get("dataset"), e.get("dataset_config"), e.get("dataset_split")) if x
+        )
+        lines += ["", f"![LLC trace: {label} ({e.get('settings_id')})]({e['plot']})"]
+    lines.append(SECTION_END)
+    return newline.join(lines)
+
+
+def _set_section(body: str, section: str, readme: Path, newline: str) -> str:
+    starts, ends = body.count(SECTION_START), body.count(SECTION_END)
+    if starts == 0 and ends == 0:
+        if body and not body.endswith(("\n", "\r")):
+            body += newline
+        return body + newline + section + newline
+    start, end = body.find(SECTION_START), body.find(SECTION_END)
+    if starts != 1 or ends != 1 or end < start:
+        raise ValueError(
+            f"{readme}: malformed LLC section: expected one '{SECTION_START}' followed by one "
+            f"'{SECTION_END}', found {starts} and {ends}; fix or remove them by hand."
+        )
+    return body[:start] + section + body[end + len(SECTION_END) :]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and ``os.replace``."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
