@@ -1,4 +1,5 @@
-"""``hf-llc`` command line: ``hf-llc validate`` checks the estimator against exact theory.
+"""``hf-llc`` command line: ``estimate`` the LLC of a checkpoint, ``validate`` the estimator
+against exact theory.
 
 Also runnable as ``python -m hf_llc``.
 """
@@ -107,6 +108,39 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--output", type=Path, help="write the results as JSON here")
     v.add_argument("--no-progress", action="store_true")
     add_sampler_arguments(v)
+
+    e = sub.add_parser(
+        "estimate",
+        help="estimate the LLC of a checkpoint (Hub id or local folder) on a dataset",
+        description="Estimate the LLC of MODEL at its weights on DATA and print a summary.",
+    )
+    e.add_argument("model", metavar="MODEL", help="Hub id or local checkpoint folder")
+    e.add_argument(
+        "--dataset",
+        required=True,
+        metavar="DATA",
+        help="Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file",
+    )
+    e.add_argument("--dataset-config", default=None)
+    e.add_argument("--split", default="train")
+    e.add_argument("--text-column", default=None, help="raw text column to tokenize")
+    e.add_argument("--max-length", type=int, default=None, help="truncate tokenized text")
+    e.add_argument("--num-samples", type=int, default=None, help="use the first N rows")
+    e.add_argument("--task", default=None, help="model head when config.architectures is unset")
+    e.add_argument("--revision", default=None)
+    e.add_argument("--trust-remote-code", action="store_true")
+    e.add_argument("--allow-pickle", action="store_true", help="allow .bin (pickle) weights")
+    e.add_argument("--allow-missing-weights", action="store_true")
+    group = e.add_mutually_exclusive_group()
+    group.add_argument("--loss-fn", metavar="MODULE:FUNCTION", help="loss_fn(outputs, batch)")
+    group.add_argument(
+        "--model-loss-fn", metavar="MODULE:FUNCTION", help="model_loss_fn(model, batch)"
+    )
+    e.add_argument("--output", type=Path, help="write the result as JSON here")
+    e.add_argument("--write-card", action="store_true", help="record the LLC in MODEL's card")
+    e.add_argument("--plot", type=Path, help="save the trace plot (PNG) here")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampler_arguments(e)
     return parser
 
 
@@ -176,6 +210,149 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_function(spec: str, flag: str):
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{flag} takes MODULE:FUNCTION (e.g. mylosses:pair_loss), got {spec!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"{flag}: cannot import module {module_name!r} ({err}).") from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{flag}: {module_name!r} has no function {attr!r}.")
+    return fn
+
+
+def load_data(name: str, *, config: str | None = None, split: str = "train"):
+    """A ``datasets.Dataset`` from a Hub name, a ``save_to_disk`` folder or a local file."""
+    import datasets
+
+    path = Path(name)
+    suffix = path.suffix.lower()
+    builders = {
+        ".json": "json",
+        ".jsonl": "json",
+        ".csv": "csv",
+        ".parquet": "parquet",
+        ".txt": "text",
+    }
+    if path.is_file():
+        if suffix not in builders:
+            raise ValueError(
+                f"--dataset {name}: unknown file type {suffix!r}; use one of {sorted(builders)}."
+            )
+        return datasets.load_dataset(builders[suffix], data_files=str(path), split="train")
+    if path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    ):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"--split {split!r} not in {name} (splits: {list(loaded)}).")
+            return loaded[split]
+        return loaded
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # datasets raises many types for "not found"/offline
+        raise ValueError(
+            f"--dataset {name!r} could not be loaded ({type(err).__name__}: {err}). Pass a Hub "
+            "dataset name (online or cached), a save_to_disk folder, or a data file."
+        ) from err
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from .estimator import _plain, estimate_llc
+    from .loading import load_checkpoint
+
+    cfg = config_from_args(args)
+    if args.output is not None:
+        _check_writable(args.output)
+    if args.plot is not None:
+        _check_writable(args.plot)
+    local = Path(args.model).is_dir()
+    if args.write_card and not local:
+        raise ValueError(
+            "--write-card writes README.md in a local checkpoint folder; download the model "
+            "(e.g. huggingface-cli download) and pass its folder."
+        )
+    loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
+    model_loss_fn = (
+        _import_function(args.model_loss_fn, "--model-loss-fn") if args.model_loss_fn else None
+    )
+    model = load_checkpoint(
+        args.model,
+        task=args.task,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+        allow_missing_weights=args.allow_missing_weights,
+    )
+    tokenizer = None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
+        )
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # not every checkpoint has one; raw text then gives a clear error
+    data = load_data(args.dataset, config=args.dataset_config, split=args.split)
+    result = estimate_llc(
+        model,
+        data,
+        cfg,
+        loss_fn=loss_fn,
+        model_loss_fn=model_loss_fn,
+        tokenizer=tokenizer,
+        text_column=args.text_column,
+        max_length=args.max_length,
+        num_samples=args.num_samples,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    diag = result.diagnostics
+    print(
+        f"chains × draws: {cfg.num_chains} × {cfg.num_draws} (burn-in {cfg.num_burnin}), "
+        f"L_n(w*) = {result.init_loss:.6g}, R-hat = {diag.get('rhat', float('nan')):.3f}, "
+        f"divergences: {len(diag['divergences'])}, "
+        f"sampling {result.timings['sampling_seconds']:.1f}s"
+    )
+    if args.plot is not None:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}")
+    if args.output is not None:
+        out = result.to_dict()
+        out["model"] = {"name_or_path": args.model, "revision": args.revision}
+        out["dataset"] = {
+            "name": args.dataset,
+            "config": args.dataset_config,
+            "split": args.split,
+            "fingerprint": getattr(data, "_fingerprint", None),
+        }
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(json.dumps(_plain(out), indent=1, allow_nan=False))
+        tmp.replace(args.output)
+        print(f"wrote {args.output}")
+    if args.write_card:
+        from .modelcard import write_llc_to_model_card
+
+        card = write_llc_to_model_card(
+            args.model,
+            result,
+            dataset_name=args.dataset,
+            dataset_split=args.split,
+            dataset_config=args.dataset_config,
+            dataset_fingerprint=getattr(data, "_fingerprint", None),
+            model_revision=args.revision,
+            plot_path=args.plot,
+        )
+        print(f"wrote the LLC into {card}")
+    return 0
+
+
 def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -190,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "estimate":
+            return _estimate(args)
     except ValueError as err:
         parser.exit(2, f"hf-llc {args.command}: error: {err}\n")
     return 1

@@ -10,8 +10,9 @@ Definitions (Lau et al., arXiv 2308.12108; Furman & Lau, arXiv 2402.03698):
 - When the loss returns per-sample values, the losses at w* are cached (n floats): L_n(w*) is
   exact and the paired estimator nβ·mean_t(L_{B_t}(w_t) − L_{B_t}(w*)) is reported as well.
 
-The model itself is never modified: chains run through ``torch.func.functional_call`` on a
-flat fp32 copy of the parameters, so the weights are exactly w* after the call, error or not.
+The model's weights are never written: each chain samples a flat fp32 copy of the parameters,
+whose views stand in for the model's parameters while the loss is evaluated and are swapped
+back afterwards, so the weights are exactly w* after the call, error or not.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from .adapters import default_loss_fn, prepare_dataset
 from .diagnostics import effective_sample_size, split_rhat
 from .sampling import SamplerConfig, run_chain
 
@@ -149,9 +150,19 @@ def _columns_from_dataset(dataset: Any) -> dict[str, Tensor]:
 
 
 class ModelLoss:
-    """loss(w, batch): the model's loss at flat parameters w, via functional_call.
+    """loss(w, batch): the model's loss with its sampled parameters set to flat vector w.
 
-    Returns per-sample losses (1-D) when ``loss_fn`` does, else the batch mean (0-d).
+    The parameters are swapped in place on the module (by identity, so tied parameters stay
+    tied) and swapped back afterwards; nothing else about the model changes. Returns
+    per-sample losses (1-D) when the loss function does, else the batch mean (0-d).
+
+    Args:
+        loss_fn: ``loss_fn(outputs, batch)`` instead of ``outputs.loss``.
+        model_loss_fn: ``model_loss_fn(model, batch)`` for objectives that call the model
+            themselves (several forward passes); called with the model at the sampled weights.
+        forward_kwargs: extra keyword arguments for every forward call (``use_cache=False``…).
+        exclude: batch columns never passed to ``forward`` (e.g. ``labels`` when the loss is
+            computed from the logits, so the model does not compute it a second time).
     """
 
     def __init__(
@@ -160,25 +171,55 @@ class ModelLoss:
         flat: FlatParameters,
         data: TensorBatches,
         loss_fn: Callable | None,
+        *,
+        model_loss_fn: Callable | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
+        exclude: frozenset[str] = frozenset(),
     ):
         self.model = model
         self.flat = flat
         self.data = data
         self.loss_fn = loss_fn
+        self.model_loss_fn = model_loss_fn
+        self.forward_kwargs = dict(forward_kwargs or {})
+        self.exclude = set(exclude) | {"num_items_in_batch"}
         self.num_samples = data.num_samples
         params = inspect.signature(model.forward).parameters
         self.accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values()) and not [
             n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         ]
         self.forward_names = set(params)
+        index = {id(p): i for i, p in enumerate(flat.params)}
+        self._places: list[list[tuple[nn.Module, str]]] = [[] for _ in flat.params]
+        for module in model.modules():
+            for name, p in module._parameters.items():
+                if p is not None and id(p) in index:
+                    self._places[index[id(p)]].append((module, name))
 
     def batch(self, indices: Tensor) -> dict[str, Any]:
         return self.data.batch(indices)
 
     def _forward_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         if self.accepts_all:
-            return dict(batch)
-        return {k: v for k, v in batch.items() if k in self.forward_names}
+            out = {k: v for k, v in batch.items() if k not in self.exclude}
+        else:
+            out = {
+                k: v for k, v in batch.items() if k in self.forward_names and k not in self.exclude
+            }
+        out.update(self.forward_kwargs)
+        return out
+
+    def evaluate(self, batch: Mapping[str, Any]) -> Tensor:
+        """The loss of the model as its parameters are now (fp32)."""
+        if self.model_loss_fn is not None:
+            out = self.model_loss_fn(self.model, batch)
+        else:
+            out = self.outputs_to_loss(self.model(**self._forward_inputs(batch)), batch)
+        if not isinstance(out, Tensor):
+            raise ValueError(
+                f"the loss must be a tensor (scalar or one value per sample), got {type(out)}."
+            )
+        return out.float()
 
     def outputs_to_loss(self, outputs: Any, batch: Mapping[str, Any]) -> Tensor:
         if self.loss_fn is not None:
@@ -195,54 +236,58 @@ class ModelLoss:
         return loss
 
     @contextmanager
+    def _swapped(self, tensors: list[Tensor]):
+        """Put ``tensors`` (one per sampled parameter) where the parameters are.
+
+        The places (module, attribute) are found once, by the parameters' identity, so tied
+        parameters get the same tensor, and a swap nested inside another still finds them.
+        """
+        saved = []
+        try:
+            for places, tensor in zip(self._places, tensors):
+                for module, name in places:
+                    saved.append((module, name, module._parameters[name]))
+                    module._parameters[name] = tensor
+            yield
+        finally:
+            for module, name, previous in reversed(saved):
+                module._parameters[name] = previous
+
+    @contextmanager
     def bind(self, w: Tensor):
         """Hot-path evaluation at the chain's own buffer ``w``: yields ``step(batch)``.
 
-        For the duration of the context the model's sampled parameters are replaced by
-        ``nn.Parameter`` views of ``w`` (tied parameters stay tied), each with ``.grad`` a view
-        of one flat gradient buffer; the originals are put back in ``finally``. A step is then
-        a plain forward and backward, as in training, and ``step(batch)`` returns
-        (per-sample or mean loss, mean loss, flat gradient). Models with non-fp32 parameters
-        get ``None`` and use the functional path.
+        For the duration of the context the model's sampled parameters are ``nn.Parameter``
+        views of ``w``, each with ``.grad`` a view of one flat gradient buffer; the originals
+        are put back on exit. A step is then a plain forward and backward, as in training, and
+        ``step(batch)`` returns (per-sample or mean loss, mean loss, flat gradient). Models
+        with non-fp32 parameters get ``None`` and use :meth:`loss`.
         """
         if w.dtype != torch.float32 or any(d != torch.float32 for d in self.flat.dtypes):
             yield None
             return
         grad = torch.zeros_like(w)
-        replacement: dict[int, nn.Parameter] = {}
-        for p, off, shape in zip(self.flat.params, self.flat.offsets, self.flat.shapes):
+        leaves = []
+        for off, shape in zip(self.flat.offsets, self.flat.shapes):
             n = shape.numel()
-            new = nn.Parameter(w[off : off + n].view(shape))
-            new.grad = grad[off : off + n].view(shape)
-            replacement[id(p)] = new
-        swapped = []
-        try:
-            for module in self.model.modules():
-                for name, p in list(module._parameters.items()):
-                    if p is not None and id(p) in replacement:
-                        module._parameters[name] = replacement[id(p)]
-                        swapped.append((module, name, p))
-            leaves = list(replacement.values())
+            leaf = nn.Parameter(w[off : off + n].view(shape))
+            leaf.grad = grad[off : off + n].view(shape)
+            leaves.append(leaf)
 
-            def step(batch: Mapping[str, Any]):
-                grad.zero_()
-                outputs = self.model(**self._forward_inputs(batch))
-                per = self.outputs_to_loss(outputs, batch).float()
-                loss = per.mean() if per.ndim else per
-                torch.autograd.backward(loss, inputs=leaves)
-                return per, loss, grad
+        def step(batch: Mapping[str, Any]):
+            grad.zero_()
+            per = self.evaluate(batch)
+            loss = per.mean() if per.ndim else per
+            torch.autograd.backward(loss, inputs=leaves)
+            return per, loss, grad
 
+        with self._swapped(leaves):
             yield step
-        finally:
-            for module, name, p in swapped:
-                module._parameters[name] = p
 
     def loss(self, w: Tensor, batch: Mapping[str, Any]) -> Tensor:
-        outputs = functional_call(
-            self.model, self.flat.views(w), args=(), kwargs=self._forward_inputs(batch)
-        )
-        out = self.outputs_to_loss(outputs, batch)
-        return out.float()
+        """The loss at flat parameters ``w`` (differentiable with respect to ``w``)."""
+        with self._swapped(list(self.flat.views(w).values())):
+            return self.evaluate(batch)
 
     @torch.no_grad()
     def init_loss(self, num_samples: int, batch_size: int) -> tuple[float, Tensor | None]:
@@ -252,8 +297,7 @@ class ModelLoss:
         for start in range(0, num_samples, batch_size):
             idx = torch.arange(start, min(start + batch_size, num_samples))
             batch = self.batch(idx)
-            outputs = self.model(**self._forward_inputs(batch))
-            value = self.outputs_to_loss(outputs, batch).detach().double()
+            value = self.evaluate(batch).detach().double()
             if value.ndim == 1 and value.numel() == len(idx):
                 pieces.append(value)
                 total += float(value.sum())
@@ -335,6 +379,12 @@ class LLCResult:
         """Read a result written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def plot(self, path: str | Path | None = None, *, title: str | None = None):
+        """Trace and per-chain λ̂ figure (needs the ``plot`` extra); saved to ``path`` if given."""
+        from .plotting import plot_llc_result
+
+        return plot_llc_result(self, path, title=title)
+
     def summary(self) -> str:
         """One line: λ̂ ± std (stderr) with nβ and the chain count."""
         return (
@@ -371,7 +421,13 @@ def estimate_llc(
     config: SamplerConfig | None = None,
     *,
     loss_fn: Callable[[Any, Mapping[str, Any]], Tensor] | None = None,
+    model_loss_fn: Callable[[nn.Module, Mapping[str, Any]], Tensor] | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
     collate_fn: Callable | None = None,
+    tokenizer: Any = None,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    num_samples: int | None = None,
     progress: bool = True,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂(w*) of ``model`` at its current weights.
@@ -388,8 +444,20 @@ def estimate_llc(
         loss_fn: ``loss_fn(outputs, batch) -> Tensor`` overriding ``outputs.loss``. Return one
             loss per sample (shape [batch]) to enable the per-sample cache at w* and the paired
             estimator; a scalar must be the batch mean.
-        collate_fn: builds a batch dict from a list of rows (slow path, for ragged data).
+        model_loss_fn: ``model_loss_fn(model, batch) -> Tensor`` for objectives that call the
+            model themselves (several forward passes); the model is at the sampled weights.
+        forward_kwargs: extra arguments for every forward call (causal LMs get
+            ``use_cache=False`` unless given).
+        collate_fn: builds a batch dict from a list of rows (slow path, for ragged data);
+            skips the adapter's tokenization and padding.
+        tokenizer, text_column, max_length: tokenize a raw-text column (truncating at
+            ``max_length``); a ``text`` column is used by default for language models.
+        num_samples: use the first N rows (required for an ``IterableDataset``).
         progress: show a progress bar.
+
+    Known model kinds (``*ForCausalLM``, ``*ForMaskedLM``, ``*ForTokenClassification``,
+    ``*ForSequenceClassification``) get per-sample losses computed from the logits, token
+    losses weighted so that L_n is the dataset's mean token loss (see :mod:`hf_llc.adapters`).
 
     Returns:
         :class:`LLCResult`. Chains that diverge are excluded from the mean and reported in
@@ -404,7 +472,27 @@ def estimate_llc(
     if loss_fn is not None and not callable(loss_fn):
         raise ValueError("loss_fn must be callable as loss_fn(outputs, batch).")
 
+    if loss_fn is not None and model_loss_fn is not None:
+        raise ValueError("pass loss_fn or model_loss_fn, not both.")
     device = _model_device(model)
+    exclude: frozenset[str] = frozenset()
+    if collate_fn is None:
+        prepared = prepare_dataset(
+            model,
+            dataset,
+            tokenizer=tokenizer,
+            text_column=text_column,
+            max_length=max_length,
+            num_samples=num_samples,
+            seed=cfg.seed,
+        )
+        dataset = prepared.columns if prepared.columns is not None else prepared.dataset
+        if loss_fn is None and model_loss_fn is None:
+            loss_fn = default_loss_fn(model, prepared)
+            if loss_fn is not None:
+                exclude = frozenset({"labels"})
+        if prepared.kind == "causal-lm":
+            forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
     data = TensorBatches(dataset, device, collate_fn)
     n = data.num_samples
     if cfg.batch_size > n:
@@ -425,7 +513,15 @@ def estimate_llc(
     model.eval()
     try:
         flat = FlatParameters(model)
-        problem = ModelLoss(model, flat, data, loss_fn)
+        problem = ModelLoss(
+            model,
+            flat,
+            data,
+            loss_fn,
+            model_loss_fn=model_loss_fn,
+            forward_kwargs=forward_kwargs,
+            exclude=exclude,
+        )
         precond_diag = _precond_diagonal(cfg.preconditioner, flat)
         w_star = flat.w_star.to(device)
 
