@@ -9,6 +9,8 @@ Importing the package registers the deep linear network validation architecture
 """
 
 from .estimator import LLCResult, estimate_llc
+from .loading import load_checkpoint
+from .modelcard import read_llc_from_model_card, write_llc_to_model_card
 from .models.dln import (
     DLNConfig,
     DLNModel,
@@ -31,5 +33,8 @@ __all__ = [
     "dln_learning_coefficient",
     "dln_truth",
     "estimate_llc",
+    "load_checkpoint",
     "make_dln_problem",
+    "read_llc_from_model_card",
+    "write_llc_to_model_card",
 ]

@@ -215,3 +215,44 @@ def test_cli_estimate_bad_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["estimate", str(model_dir), "--dataset", str(bad), "--loss-fn", "nocolon"])
     assert "MODULE:FUNCTION" in capsys.readouterr().err
+
+
+def test_masked_lm_masks_are_drawn_once_from_the_seed():
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=24,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    model = BertForMaskedLM(cfg).eval()
+    data = Dataset.from_dict({"text": TEXTS})
+    a = prepare_dataset(model, data, tokenizer=_tokenizer(), seed=3)
+    b = prepare_dataset(model, data, tokenizer=_tokenizer(), seed=3)
+    c = prepare_dataset(model, data, tokenizer=_tokenizer(), seed=4)
+    assert torch.equal(a.columns["labels"], b.columns["labels"])
+    assert not torch.equal(a.columns["labels"], c.columns["labels"])
+    masked = a.columns["labels"] != -100
+    assert masked.any() and not (a.columns["attention_mask"][masked] == 0).any()
+    result = estimate_llc(model, data, SHORT, tokenizer=_tokenizer(), progress=False)
+    assert math.isfinite(result.llc_mean) and result.llc_paired_mean is not None
+
+
+def test_iterable_dataset_needs_num_samples():
+    from datasets import IterableDataset
+
+    def rows():
+        for t in TEXTS:
+            yield {"text": t}
+
+    stream = IterableDataset.from_generator(rows)
+    with pytest.raises(ValueError, match="num_samples"):
+        estimate_llc(_gpt2(), stream, SHORT, tokenizer=_tokenizer(), progress=False)
+    result = estimate_llc(
+        _gpt2(), stream, SHORT, tokenizer=_tokenizer(), num_samples=32, progress=False
+    )
+    assert result.num_samples == 32
