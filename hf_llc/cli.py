@@ -212,14 +212,28 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _import_function(spec: str, flag: str):
     import importlib
+    import importlib.util
+    import os
 
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
-        raise ValueError(f"{flag} takes MODULE:FUNCTION (e.g. mylosses:pair_loss), got {spec!r}.")
+        raise ValueError(
+            f"{flag} takes MODULE:FUNCTION or path/to/file.py:FUNCTION (e.g. mylosses:pair_loss), "
+            f"got {spec!r}."
+        )
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            file_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if file_spec is None or not Path(module_name).is_file():
+                raise ImportError(f"no such file {module_name}")
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:  # console scripts do not put the cwd on sys.path
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"{flag}: cannot import module {module_name!r} ({err}).") from err
+        raise ValueError(f"{flag}: cannot import {module_name!r} ({err}).") from err
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"{flag}: {module_name!r} has no function {attr!r}.")

@@ -256,3 +256,41 @@ def test_iterable_dataset_needs_num_samples():
         _gpt2(), stream, SHORT, tokenizer=_tokenizer(), num_samples=32, progress=False
     )
     assert result.num_samples == 32
+
+
+def test_cli_loss_fn_from_a_module_in_the_working_directory(tmp_path, monkeypatch, capsys):
+    model_dir = tmp_path / "m"
+    _gpt2().save_pretrained(model_dir)
+    _tokenizer().save_pretrained(model_dir)
+    (tmp_path / "my_losses.py").write_text(
+        "import torch.nn.functional as F\n"
+        "def mean_logit_loss(outputs, batch):\n"
+        "    return (outputs.logits.float() ** 2).mean(dim=(1, 2))\n"
+    )
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    monkeypatch.chdir(tmp_path)
+    for spec in ["my_losses:mean_logit_loss", str(tmp_path / "my_losses.py") + ":mean_logit_loss"]:
+        out = tmp_path / "o.json"
+        main(
+            [
+                "estimate",
+                str(model_dir),
+                "--dataset",
+                str(data),
+                "--num-chains",
+                "1",
+                "--num-draws",
+                "5",
+                "--num-burnin",
+                "5",
+                "--batch-size",
+                "8",
+                "--quiet",
+                "--loss-fn",
+                spec,
+                "--output",
+                str(out),
+            ]
+        )
+        assert math.isfinite(json.loads(out.read_text())["init_loss"])
