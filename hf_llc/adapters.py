@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 MASK_PROBABILITY = 0.15
 
-_LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
+# Column names renamed to ``labels`` (as ``Trainer`` does).
+LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
 
 
 def model_kind(model: nn.Module) -> str:
@@ -229,7 +230,7 @@ def _pad_columns(dataset, pad_id: int, max_length: int | None) -> dict[str, Tens
             tt[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         columns["token_type_ids"] = tt
     for name in dataset.column_names:
-        target = _LABEL_ALIASES.get(name, name)
+        target = LABEL_ALIASES.get(name, name)
         if target in columns:
             continue
         if target != "labels":

@@ -32,11 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .adapters import default_loss_fn, prepare_dataset
+from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
 from .diagnostics import effective_sample_size, split_rhat
 from .sampling import SamplerConfig, run_chain
-
-_LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
 
 
 class FlatParameters:
@@ -114,7 +112,7 @@ class TensorBatches:
         if self.num_samples == 0:
             raise ValueError("dataset is empty: the LLC needs at least one sample.")
         if self.columns is not None:
-            self.columns = {_LABEL_ALIASES.get(k, k): v.to(device) for k, v in self.columns.items()}
+            self.columns = {LABEL_ALIASES.get(k, k): v.to(device) for k, v in self.columns.items()}
 
     def batch(self, indices: Tensor) -> dict[str, Any]:
         if self.columns is not None:
@@ -122,7 +120,7 @@ class TensorBatches:
             return {k: v.index_select(0, idx) for k, v in self.columns.items()}
         rows = [self.dataset[i] for i in indices.tolist()]
         out = self.collate_fn(rows)
-        out = {_LABEL_ALIASES.get(k, k): v for k, v in dict(out).items()}
+        out = {LABEL_ALIASES.get(k, k): v for k, v in dict(out).items()}
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in out.items()}
 
 
