@@ -44,6 +44,18 @@ def _gpt2(vocab=24):
     return GPT2LMHeadModel(cfg).eval()
 
 
+def _bert_config(**kwargs) -> BertConfig:
+    return BertConfig(
+        vocab_size=24,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        **kwargs,
+    )
+
+
 def test_causal_lm_token_weighting_gives_the_dataset_mean_token_loss():
     """L_n is the mean token loss, whatever the padding: the same texts padded to a longer
     max_length give the same L_n(w*), equal to a direct token-by-token computation."""
@@ -77,15 +89,7 @@ def test_causal_lm_token_weighting_gives_the_dataset_mean_token_loss():
 
 def test_sequence_classifier_with_a_label_column():
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=24,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=3,
-    )
+    cfg = _bert_config(num_labels=3)
     model = BertForSequenceClassification(cfg).eval()
     data = Dataset.from_dict({"text": TEXTS, "label": [i % 3 for i in range(len(TEXTS))]})
     result = estimate_llc(model, data, SHORT, tokenizer=_tokenizer(), progress=False)
@@ -98,14 +102,7 @@ def test_sequence_classifier_with_a_label_column():
 
 def test_bare_model_with_a_custom_loss_fn_and_model_loss_fn():
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=24,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
+    cfg = _bert_config()
     model = BertModel(cfg).eval()
     tok = _tokenizer()
     enc = tok(TEXTS, padding=True)
@@ -221,14 +218,7 @@ def test_masked_lm_masks_are_drawn_once_from_the_seed():
     from transformers import BertForMaskedLM
 
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=24,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
+    cfg = _bert_config()
     model = BertForMaskedLM(cfg).eval()
     data = Dataset.from_dict({"text": TEXTS})
     a = prepare_dataset(model, data, tokenizer=_tokenizer(), seed=3)
