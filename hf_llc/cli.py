@@ -53,6 +53,12 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preconditioner", choices=PRECONDITIONERS)
     g.add_argument("--sampler-seed", type=int, help="seed of the chains (default 0)")
     g.add_argument("--mala", action="store_true", help="record MALA acceptance (diagnostic)")
+    g.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default=None,
+        help="autocast for forward/backward (default: accelerate's setting; fp16 is refused)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SamplerConfig:
@@ -171,10 +177,16 @@ def _validate(args: argparse.Namespace) -> int:
         _check_writable(args.output)
 
     done = []
+    distributed = _world_size() > 1
+    main_process = _is_main_process()
+    if distributed:
+        # Under accelerate launch / torchrun every process runs every case, with the chains of
+        # each case split over the processes; only the main process prints and writes.
+        args.jobs = 1
 
     def report(r: dict) -> None:
         done.append(r)
-        if not args.no_progress:
+        if not args.no_progress and main_process:
             print(
                 f"[{len(done)}/{len(cases)}] {','.join(map(str, r['widths']))} "
                 f"{r['construction']} r={r['rank']}: λ̂ = {r['llc_mean']:.4g} "
@@ -190,9 +202,12 @@ def _validate(args: argparse.Namespace) -> int:
         seed=args.seed,
         input_distribution=args.input_distribution,
         loss_type=args.loss_type,
+        mixed_precision=args.mixed_precision,
         jobs=args.jobs,
         on_result=report,
     )
+    if not main_process:
+        return 0
     print(format_table(out["cases"]))
     s = out["summary"]
     print(
@@ -326,6 +341,8 @@ def _estimate(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         progress=not args.quiet,
     )
+    if not _is_main_process():
+        return 0
     print(result.summary())
     diag = result.diagnostics
     print(
@@ -365,6 +382,18 @@ def _estimate(args: argparse.Namespace) -> int:
         )
         print(f"wrote the LLC into {card}")
     return 0
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _check_writable(path: Path) -> None:

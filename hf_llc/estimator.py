@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
 from .diagnostics import effective_sample_size, split_rhat
+from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import SamplerConfig, run_chain
 
 
@@ -173,8 +174,10 @@ class ModelLoss:
         model_loss_fn: Callable | None = None,
         forward_kwargs: Mapping[str, Any] | None = None,
         exclude: frozenset[str] = frozenset(),
+        autocast: Callable[[], Any] = nullcontext,
     ):
         self.model = model
+        self.autocast = autocast
         self.flat = flat
         self.data = data
         self.loss_fn = loss_fn
@@ -209,10 +212,11 @@ class ModelLoss:
 
     def evaluate(self, batch: Mapping[str, Any]) -> Tensor:
         """The loss of the model as its parameters are now (fp32)."""
-        if self.model_loss_fn is not None:
-            out = self.model_loss_fn(self.model, batch)
-        else:
-            out = self.outputs_to_loss(self.model(**self._forward_inputs(batch)), batch)
+        with self.autocast():
+            if self.model_loss_fn is not None:
+                out = self.model_loss_fn(self.model, batch)
+            else:
+                out = self.outputs_to_loss(self.model(**self._forward_inputs(batch)), batch)
         if not isinstance(out, Tensor):
             raise ValueError(
                 f"the loss must be a tensor (scalar or one value per sample), got {type(out)}."
@@ -426,6 +430,8 @@ def estimate_llc(
     text_column: str | None = None,
     max_length: int | None = None,
     num_samples: int | None = None,
+    accelerator: Any = None,
+    mixed_precision: str | None = None,
     progress: bool = True,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂(w*) of ``model`` at its current weights.
@@ -451,7 +457,14 @@ def estimate_llc(
         tokenizer, text_column, max_length: tokenize a raw-text column (truncating at
             ``max_length``); a ``text`` column is used by default for language models.
         num_samples: use the first N rows (required for an ``IterableDataset``).
-        progress: show a progress bar.
+        accelerator: an ``accelerate.Accelerator``; without one, ``accelerate launch`` /
+            ``torchrun`` environments are detected. Chains are split over the processes (chain
+            c on process c mod P), each on its process's device (the model is moved there),
+            and gathered to every process; the result does not depend on P. The model and
+            data are never ``prepare()``-d (see :mod:`hf_llc.distributed`).
+        mixed_precision: ``"no"``, ``"bf16"`` (forward/backward under autocast, sampling
+            state fp32) or ``"fp16"`` (refused); default: the accelerator's setting.
+        progress: show a progress bar (on the main process).
 
     Known model kinds (``*ForCausalLM``, ``*ForMaskedLM``, ``*ForTokenClassification``,
     ``*ForSequenceClassification``) get per-sample losses computed from the logits, token
@@ -472,7 +485,11 @@ def estimate_llc(
 
     if loss_fn is not None and model_loss_fn is not None:
         raise ValueError("pass loss_fn or model_loss_fn, not both.")
-    device = _model_device(model)
+    procs = process_info(accelerator, _model_device(model))
+    precision = resolve_mixed_precision(mixed_precision, accelerator)
+    device = procs.device
+    if _model_device(model) != device:
+        model.to(device)
     exclude: frozenset[str] = frozenset()
     if collate_fn is None:
         prepared = prepare_dataset(
@@ -519,6 +536,7 @@ def estimate_llc(
             model_loss_fn=model_loss_fn,
             forward_kwargs=forward_kwargs,
             exclude=exclude,
+            autocast=lambda: autocast(precision, device),
         )
         precond_diag = _precond_diagonal(cfg.preconditioner, flat)
         w_star = flat.w_star.to(device)
@@ -530,14 +548,15 @@ def estimate_llc(
             cache = None
         t_init = time.perf_counter() - t0
 
+        mine = procs.my_chains(cfg.num_chains)
         bar = None
-        if progress:
+        if progress and procs.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.num_chains * cfg.num_steps, desc="SGLD", unit="step")
+            bar = tqdm(total=len(mine) * cfg.num_steps, desc="SGLD", unit="step")
         chains = []
         try:
-            for c in range(cfg.num_chains):
+            for c in mine:
                 chains.append(
                     run_chain(
                         problem,
@@ -556,8 +575,12 @@ def estimate_llc(
                 bar.close()
     finally:
         model.train(was_training)
+    chains = sorted(procs.gather(chains), key=lambda ch: ch.chain)
 
-    return _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init)
+    result = _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main)
+    result.diagnostics["num_processes"] = procs.num_processes
+    result.diagnostics["mixed_precision"] = precision
+    return result
 
 
 def _precond_diagonal(preconditioner: Any, flat: FlatParameters) -> Tensor | None:
@@ -579,7 +602,7 @@ def _precond_diagonal(preconditioner: Any, flat: FlatParameters) -> Tensor | Non
     return diag.to(flat.w_star.device)
 
 
-def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init) -> LLCResult:
+def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init, warn=True) -> LLCResult:
     draws = cfg.num_draws
     trace = np.full((len(chains), draws), np.nan)
     per_chain, paired = [], []
@@ -600,16 +623,16 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init) -> LLCResult
     healthy = [i for i, ch in enumerate(chains) if not ch.diverged]
     good = np.array([per_chain[i] for i in healthy])
     mean, std, stderr = _mean_std_stderr(good)
-    for ch in chains:
+    for ch in chains if warn else []:
         for r in ch.retries[: len(ch.retries) - ch.diverged]:
             warnings.warn(
                 f"{r['message']}; restarted it from w* with half the step size",
                 RuntimeWarning,
                 stacklevel=3,
             )
-    for d in divergences:
+    for d in divergences if warn else []:
         warnings.warn(d["message"], RuntimeWarning, stacklevel=3)
-    if not healthy:
+    if not healthy and warn:
         warnings.warn(
             "every chain diverged: the estimate is NaN; reduce step_size (or step_scale).",
             RuntimeWarning,

@@ -76,6 +76,7 @@ def run_case(
     seed: int = 0,
     input_distribution: str = "normal",
     loss_type: str = "gaussian_nll",
+    mixed_precision: str | None = None,
     progress: bool = False,
 ) -> dict:
     """Estimate the LLC of one DLN case and compare it with theory; returns a JSON-ready dict."""
@@ -95,7 +96,14 @@ def run_case(
         loss_type=loss_type,
     )
     # Per-sample losses: exact L_n(w*) from the cache, and the paired estimator alongside.
-    result = estimate_llc(model, dataset, cfg, loss_fn=per_sample_loss_fn(model), progress=progress)
+    result = estimate_llc(
+        model,
+        dataset,
+        cfg,
+        loss_fn=per_sample_loss_fn(model),
+        mixed_precision=mixed_precision,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     theory = float(lam)
     rel = (result.llc_mean - theory) / theory if theory else float("nan")
@@ -109,6 +117,8 @@ def run_case(
         "num_samples": num_samples,
         "seed": seed,
         "loss_type": loss_type,
+        "mixed_precision": result.diagnostics["mixed_precision"],
+        "num_processes": result.diagnostics["num_processes"],
         "lambda_theory": theory,
         "lambda_theory_exact": str(lam),
         "multiplicity": truth.multiplicity,
@@ -153,6 +163,7 @@ def run_suite(
     seed: int = 0,
     input_distribution: str = "normal",
     loss_type: str = "gaussian_nll",
+    mixed_precision: str | None = None,
     jobs: int | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -166,6 +177,7 @@ def run_suite(
         seed=seed,
         input_distribution=input_distribution,
         loss_type=loss_type,
+        mixed_precision=mixed_precision,
     )
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
     start = time.perf_counter()

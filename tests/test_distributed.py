@@ -1,0 +1,145 @@
+"""Chains over processes (accelerate, CPU) and mixed precision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
+from hf_llc.distributed import ProcessInfo
+
+CFG = dict(num_chains=3, num_burnin=30, num_draws=40, batch_size=64)
+
+
+def _problem():
+    return make_dln_problem([4, 3, 4], 1, "aligned", num_samples=2000, seed=2)
+
+
+def test_chain_assignment_covers_every_chain_once():
+    class S:
+        def __init__(self, p, i):
+            self.num_processes, self.process_index, self.device = p, i, torch.device("cpu")
+
+    for procs in (1, 2, 3, 5):
+        got = sorted(c for i in range(procs) for c in ProcessInfo(S(procs, i), None).my_chains(4))
+        assert got == [0, 1, 2, 3]
+
+
+TWO_PROCESS_SCRIPT = """
+import json, sys
+from accelerate import PartialState, debug_launcher
+from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
+
+def run(out_path):
+    model, data, _ = make_dln_problem([4, 3, 4], 1, "aligned", num_samples=2000, seed=2)
+    cfg = SamplerConfig(**json.loads(sys.argv[2]))
+    result = estimate_llc(model, data, cfg, progress=False)
+    state = PartialState()
+    assert result.diagnostics["num_processes"] == 2
+    if state.is_main_process:
+        with open(out_path, "w") as f:
+            json.dump(result.to_dict(), f)
+    state.wait_for_everyone()
+
+if __name__ == "__main__":
+    debug_launcher(run, args=(sys.argv[1],), num_processes=2)
+"""
+
+
+def test_one_and_two_processes_give_identical_chains(tmp_path):
+    # accelerate's debug_launcher forks; forking a process whose OpenMP threads have already
+    # run (this pytest process) can deadlock, so the two processes start from a fresh
+    # interpreter.
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    out = tmp_path / "two.json"
+    subprocess.run(
+        [sys.executable, str(script), str(out), json.dumps(CFG)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    two = json.loads(out.read_text())
+    model, data, _ = _problem()
+    one = estimate_llc(model, data, SamplerConfig(**CFG), progress=False)
+    assert two["llc_per_chain"] == one.llc_per_chain  # bit-identical, chain by chain
+    assert two["loss_trace"] == one.to_dict()["loss_trace"]
+
+
+def test_bf16_agrees_with_fp32_and_keeps_fp32_state():
+    model, data, lam = make_dln_problem([6, 4, 6], 4, "full_rank", num_samples=20_000)
+    cfg = SamplerConfig(num_chains=4, num_burnin=500, num_draws=1000)
+    fp32 = estimate_llc(model, data, cfg, progress=False)
+    bf16 = estimate_llc(model, data, cfg, mixed_precision="bf16", progress=False)
+    assert bf16.diagnostics["mixed_precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # bf16 rounds the forward/backward to 8 mantissa bits (relative 2^-8 ≈ 0.4% per op): the
+    # loss differences that make λ̂ are relative to L_n(w*) = 0 here, so the estimate moves by
+    # a few percent at most; with 4 chains the chain-to-chain standard error is ≈ 2-3% of λ.
+    # Allow 10% of λ plus 3 standard errors of the difference.
+    se = (fp32.llc_stderr**2 + bf16.llc_stderr**2) ** 0.5
+    assert abs(bf16.llc_mean - fp32.llc_mean) <= 0.10 * float(lam) + 3 * se
+
+
+def test_fp16_is_refused_with_the_reason():
+    model, data, _ = _problem()
+    with pytest.raises(ValueError, match="bf16"):
+        estimate_llc(model, data, SamplerConfig(**CFG), mixed_precision="fp16", progress=False)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        estimate_llc(model, data, SamplerConfig(**CFG), mixed_precision="fp8", progress=False)
+
+
+@pytest.mark.slow
+def test_cli_under_accelerate_launch_matches_one_process(tmp_path):
+    args = [
+        "validate",
+        "--widths",
+        "4,3,4",
+        "--rank",
+        "1",
+        "--construction",
+        "aligned",
+        "--num-samples",
+        "2000",
+        "--num-chains",
+        "3",
+        "--num-draws",
+        "40",
+        "--num-burnin",
+        "30",
+        "--batch-size",
+        "64",
+        "--no-progress",
+    ]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1")
+    two, one = tmp_path / "two.json", tmp_path / "one.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "-m",
+            "hf_llc",
+            *args,
+            "--output",
+            str(two),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "hf_llc", *args, "--output", str(one)],
+        check=True,
+        capture_output=True,
+    )
+    a, b = json.loads(two.read_text())["cases"][0], json.loads(one.read_text())["cases"][0]
+    assert a["llc_per_chain"] == b["llc_per_chain"]
