@@ -543,7 +543,7 @@ def estimate_llc(
 
         t0 = time.perf_counter()
         init_n = cfg.init_loss_samples or n
-        init_loss, cache = problem.init_loss(init_n, max(cfg.batch_size, 256))
+        init_loss, cache = problem.init_loss(init_n, cfg.batch_size)
         if init_n != n:
             cache = None
         t_init = time.perf_counter() - t0
