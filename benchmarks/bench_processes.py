@@ -31,18 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cores
+
 PROBE = """\
 import os, torch
 print(os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1"),
       os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads(), flush=True)
 """
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -179,7 +174,7 @@ def main(argv=None) -> int:
 
     print(
         f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}, "
-        f"{_cores()} cores, load average {os.getloadavg()[0]:.2f}"
+        f"{cores()} cores, load average {os.getloadavg()[0]:.2f}"
     )
     print(
         f"DLN {args.widths} rank {args.rank} {args.construction}, n = {args.num_samples}; "

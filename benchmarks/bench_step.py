@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from _common import cores
 
 from hf_llc.estimator import FlatParameters, ModelLoss, TensorBatches, _model_device
 from hf_llc.models.dln import make_dln_problem
@@ -38,13 +39,6 @@ from hf_llc.sampling import SamplerConfig, run_chain
 from hf_llc.sampling.chain import EpochBatcher, chain_generator
 
 TARGET_RATIO = 1.15
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--threads",
         type=int,
-        default=_cores(),
+        default=cores(),
         help="torch.set_num_threads (default: all cores available to this process)",
     )
     p.add_argument(
