@@ -7,7 +7,6 @@ Also runnable as ``python -m hf_llc``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -216,11 +215,9 @@ def _validate(args: argparse.Namespace) -> int:
         f"{s['wall_seconds']:.0f}s"
     )
     if args.output is not None:
-        from .estimator import _plain
+        from .serialization import write_json
 
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(_plain(out), indent=1, allow_nan=False))
-        tmp.replace(args.output)
+        write_json(args.output, out)
         print(f"wrote {args.output}")
     return 0
 
@@ -293,8 +290,9 @@ def load_data(name: str, *, config: str | None = None, split: str = "train"):
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from .estimator import _plain, estimate_llc
+    from .estimator import estimate_llc
     from .loading import load_checkpoint
+    from .serialization import write_json
 
     cfg = config_from_args(args)
     if args.output is not None:
@@ -363,9 +361,7 @@ def _estimate(args: argparse.Namespace) -> int:
             "split": args.split,
             "fingerprint": getattr(data, "_fingerprint", None),
         }
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(_plain(out), indent=1, allow_nan=False))
-        tmp.replace(args.output)
+        write_json(args.output, out)
         print(f"wrote {args.output}")
     if args.write_card:
         from .modelcard import write_llc_to_model_card

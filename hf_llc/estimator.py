@@ -36,6 +36,7 @@ from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
 from .diagnostics import effective_sample_size, split_rhat
 from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import SamplerConfig, run_chain
+from .serialization import to_plain, write_json
 
 
 class FlatParameters:
@@ -350,17 +351,14 @@ class LLCResult:
         """JSON-ready dict of plain floats and lists (missing values are ``None``)."""
         out = {}
         for key in self.__dataclass_fields__:
-            out[key] = _plain(getattr(self, key))
+            out[key] = to_plain(getattr(self, key))
         return out
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON (atomically: a temporary file renamed into place)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> LLCResult:
@@ -393,22 +391,6 @@ class LLCResult:
             f"LLC = {self.llc_mean:.4g} ± {self.llc_std:.3g} (stderr {self.llc_stderr:.3g}, "
             f"{len(self.llc_per_chain)} chains, nβ = {self.nbeta:.4g}, n = {self.num_samples})"
         )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, Tensor):
-        return _plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -54,6 +53,8 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import yaml_dump
+
+from .serialization import to_plain
 
 __all__ = [
     "LLC_CARD_TEMPLATE",
@@ -136,7 +137,7 @@ def write_llc_to_model_card(
         raise FileNotFoundError(f"model directory {readme.parent} does not exist.")
 
     get = _getter(result)
-    value = _plain(get("llc_mean"))
+    value = to_plain(get("llc_mean"))
     if value is None:
         raise ValueError(
             f"cannot record a non-finite LLC ({get('llc_mean')!r}) in {readme}: "
@@ -264,16 +265,16 @@ def _make_entry(
     plot,
     date,
 ) -> dict:
-    settings = _plain(dict(get("config") or {}))
-    nbeta = _plain(get("nbeta"))
+    settings = to_plain(dict(get("config") or {}))
+    nbeta = to_plain(get("nbeta"))
     settings_id = _settings_id(settings, nbeta)
-    per_chain = _plain(list(get("llc_per_chain") or []))
+    per_chain = to_plain(list(get("llc_per_chain") or []))
     return {
         "value": value,
-        "std": _plain(get("llc_std")),
-        "stderr": _plain(get("llc_stderr")),
+        "std": to_plain(get("llc_std")),
+        "stderr": to_plain(get("llc_stderr")),
         "per_chain": per_chain,
-        "paired_value": _plain(get("llc_paired_mean")),
+        "paired_value": to_plain(get("llc_paired_mean")),
         "dataset": dataset_name,
         "dataset_config": dataset_config,
         "dataset_split": dataset_split,
@@ -281,18 +282,18 @@ def _make_entry(
         "settings_id": settings_id,
         "settings": settings,
         "nbeta": nbeta,
-        "num_samples": _plain(get("num_samples")),
-        "num_params": _plain(get("num_params")),
+        "num_samples": to_plain(get("num_samples")),
+        "num_params": to_plain(get("num_params")),
         "seed": settings.get("seed"),
         "num_chains": settings.get("num_chains", len(per_chain)),
         "num_draws": settings.get("num_draws"),
         "num_burnin": settings.get("num_burnin"),
-        "init_loss": _plain(get("init_loss")),
+        "init_loss": to_plain(get("init_loss")),
         "model_revision": model_revision,
         "versions": _versions(),
         "date": _date(date),
         "diagnostics": _diagnostics_summary(get("diagnostics") or {}),
-        "sampling_seconds": _plain((get("timings") or {}).get("sampling_seconds")),
+        "sampling_seconds": to_plain((get("timings") or {}).get("sampling_seconds")),
         "plot": plot,
     }
 
@@ -323,10 +324,10 @@ def _diagnostics_summary(diag: Mapping) -> dict:
     divergences = diag.get("divergences") or []
     retries = diag.get("retries") or []
     return {
-        "num_chains_used": _plain(diag.get("num_chains_used")),
-        "rhat": _plain(diag.get("rhat")),
-        "ess": _plain(diag.get("ess")),
-        "mala_acceptance": _plain(diag.get("mala_acceptance")),
+        "num_chains_used": to_plain(diag.get("num_chains_used")),
+        "rhat": to_plain(diag.get("rhat")),
+        "ess": to_plain(diag.get("ess")),
+        "mala_acceptance": to_plain(diag.get("mala_acceptance")),
         "num_divergences": len(divergences) if isinstance(divergences, (list, tuple)) else 0,
         "num_retries": len(retries) if isinstance(retries, (list, tuple)) else 0,
     }
@@ -368,23 +369,6 @@ def _plot_link(plot_path: str | os.PathLike | None, card_dir: Path) -> str | Non
         return plot.resolve().relative_to(card_dir.resolve()).as_posix()
     except ValueError:
         return plot.as_posix()
-
-
-def _plain(value: Any) -> Any:
-    """Plain JSON/YAML-safe Python values: numpy/torch → float/int/list, non-finite → None."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()  # numpy arrays and scalars, torch tensors
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    return str(value)
 
 
 # --------------------------------------------------------------------------- model-index

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing import get_context
 
 from .sampling import SamplerConfig
@@ -245,16 +245,11 @@ def format_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def case_from_dict(data: dict) -> ValidationCase:
-    return ValidationCase(tuple(data["widths"]), data["rank"], data["construction"])
-
-
 __all__ = [
     "PAPER_SUITE",
     "QUICK_SUITE",
     "SUITES",
     "ValidationCase",
-    "asdict",
     "format_table",
     "run_case",
     "run_suite",
