@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import Any
 
 from .sampling import SamplerConfig
 
@@ -159,26 +160,19 @@ def run_suite(
     cases: Sequence[ValidationCase],
     config: SamplerConfig | None = None,
     *,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    seed: int = 0,
-    input_distribution: str = "normal",
-    loss_type: str = "gaussian_nll",
-    mixed_precision: str | None = None,
     jobs: int | None = None,
     on_result: Callable[[dict], None] | None = None,
+    **case_kwargs: Any,
 ) -> dict:
     """Run ``cases`` (in ``jobs`` worker processes; default: one per CPU core) and summarise.
 
-    Returns ``{"cases": [...], "summary": {...}}`` with the cases in their given order.
+    ``case_kwargs`` (``num_samples``, ``seed``, ``input_distribution``, ``loss_type``,
+    ``mixed_precision``) go to :func:`run_case` for every case alike. Returns
+    ``{"cases": [...], "summary": {...}}`` with the cases in their given order.
     """
     cfg = config if config is not None else SamplerConfig()
-    kwargs = dict(
-        num_samples=num_samples,
-        seed=seed,
-        input_distribution=input_distribution,
-        loss_type=loss_type,
-        mixed_precision=mixed_precision,
-    )
+    kwargs = case_kwargs
+    num_samples = kwargs.get("num_samples", DEFAULT_NUM_SAMPLES)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
     start = time.perf_counter()
     results: list[dict | None] = [None] * len(cases)
