@@ -9,6 +9,7 @@ Importing the package registers the deep linear network validation architecture
 """
 
 from .estimator import LLCResult, estimate_llc
+from .integrations import LLCCallback
 from .loading import load_checkpoint
 from .modelcard import read_llc_from_model_card, write_llc_to_model_card
 from .models.dln import (
@@ -20,6 +21,7 @@ from .models.dln import (
     make_dln_problem,
 )
 from .sampling import SamplerConfig
+from .targets import model_targets
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "DLNConfig",
     "DLNModel",
     "DLNProblem",
+    "LLCCallback",
     "LLCResult",
     "SamplerConfig",
     "__version__",
@@ -35,6 +38,7 @@ __all__ = [
     "estimate_llc",
     "load_checkpoint",
     "make_dln_problem",
+    "model_targets",
     "read_llc_from_model_card",
     "write_llc_to_model_card",
 ]

@@ -265,3 +265,73 @@ def _save_atomic(fig: Figure, path: Path) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def plot_llc_history(
+    history: list[dict],
+    path: str | os.PathLike | None = None,
+    *,
+    reference: tuple[Any, Any, str] | None = None,
+    loss: tuple[Any, Any, str] | None = None,
+    log_steps: bool | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw λ̂ against the training step (the curve of :class:`hf_llc.LLCCallback`).
+
+    λ̂ is drawn with a band of ± 2 standard errors across chains.
+
+    Args:
+        history: entries with ``step``, ``llc_mean`` and ``llc_stderr`` (the callback's
+            ``history``, or the ``"history"`` list of its ``llc_history.json``).
+        path: where to save the figure (atomically; format from the suffix, PNG by default).
+        reference: optional ``(steps, values, label)`` drawn as a step line on the λ axis,
+            e.g. a theoretical learning coefficient.
+        loss: optional ``(steps, values, label)`` drawn on a second, logarithmic y axis.
+        log_steps: logarithmic step axis (default: when the steps span over two decades).
+        title: the figure title.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
+    Raises:
+        ImportError: matplotlib is not installed (install ``hf-llc[plot]``).
+        ValueError: ``history`` is empty.
+    """
+    Figure, FigureCanvasAgg = _import_matplotlib()
+    if not history:
+        raise ValueError("history is empty: there is no LLC estimate to plot.")
+    steps = np.array([float(e["step"]) for e in history])
+    mean = _as_float_array([e.get("llc_mean") for e in history])
+    stderr = _as_float_array([e.get("llc_stderr") for e in history])
+
+    fig = Figure(figsize=(8.5, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.fill_between(steps, mean - 2 * stderr, mean + 2 * stderr, color="C0", alpha=0.2, lw=0)
+    ax.plot(steps, mean, "o-", color="C0", ms=3.5, lw=1.4, label=r"$\hat\lambda$ (± 2 s.e.)")
+    if reference is not None:
+        ref_steps, ref_values, ref_label = reference
+        ax.step(ref_steps, ref_values, where="post", color="C3", lw=1.6, ls="--", label=ref_label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(r"LLC $\hat\lambda$")
+    ax.grid(alpha=0.3)
+    positive = steps[steps > 0]
+    if log_steps is None:
+        log_steps = len(positive) > 1 and positive.max() / positive.min() > 100
+    if log_steps:
+        ax.set_xscale("log")
+    handles, labels = ax.get_legend_handles_labels()
+    if loss is not None:
+        loss_steps, loss_values, loss_label = loss
+        ax_loss = ax.twinx()
+        ax_loss.plot(loss_steps, loss_values, color="0.45", lw=1.0, label=loss_label)
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel(loss_label)
+        h2, l2 = ax_loss.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize="small", loc="best")
+    if title:
+        ax.set_title(title)
+    if path is not None:
+        _save_atomic(fig, Path(path))
+    return fig

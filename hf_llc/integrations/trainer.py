@@ -1,0 +1,400 @@
+"""Track the LLC over training with ``transformers.Trainer``.
+
+::
+
+    from hf_llc import LLCCallback, SamplerConfig
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset)
+    callback = LLCCallback(trainer, config=SamplerConfig(num_chains=4), every_n_steps=500)
+    trainer.add_callback(callback)
+    trainer.train()   # logs llc/mean, llc/std, llc/stderr, ... and writes llc_history.json
+
+What the callback guarantees:
+
+- **Training is not disturbed.** Each estimate samples a flat copy of the weights whose views
+  stand in for the parameters only while the loss is evaluated (see
+  :func:`hf_llc.estimate_llc`), with its own per-chain generators; afterwards the parameters
+  are exactly w*, every module's train/eval mode is restored, and so are the global random
+  states (torch CPU and CUDA, NumPy, ``random``), which the Trainer's data order and dropout
+  draw from. Training with and without the callback gives bit-identical weights and losses.
+- **Logging.** The values go through ``Trainer.log`` (so they reach ``state.log_history`` and
+  the reporting integrations), with the Trainer's pending log/evaluate/save decisions for the
+  step kept as they were, so the Trainer's own loss logs are never swallowed. Without a
+  trainer reference (``LLCCallback(None, dataset=...)``) they are appended to
+  ``state.log_history`` only.
+- **Distributed.** Under DDP every process runs its share of the chains (chain c on process
+  c mod P) and gets the gathered result; only the main process writes files.
+- **Files** (main process, in ``args.output_dir``): ``llc_history.json`` after every
+  estimate (atomically, so an interrupted run keeps every finished estimate), ``llc.json``
+  inside each ``checkpoint-*`` folder for estimates made at a save, and at the end of
+  training ``llc_history.png`` (when matplotlib is installed) and the final estimate in the
+  model card ``README.md``, re-applied after ``Trainer.create_model_card()`` rewrites it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from ..estimator import LLCResult, estimate_llc
+from ..sampling import SamplerConfig
+from ..serialization import to_plain, write_json
+from ..targets import check_targets, model_targets
+
+HISTORY_FILE = "llc_history.json"
+PLOT_FILE = "llc_history.png"
+CHECKPOINT_RESULT_FILE = "llc.json"
+
+_CONTROL_FLAGS = (
+    "should_log",
+    "should_evaluate",
+    "should_save",
+    "should_epoch_stop",
+    "should_training_stop",
+)
+
+
+class _GlobalRandomState:
+    """The global random states a training loop draws from, captured to be put back."""
+
+    def __init__(self):
+        self.torch = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.numpy = np.random.get_state()
+        self.python = random.getstate()
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+
+class LLCCallback(TrainerCallback):
+    """Estimate the LLC at chosen moments of ``Trainer`` training and log it.
+
+    Args:
+        trainer: the ``Trainer`` (recommended): its ``log`` is used for logging, its
+            ``train_dataset`` when ``dataset`` is ``None``, its ``processing_class`` to
+            tokenize a raw-text dataset, its ``accelerator`` to split chains over processes,
+            and its ``create_model_card`` is wrapped so the LLC is re-added after it runs.
+            ``None`` works too (see :meth:`attach`); then ``dataset`` is required and the
+            values only reach ``state.log_history``.
+        dataset: the data of L_n (default: the trainer's ``train_dataset``). Anything
+            :func:`hf_llc.estimate_llc` accepts.
+        config: the :class:`SamplerConfig` of every estimate (default ``SamplerConfig()``).
+        every_n_steps: estimate when ``global_step`` is a multiple of this.
+        at_steps: estimate at these global steps (e.g. log-spaced, for stage-wise curves).
+        on_save: estimate whenever the Trainer saves a checkpoint (also written into it).
+        on_evaluate: estimate after every evaluation.
+        at_end: estimate at the end of training unless the last step already has one.
+        num_samples: use the first N rows of the dataset (n, which sets nβ = n / log n).
+        loss_fn: passed to :func:`hf_llc.estimate_llc` (``loss_fn(outputs, batch)``).
+        targets: ``"data"`` (the dataset's labels) or ``"model"``: the realizable variant for
+            regression models, labels replaced by the current model's own outputs
+            (:func:`hf_llc.targets.model_targets`), so the LLC is measured at a minimum of its
+            loss even while training is far from one.
+        estimate_kwargs: other keyword arguments of :func:`hf_llc.estimate_llc` (e.g.
+            ``forward_kwargs``, ``mixed_precision``). By default the trainer's bf16 setting is
+            used; an fp16 trainer gets fp32 estimates (SGLD refuses fp16).
+        dataset_name: the dataset's name in the model card (default ``"train_dataset"``).
+        write_model_card: write the final estimate into ``output_dir/README.md``.
+        plot: save ``llc_history.png`` at the end (needs matplotlib; skipped without it).
+        progress: show a progress bar during each estimate.
+
+    Attributes:
+        history: one dict per estimate (``step``, ``epoch``, ``reason``, ``llc_mean``,
+            ``llc_std``, ``llc_stderr``, ``llc_per_chain``, ``init_loss``, ``nbeta``, ...).
+        last_result: the most recent :class:`~hf_llc.LLCResult`.
+    """
+
+    def __init__(
+        self,
+        trainer: Any = None,
+        *,
+        dataset: Any = None,
+        config: SamplerConfig | None = None,
+        every_n_steps: int | None = None,
+        at_steps: Iterable[int] | None = None,
+        on_save: bool = True,
+        on_evaluate: bool = False,
+        at_end: bool = True,
+        num_samples: int | None = None,
+        loss_fn: Any = None,
+        targets: str = "data",
+        estimate_kwargs: Mapping[str, Any] | None = None,
+        dataset_name: str | None = None,
+        write_model_card: bool = True,
+        plot: bool = True,
+        progress: bool = False,
+    ):
+        self.config = config if config is not None else SamplerConfig()
+        if not isinstance(self.config, SamplerConfig):
+            raise ValueError(f"config must be a SamplerConfig, got {type(config).__name__}.")
+        self.config.validate()
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool)
+            or not isinstance(every_n_steps, int)
+            or every_n_steps < 1
+        ):
+            raise ValueError(f"every_n_steps={every_n_steps!r}: pass a positive integer or None.")
+        steps = sorted(set(at_steps)) if at_steps is not None else []
+        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in steps):
+            raise ValueError(f"at_steps={at_steps!r}: pass non-negative integer global steps.")
+        if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 2):
+            raise ValueError(f"num_samples={num_samples!r}: pass an integer ≥ 2 or None.")
+        self.targets = check_targets(targets)
+        self.estimate_kwargs = dict(estimate_kwargs or {})
+        reserved = {"config", "loss_fn", "num_samples", "accelerator", "progress"}
+        clash = sorted(reserved & set(self.estimate_kwargs))
+        if clash:
+            raise ValueError(
+                f"estimate_kwargs may not contain {clash}: pass them as LLCCallback arguments."
+            )
+        self.dataset = dataset
+        self.every_n_steps = every_n_steps
+        self.at_steps = {int(s) for s in steps}
+        self.on_save_flag = bool(on_save)
+        self.on_evaluate_flag = bool(on_evaluate)
+        self.at_end = bool(at_end)
+        self.num_samples = num_samples
+        self.loss_fn = loss_fn
+        self.dataset_name = dataset_name or "train_dataset"
+        self.write_card = bool(write_model_card)
+        self.plot = bool(plot)
+        self.progress = bool(progress)
+        self.history: list[dict] = []
+        self.last_result: LLCResult | None = None
+        self.trainer = None
+        self._last_step: int | None = None
+        self._output_dir: Path | None = None
+        self._is_main = True
+        if trainer is not None:
+            self.attach(trainer)
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def attach(self, trainer: Any) -> LLCCallback:
+        """Give the callback its ``Trainer`` (for a callback created with ``None``)."""
+        if self.trainer is trainer:
+            return self
+        self.trainer = trainer
+        original = trainer.create_model_card
+        callback = self
+
+        def create_model_card(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if callback.write_card and callback.last_result is not None:
+                callback.write_model_card(trainer.args.output_dir)
+            return out
+
+        create_model_card.__doc__ = original.__doc__
+        trainer.create_model_card = create_model_card
+        return self
+
+    def _data(self) -> Any:
+        if self.dataset is not None:
+            return self.dataset
+        if self.trainer is not None and self.trainer.train_dataset is not None:
+            return self.trainer.train_dataset
+        raise ValueError(
+            "LLCCallback has no data: pass dataset=... or LLCCallback(trainer, ...) with a "
+            "trainer that has a train_dataset."
+        )
+
+    # -- Trainer events ----------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._data()  # fail at the start, not hours into training
+        self._output_dir = Path(args.output_dir) if args.output_dir else None
+        self._is_main = bool(state.is_world_process_zero)
+        self._last_step = None
+        self.history = []
+        if state.global_step > 0 and self._output_dir is not None:
+            # Resumed training: keep the curve up to the checkpoint.
+            path = self._output_dir / HISTORY_FILE
+            if path.exists():
+                old = json.loads(path.read_text()).get("history", [])
+                self.history = [e for e in old if e.get("step", math.inf) <= state.global_step]
+        if 0 in self.at_steps and state.global_step == 0:
+            self._estimate(args, state, control, kwargs.get("model"), "start")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        due = step in self.at_steps or (
+            self.every_n_steps is not None and step % self.every_n_steps == 0
+        )
+        if due:
+            self._estimate(args, state, control, kwargs.get("model"), "step")
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.on_save_flag:
+            entry = self._estimate(args, state, control, kwargs.get("model"), "save")
+            if entry is not None and self._is_main and self._output_dir is not None:
+                ckpt = self._output_dir / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir() and self.last_result is not None:
+                    self.last_result.save(ckpt / CHECKPOINT_RESULT_FILE)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.on_evaluate_flag:
+            self._estimate(args, state, control, kwargs.get("model"), "evaluate")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.at_end:
+            self._estimate(args, state, control, kwargs.get("model"), "end")
+        if not self._is_main or self._output_dir is None:
+            return
+        if self.history:
+            self._write_history()
+            if self.plot:
+                try:
+                    from ..plotting import plot_llc_history
+
+                    plot_llc_history(self.history, self._output_dir / PLOT_FILE)
+                except ImportError:
+                    pass
+        if self.write_card and self.last_result is not None:
+            self.write_model_card(self._output_dir)
+
+    # -- work --------------------------------------------------------------------------
+
+    def _estimate(self, args, state, control, model, reason: str) -> dict | None:
+        if model is None:
+            model = self.trainer.model if self.trainer is not None else None
+        if model is None:
+            raise ValueError("LLCCallback needs the model: the Trainer passes it to callbacks.")
+        step = int(state.global_step)
+        if self._last_step == step:
+            return None
+        self._last_step = step
+
+        kwargs = dict(self.estimate_kwargs)
+        accelerator = getattr(self.trainer, "accelerator", None)
+        if accelerator is not None:
+            kwargs.setdefault("accelerator", accelerator)
+            if "mixed_precision" not in kwargs and accelerator.mixed_precision == "fp16":
+                kwargs["mixed_precision"] = "no"
+        processing_class = getattr(self.trainer, "processing_class", None)
+        if processing_class is not None and self.dataset is None:
+            kwargs.setdefault("tokenizer", processing_class)
+
+        rng = _GlobalRandomState()
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            data = self._data()
+            num_samples = self.num_samples
+            if self.targets == "model":
+                data = _first_rows(data, num_samples)
+                data = model_targets(model, data)
+                num_samples = None
+            result = estimate_llc(
+                model,
+                data,
+                self.config,
+                loss_fn=self.loss_fn,
+                num_samples=num_samples,
+                progress=self.progress and self._is_main,
+                **kwargs,
+            )
+        finally:
+            for module, training in modes:
+                module.training = training
+            rng.restore()
+
+        self.last_result = result
+        diag = result.diagnostics or {}
+        entry = {
+            "step": step,
+            "epoch": state.epoch,
+            "reason": reason,
+            "targets": self.targets,
+            "llc_mean": result.llc_mean,
+            "llc_std": result.llc_std,
+            "llc_stderr": result.llc_stderr,
+            "llc_per_chain": list(result.llc_per_chain),
+            "init_loss": result.init_loss,
+            "nbeta": result.nbeta,
+            "num_samples": result.num_samples,
+            "rhat": diag.get("rhat"),
+            "divergent_chains": len(diag.get("divergences") or []),
+            "sampling_seconds": (result.timings or {}).get("sampling_seconds"),
+        }
+        self.history.append(to_plain(entry))
+        logs = {
+            "llc/mean": result.llc_mean,
+            "llc/std": result.llc_std,
+            "llc/stderr": result.llc_stderr,
+            "llc/init_loss": result.init_loss,
+            "llc/nbeta": result.nbeta,
+            "llc/divergent_chains": entry["divergent_chains"],
+        }
+        if isinstance(entry["rhat"], (int, float)):
+            logs["llc/rhat"] = entry["rhat"]
+        logs = {k: float(v) for k, v in logs.items() if v is not None and math.isfinite(v)}
+        self._log(state, control, logs)
+        if self._is_main and self._output_dir is not None:
+            self._write_history()
+        return entry
+
+    def _log(self, state, control, logs: dict[str, float]) -> None:
+        if self.trainer is None:
+            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+            return
+        # Trainer.log runs on_log, which clears control.should_log: keep the Trainer's own
+        # decisions for this step so its loss log (and eval/save) still happen.
+        flags = {name: getattr(control, name) for name in _CONTROL_FLAGS}
+        trainer_flags = {name: getattr(self.trainer.control, name) for name in _CONTROL_FLAGS}
+        try:
+            self.trainer.log(logs)
+        finally:
+            for name, value in flags.items():
+                setattr(control, name, value)
+            for name, value in trainer_flags.items():
+                setattr(self.trainer.control, name, value)
+
+    def _write_history(self) -> None:
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            self._output_dir / HISTORY_FILE,
+            {"config": self.config.to_dict(), "targets": self.targets, "history": self.history},
+        )
+
+    def write_model_card(self, output_dir: str | Path | None = None) -> Path | None:
+        """Write the latest estimate into ``output_dir/README.md`` (main process only).
+
+        Call this after ``Trainer.create_model_card()`` if the callback has no trainer
+        reference (with one, it is re-applied automatically).
+        """
+        if self.last_result is None or not self._is_main:
+            return None
+        from ..modelcard import write_llc_to_model_card
+
+        directory = Path(output_dir) if output_dir is not None else self._output_dir
+        if directory is None:
+            return None
+        plot = directory / PLOT_FILE
+        return write_llc_to_model_card(
+            directory,
+            self.last_result,
+            dataset_name=self.dataset_name,
+            plot_path=plot if plot.exists() else None,
+        )
+
+
+def _first_rows(data: Any, num_samples: int | None) -> Any:
+    if num_samples is None:
+        return data
+    if isinstance(data, Mapping):
+        return {k: v[:num_samples] for k, v in data.items()}
+    if hasattr(data, "select"):
+        return data.select(range(min(num_samples, len(data))))
+    raise ValueError("num_samples with targets='model' needs a datasets.Dataset or dict.")
