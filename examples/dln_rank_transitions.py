@@ -123,6 +123,16 @@ def plateaus(rows: list[dict], settled_low: float, settled_high: float) -> list[
 
 
 def main(argv=None) -> dict:
+    threads = torch.get_num_threads()
+    # The network has 100 parameters: per-op threading overhead would dominate every step.
+    torch.set_num_threads(1)
+    try:
+        return run(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="rank_transitions")
     parser.add_argument("--max-steps", type=int, default=1200)
@@ -138,9 +148,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args(argv)
     if args.quick:
-        args.max_steps, args.estimates_per_decade = 60, 2
-        args.num_burnin, args.num_draws, args.num_chains = 30, 30, 2
-        args.num_samples = 1000
+        args.max_steps, args.estimates_per_decade = 20, 2
+        args.num_burnin, args.num_draws, args.num_chains = 20, 20, 2
+        args.num_samples = 500
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
