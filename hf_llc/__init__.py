@@ -8,6 +8,7 @@ Importing the package registers the deep linear network validation architecture
 (``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
 """
 
+from .checkpoint import EstimateInterrupted
 from .estimator import LLCResult, estimate_llc
 from .loading import load_checkpoint
 from .modelcard import read_llc_from_model_card, write_llc_to_model_card
@@ -27,6 +28,7 @@ __all__ = [
     "DLNConfig",
     "DLNModel",
     "DLNProblem",
+    "EstimateInterrupted",
     "LLCResult",
     "SamplerConfig",
     "__version__",
