@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -156,7 +157,10 @@ def _join(cls: type, tensors: Mapping[str, Tensor], plain: Mapping[str, Any]) ->
     return cls(**values)
 
 
-def _save_safetensors_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict) -> None:
+def _save_safetensors_atomic(
+    path: Path, tensors: dict[str, Tensor], metadata: dict, mode_like: Path | None = None
+) -> None:
+    """Write to a temporary file, flush it to disk, then rename it over ``path`` (atomic)."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
@@ -164,6 +168,8 @@ def _save_safetensors_atomic(path: Path, tensors: dict[str, Tensor], metadata: d
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if mode_like is not None and mode_like.exists():
+            shutil.copymode(mode_like, tmp)  # the folder's usual permissions, not 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -285,7 +291,12 @@ class RunCheckpoint:
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         # json keeps NaN/inf here (read back only by json.loads); floats round-trip exactly.
-        _save_safetensors_atomic(self.chain_path(chain), tensors, {_META_KEY: json.dumps(meta)})
+        _save_safetensors_atomic(
+            self.chain_path(chain),
+            tensors,
+            {_META_KEY: json.dumps(meta)},
+            mode_like=self.manifest_path,
+        )
         readable = {"chain": chain, "status": status, "config_hash": self.config_hash, **summary}
         write_json(self.dir / f"chain_{chain}.json", readable)
         self._last_save = time.monotonic()
