@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .diagnostics import effective_sample_size, split_rhat
 from .distributed import autocast, process_info, resolve_mixed_precision
-from .sampling import ChainResult, SamplerConfig, run_chain
+from .sampling import SamplerConfig, run_chain
 from .serialization import to_plain, write_json
 
 
@@ -584,18 +584,13 @@ def estimate_llc(
         chains = []
         stopped = None
         try:
+            # With output_dir: chains finished earlier are loaded, running ones resumed, and
+            # every chain checkpointed; SIGINT/SIGTERM stop it with ChainStopped.
+            runner = run_chain if run_dir is None else run_dir.wrap(run_chain, resume=resume)
             with run_dir.catch_signals() if run_dir is not None else nullcontext():
                 for c in mine:
-                    saved = run_dir.load_chain(c) if run_dir is not None and resume else None
-                    if isinstance(saved, ChainResult):
-                        chains.append(saved)  # finished before the interruption
-                        if bar is not None:
-                            bar.update(cfg.num_steps)
-                        continue
-                    if run_dir is not None:
-                        run_dir.stop_if_requested()
                     chains.append(
-                        run_chain(
+                        runner(
                             problem,
                             w_star,
                             cfg,
@@ -605,12 +600,8 @@ def estimate_llc(
                             init_per_sample=cache,
                             precond_diagonal=precond_diag,
                             progress=bar,
-                            checkpoint=run_dir,
-                            resume=saved,
                         )
                     )
-                    if run_dir is not None:
-                        run_dir.save_finished(chains[-1])
         except ChainStopped as stop:
             stopped = stop.signum
         finally:
