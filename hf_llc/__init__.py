@@ -8,6 +8,7 @@ Importing the package registers the deep linear network validation architecture
 (``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
 """
 
+from .checkpoint import EstimateInterrupted
 from .estimator import LLCResult, estimate_llc
 from .integrations import LLCCallback
 from .loading import load_checkpoint
@@ -30,6 +31,7 @@ __all__ = [
     "DLNModel",
     "DLNProblem",
     "LLCCallback",
+    "EstimateInterrupted",
     "LLCResult",
     "SamplerConfig",
     "__version__",

@@ -7,6 +7,8 @@ Also runnable as ``python -m hf_llc``.
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -145,6 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--write-card", action="store_true", help="record the LLC in MODEL's card")
     e.add_argument("--plot", type=Path, help="save the trace plot (PNG) here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    ck = e.add_argument_group(
+        "checkpoints (long runs)",
+        "With --output-dir, every chain's state is saved there periodically; Ctrl-C or SIGTERM "
+        "saves and stops (exit code 130 / 143), and the same command with --resume continues "
+        "to exactly the result of an uninterrupted run.",
+    )
+    ck.add_argument(
+        "--output-dir", type=Path, metavar="DIR", help="checkpoints, result.json and manifest"
+    )
+    ck.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    ck.add_argument(
+        "--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps"
+    )
+    ck.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="checkpoint a running chain at least every S seconds (default 300)",
+    )
     add_sampler_arguments(e)
     return parser
 
@@ -289,7 +311,19 @@ def load_data(name: str, *, config: str | None = None, split: str = "train"):
         ) from err
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same arguments plus ``--resume``."""
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    script = Path(sys.argv[0])
+    module = script.name == "__main__.py" and script.parent.name == "hf_llc"
+    prog = "python -m hf_llc" if module else "hf-llc"
+    return f"{prog} {shlex.join(argv)}"
+
+
 def _estimate(args: argparse.Namespace) -> int:
+    from .checkpoint import PARTIAL_RESULT, EstimateInterrupted
     from .estimator import estimate_llc
     from .loading import load_checkpoint
     from .serialization import write_json
@@ -327,18 +361,34 @@ def _estimate(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError):
         tokenizer = None  # not every checkpoint has one; raw text then gives a clear error
     data = load_data(args.dataset, config=args.dataset_config, split=args.split)
-    result = estimate_llc(
-        model,
-        data,
-        cfg,
-        loss_fn=loss_fn,
-        model_loss_fn=model_loss_fn,
-        tokenizer=tokenizer,
-        text_column=args.text_column,
-        max_length=args.max_length,
-        num_samples=args.num_samples,
-        progress=not args.quiet,
-    )
+    try:
+        result = estimate_llc(
+            model,
+            data,
+            cfg,
+            loss_fn=loss_fn,
+            model_loss_fn=model_loss_fn,
+            tokenizer=tokenizer,
+            text_column=args.text_column,
+            max_length=args.max_length,
+            num_samples=args.num_samples,
+            progress=not args.quiet,
+            output_dir=args.output_dir,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+        )
+    except EstimateInterrupted as stop:
+        if _is_main_process():
+            name = signal.Signals(stop.signum).name
+            print(
+                f"hf-llc estimate: {name}: saved the run in {stop.output_dir} "
+                f"({len(stop.finished_chains)} of {cfg.num_chains} chains finished; partial "
+                f"result in {stop.output_dir / PARTIAL_RESULT}).",
+                file=sys.stderr,
+            )
+            print(f"To resume, run: {_resume_command(args)}", file=sys.stderr, flush=True)
+        return stop.exit_code
     if not _is_main_process():
         return 0
     print(result.summary())
@@ -403,6 +453,7 @@ def _check_writable(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         if args.command == "validate":
             return _validate(args)

@@ -44,6 +44,11 @@ class ProcessInfo:
         """Chains c ≡ this process's index (mod the number of processes)."""
         return list(range(self.index, num_chains, self.num_processes))
 
+    def wait(self) -> None:
+        """A barrier across the processes (a no-op for one process)."""
+        if self.num_processes > 1:
+            self.state.wait_for_everyone()
+
     def gather(self, items: list) -> list:
         """Every process's ``items``, concatenated, on every process."""
         if self.num_processes == 1:

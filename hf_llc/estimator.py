@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import signal
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -33,6 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
+from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
+from .checkpoint import (
+    PARTIAL_RESULT,
+    ChainStopped,
+    EstimateInterrupted,
+    RunCheckpoint,
+    config_hash,
+    tensor_sha256,
+)
 from .diagnostics import effective_sample_size, split_rhat
 from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import SamplerConfig, run_chain
@@ -415,6 +425,10 @@ def estimate_llc(
     accelerator: Any = None,
     mixed_precision: str | None = None,
     progress: bool = True,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = 300.0,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂(w*) of ``model`` at its current weights.
 
@@ -447,6 +461,20 @@ def estimate_llc(
         mixed_precision: ``"no"``, ``"bf16"`` (forward/backward under autocast, sampling
             state fp32) or ``"fp16"`` (refused); default: the accelerator's setting.
         progress: show a progress bar (on the main process).
+        output_dir: a folder for checkpoints and results (see :mod:`hf_llc.checkpoint`):
+            every chain's full state is saved there periodically and when it finishes, the
+            result goes to ``output_dir/result.json``, and SIGINT (Ctrl-C) or SIGTERM save
+            the running chain, write ``partial_result.json`` (the finished chains) and raise
+            :class:`~hf_llc.checkpoint.EstimateInterrupted` (a ``KeyboardInterrupt``).
+            Chains run one after another per process. ``None``: nothing is written.
+        resume: continue the run saved in ``output_dir`` (same model, data and settings, else
+            a ``ValueError`` says what differs): finished chains are loaded, running chains
+            continue from their last snapshot, and the result is bit-identical to an
+            uninterrupted run's (on the same hardware and software).
+        checkpoint_every: also snapshot a running chain every this many steps.
+        checkpoint_seconds: snapshot a running chain at least this often (wall-clock seconds;
+            ``None``: only by ``checkpoint_every``, at chain ends and on signals). When a
+            snapshot is taken never changes the result.
 
     Known model kinds (``*ForCausalLM``, ``*ForMaskedLM``, ``*ForTokenClassification``,
     ``*ForSequenceClassification``) get per-sample losses computed from the logits, token
@@ -469,6 +497,20 @@ def estimate_llc(
         raise ValueError("pass loss_fn or model_loss_fn, not both.")
     procs = process_info(accelerator, _model_device(model))
     precision = resolve_mixed_precision(mixed_precision, accelerator)
+    run_dir = None
+    if output_dir is not None:
+        run_dir = RunCheckpoint(
+            output_dir,
+            checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds,
+            is_main=procs.is_main,
+        )
+        run_dir.check_start(resume)
+        procs.wait()  # every process has looked before the main one writes the manifest
+    elif resume:
+        raise ValueError(
+            "resume=True needs output_dir (--output-dir): the folder of the run to continue."
+        )
     device = procs.device
     if _model_device(model) != device:
         model.to(device)
@@ -529,6 +571,9 @@ def estimate_llc(
         if init_n != n:
             cache = None
         t_init = time.perf_counter() - t0
+        if run_dir is not None:
+            fingerprint = _fingerprint(flat, data, nbeta, init_loss, precond_diag, precision)
+            run_dir.open(run_manifest(cfg, fingerprint), resume=resume)
 
         mine = procs.my_chains(cfg.num_chains)
         bar = None
@@ -537,32 +582,101 @@ def estimate_llc(
 
             bar = tqdm(total=len(mine) * cfg.num_steps, desc="SGLD", unit="step")
         chains = []
+        stopped = None
         try:
-            for c in mine:
-                chains.append(
-                    run_chain(
-                        problem,
-                        w_star,
-                        cfg,
-                        c,
-                        nbeta=nbeta,
-                        init_loss=init_loss,
-                        init_per_sample=cache,
-                        precond_diagonal=precond_diag,
-                        progress=bar,
+            # With output_dir: chains finished earlier are loaded, running ones resumed, and
+            # every chain checkpointed; SIGINT/SIGTERM stop it with ChainStopped.
+            runner = run_chain if run_dir is None else run_dir.wrap(run_chain, resume=resume)
+            with run_dir.catch_signals() if run_dir is not None else nullcontext():
+                for c in mine:
+                    chains.append(
+                        runner(
+                            problem,
+                            w_star,
+                            cfg,
+                            c,
+                            nbeta=nbeta,
+                            init_loss=init_loss,
+                            init_per_sample=cache,
+                            precond_diagonal=precond_diag,
+                            progress=bar,
+                        )
                     )
-                )
+        except ChainStopped as stop:
+            stopped = stop.signum
         finally:
             if bar is not None:
                 bar.close()
     finally:
         model.train(was_training)
+    if stopped is not None:
+        _interrupted(run_dir, stopped, cfg, nbeta, n, flat.numel, init_loss, t_init, procs)
     chains = sorted(procs.gather(chains), key=lambda ch: ch.chain)
 
     result = _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main)
     result.diagnostics["num_processes"] = procs.num_processes
     result.diagnostics["mixed_precision"] = precision
+    if run_dir is not None:
+        run_dir.write_result(result)
     return result
+
+
+def run_manifest(cfg: SamplerConfig, fingerprint: dict) -> dict:
+    """The ``manifest.json`` of a checkpointed run: settings, version, model/data fingerprint."""
+    from . import __version__
+
+    settings = cfg.to_dict()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "hf_llc_version": __version__,
+        "config": settings,
+        "config_hash": config_hash(settings),
+        "fingerprint": fingerprint,
+    }
+
+
+def _fingerprint(flat, data, nbeta, init_loss, precond_diag, precision) -> dict:
+    """What a resumed run must share with the original: sizes, nβ, L_n(w*), weight and data
+    hashes (and the custom preconditioner's), precision."""
+    columns = data.columns
+    return {
+        "num_params": flat.numel,
+        "num_samples": data.num_samples,
+        "nbeta": nbeta,
+        "init_loss": init_loss,
+        "weights_sha256": tensor_sha256(flat.w_star),
+        "data_sha256": None
+        if columns is None
+        else tensor_sha256(*(columns[k] for k in sorted(columns)))
+        + ":"
+        + ",".join(sorted(columns)),
+        "preconditioner_sha256": None if precond_diag is None else tensor_sha256(precond_diag),
+        "mixed_precision": precision,
+    }
+
+
+def _interrupted(run_dir, signum, cfg, nbeta, n, num_params, init_loss, t_init, procs):
+    """After a stop signal: write the partial result and raise ``EstimateInterrupted``."""
+    finished = run_dir.finished_results(cfg.num_chains)
+    partial = None
+    if procs.is_main:
+        partial = _assemble(finished, cfg, nbeta, n, num_params, init_loss, t_init, warn=False)
+        partial.diagnostics["partial"] = {
+            "finished_chains": [ch.chain for ch in finished],
+            "num_chains": cfg.num_chains,
+        }
+        run_dir.write_partial(partial)
+    name = signal.Signals(signum).name
+    raise EstimateInterrupted(
+        f"{name} received: the run is saved in {run_dir.dir} ({len(finished)} of "
+        f"{cfg.num_chains} chains finished, their result in {run_dir.dir / PARTIAL_RESULT}). "
+        f"Continue it with estimate_llc(..., output_dir={str(run_dir.dir)!r}, resume=True) "
+        f"or `hf-llc estimate ... --output-dir {run_dir.dir} --resume`.",
+        signum=signum,
+        output_dir=run_dir.dir,
+        finished_chains=[ch.chain for ch in finished],
+        partial_result=partial,
+    )
 
 
 def _precond_diagonal(preconditioner: Any, flat: FlatParameters) -> Tensor | None:

@@ -1,12 +1,23 @@
 """The functional SGLD sampler core: pure tensor code, no Hugging Face imports."""
 
-from .chain import ChainResult, EpochBatcher, chain_generator, chain_seed, max_curvature, run_chain
+from .chain import (
+    ChainCheckpoint,
+    ChainResult,
+    ChainState,
+    EpochBatcher,
+    chain_generator,
+    chain_seed,
+    max_curvature,
+    run_chain,
+)
 from .config import SamplerConfig
 from .preconditioners import DiagonalPreconditioner, Preconditioner, RMSPropPreconditioner
 from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
 
 __all__ = [
+    "ChainCheckpoint",
     "ChainResult",
+    "ChainState",
     "DiagonalPreconditioner",
     "EpochBatcher",
     "Preconditioner",

@@ -78,6 +78,15 @@ class EpochBatcher:
         self._pos += self.m
         return idx
 
+    def state(self) -> tuple[Tensor | None, int]:
+        """(current permutation on the CPU or ``None``, position in it), for checkpoints."""
+        return (None if self._perm is None else self._perm.cpu().clone(), self._pos)
+
+    def load_state(self, perm: Tensor | None, pos: int) -> None:
+        """Continue from what :meth:`state` returned."""
+        self._perm = None if perm is None else perm.to(self.gen.device)
+        self._pos = int(pos)
+
 
 @dataclass
 class ChainResult:
@@ -95,6 +104,74 @@ class ChainResult:
     divergence_step: int | None = None
     divergence_reason: str | None = None
     seconds: float = 0.0
+
+
+@dataclass
+class ChainState:
+    """Everything a running chain carries from one step to the next, at a step boundary.
+
+    Restoring it (``run_chain(..., resume=state)``) continues the chain exactly as if it had
+    never stopped: the result is bit-identical to an uninterrupted run. Tensors are CPU copies.
+
+    Attributes:
+        chain: the chain index.
+        attempt: 0 for the first attempt, k after k divergence restarts (step factor 2⁻ᵏ).
+        step: SGLD steps done in this attempt (the next step is ``step``).
+        checked: steps already checked for divergence (and counted in the progress bar).
+        w: the current parameters w_t (flat fp32).
+        generator_state: ``torch.Generator.get_state()`` of the chain's generator.
+        perm, pos: the minibatch permutation of the current epoch and the position in it.
+        step_size: ε now; step_size_history: the (step, ε) adaptation points so far.
+        v: the power-iteration vector warm-starting the next curvature estimate (or ``None``).
+        precond: the preconditioner's ``state_dict()`` (RMSProp running average V, A, √A).
+        adapting_precond: whether the preconditioner still adapts (``False`` once frozen).
+        trace, init_trace: L_{B_t}(w_t) and L_{B_t}(w*) for the steps done (float64).
+        mala: MALA acceptance probabilities of the draws done (or ``None``).
+        retries: the divergence records of earlier attempts.
+        seconds: sampling time spent on this chain so far (not part of the result's values).
+    """
+
+    chain: int
+    attempt: int
+    step: int
+    checked: int
+    w: Tensor
+    generator_state: Tensor
+    perm: Tensor | None
+    pos: int
+    step_size: float
+    step_size_history: list
+    v: Tensor | None
+    precond: dict
+    adapting_precond: bool
+    trace: Tensor
+    init_trace: Tensor | None
+    mala: Tensor | None
+    retries: list
+    seconds: float = 0.0
+
+
+class ChainCheckpoint(Protocol):
+    """Where a running chain sends snapshots of its state (see :func:`run_chain`).
+
+    ``due(chain, step)`` is asked after every step; when it returns ``True`` the chain calls
+    ``save(state)`` with a :class:`ChainState`. ``save`` may raise (after saving) to stop the
+    chain, e.g. on a termination signal; the exception propagates out of :func:`run_chain`.
+    """
+
+    def due(self, chain: int, step: int) -> bool: ...
+
+    def save(self, state: ChainState) -> None: ...
+
+
+def _num_draws_before(step: int, cfg: SamplerConfig) -> int:
+    """How many draws the steps t < ``step`` contain."""
+    k = cfg.draw_every
+    return min(cfg.num_draws, max(0, (step - cfg.num_burnin + k - 1) // k))
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().cpu().clone() if isinstance(value, Tensor) else value
 
 
 def _grad(problem: LossProblem, w: Tensor, batch: Any, create_graph: bool = False):
@@ -194,8 +271,10 @@ def run_chain(
     init_per_sample: Tensor | None = None,
     precond_diagonal: Tensor | None = None,
     progress: Any = None,
+    checkpoint: ChainCheckpoint | None = None,
+    resume: ChainState | None = None,
 ) -> ChainResult:
-    """Run chain ``chain`` from w* and return its traces.
+    """Run chain ``chain`` from w* (or from ``resume``) and return its traces.
 
     Draws are the steps t ≥ ``num_burnin`` with (t − num_burnin) divisible by ``draw_every``;
     the loss recorded at step t is L_{B_t}(w_t), the one whose gradient moves w_t to w_{t+1}.
@@ -203,11 +282,23 @@ def run_chain(
     With ``cfg.divergence_retries`` > 0 a diverged chain starts again from w* with half the step
     size (its generator continues, so the result is still a function of (seed, chain)); every
     divergence is kept in ``ChainResult.retries``.
+
+    ``checkpoint`` (optional) is asked after every step whether a snapshot is due and then
+    receives a :class:`ChainState`; ``resume`` continues from such a snapshot. Snapshots only
+    copy state, so the result does not depend on when (or whether) they were taken.
     """
     gen = chain_generator(cfg.seed, chain, w_star.device)
     retries: list[dict] = []
-    for attempt in range(cfg.divergence_retries + 1):
-        if attempt and progress is not None:
+    first = 0
+    if resume is not None:
+        if resume.chain != chain:
+            raise ValueError(f"resume holds the state of chain {resume.chain}, not of {chain}.")
+        retries = [dict(r) for r in resume.retries]
+        first = resume.attempt
+        if first and progress is not None:
+            progress.total += first * cfg.num_steps
+    for attempt in range(first, cfg.divergence_retries + 1):
+        if attempt > first and progress is not None:
             progress.total += cfg.num_steps
         result = _run_attempt(
             problem,
@@ -221,6 +312,10 @@ def run_chain(
             init_per_sample=init_per_sample,
             precond_diagonal=precond_diagonal,
             progress=progress,
+            attempt=attempt,
+            retries=retries,
+            checkpoint=checkpoint,
+            resume=resume if attempt == first else None,
         )
         if not result.diverged:
             break
@@ -248,8 +343,14 @@ def _run_attempt(
     init_per_sample: Tensor | None,
     precond_diagonal: Tensor | None,
     progress: Any,
+    attempt: int = 0,
+    retries: list | None = None,
+    checkpoint: ChainCheckpoint | None = None,
+    resume: ChainState | None = None,
 ) -> ChainResult:
-    """One attempt of a chain, with the step size (or step scale) multiplied by step_factor."""
+    """One attempt of a chain, with the step size (or step scale) multiplied by step_factor.
+
+    With ``resume`` the attempt continues from that snapshot (taken in attempt ``attempt``)."""
     start = time.perf_counter()
     device = w_star.device
     step_scale = cfg.step_scale * step_factor
@@ -291,9 +392,54 @@ def _run_attempt(
     threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
     diverged, div_step, reason = False, None, None
     checked = 0
+    first_step = 0
+    if resume is not None:
+        # Everything the loop below carries from step to step (the generator last: the setup
+        # above drew from it).
+        first_step, checked = resume.step, resume.checked
+        w.copy_(resume.w)
+        gen.set_state(resume.generator_state)
+        batcher.load_state(resume.perm, resume.pos)
+        step_size = resume.step_size
+        history = [tuple(h) for h in resume.step_size_history]
+        if resume.v is not None:
+            v = resume.v.to(device)
+        precond.load_state_dict(resume.precond)
+        adapting_precond = resume.adapting_precond
+        trace[:first_step] = resume.trace.to(device)
+        if init_trace is not None:
+            init_trace[:first_step] = resume.init_trace.to(device)
+        if mala is not None:
+            mala[: len(resume.mala)] = resume.mala.to(device)
+        start -= resume.seconds
+        if progress is not None:
+            progress.update(checked)
+
+    def snapshot(steps: int) -> ChainState:
+        return ChainState(
+            chain=chain,
+            attempt=attempt,
+            step=steps,
+            checked=checked,
+            w=_copy(w),
+            generator_state=gen.get_state(),
+            perm=batcher.state()[0],
+            pos=batcher.state()[1],
+            step_size=step_size,
+            step_size_history=list(history),
+            v=None if v is None else _copy(v),
+            precond={k: _copy(x) for k, x in precond.state_dict().items()},
+            adapting_precond=adapting_precond,
+            trace=_copy(trace[:steps]),
+            init_trace=None if init_trace is None else _copy(init_trace[:steps]),
+            mala=None if mala is None else _copy(mala[: _num_draws_before(steps, cfg)]),
+            retries=[dict(r) for r in retries or []],
+            seconds=time.perf_counter() - start,
+        )
+
     bind = getattr(problem, "bind", None)
     with bind(w) if bind is not None else nullcontext() as fast_step:
-        for t in range(total):
+        for t in range(first_step, total):
             idx = batcher.next()
             batch = problem.batch(idx)
             if adaptive and t == 0:
@@ -386,6 +532,8 @@ def _run_attempt(
                 if progress is not None:
                     progress.update(t + 1 - checked)
                 checked = t + 1
+            if checkpoint is not None and t + 1 < total and checkpoint.due(chain, t + 1):
+                checkpoint.save(snapshot(t + 1))
 
     b, k = cfg.num_burnin, cfg.draw_every
     end = total if not diverged else div_step

@@ -27,7 +27,11 @@ class Preconditioner:
         """Refresh A from the current gradient (no-op for fixed preconditioners)."""
 
     def state_dict(self) -> dict:
+        """The state that changes while sampling (tensors and plain values), for checkpoints."""
         return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (in place)."""
 
 
 class DiagonalPreconditioner(Preconditioner):
@@ -77,4 +81,14 @@ class RMSPropPreconditioner(Preconditioner):
         torch.sqrt(self.A, out=self.A_sqrt)
 
     def state_dict(self) -> dict:
-        return {"V": self.V}
+        return {
+            "V": self.V,
+            "A": self.A,
+            "A_sqrt": self.A_sqrt,
+            "initialised": self._initialised,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("V", "A", "A_sqrt"):
+            getattr(self, name).copy_(state[name])
+        self._initialised = bool(state["initialised"])

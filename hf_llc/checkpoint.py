@@ -1,0 +1,464 @@
+"""Checkpoints of an ``estimate_llc`` run, resume, and termination signals.
+
+With ``output_dir`` every chain's state is written there periodically, so a run that is
+stopped (Ctrl-C, SIGTERM from a scheduler, a crash) continues with ``resume=True`` and ends
+with exactly (bit for bit) the result of an uninterrupted run:
+
+- ``manifest.json``: the sampler settings, the hf_llc version and a fingerprint of the model
+  and data (parameter count, sample count, nβ, L_n(w*), SHA-256 of w* and of the data
+  columns). A resume with other settings, weights or data is refused.
+- ``chain_{c}.safetensors``: chain c's tensors and, in the safetensors metadata, its plain
+  values. A running chain holds its :class:`~hf_llc.sampling.ChainState` (parameters w_t,
+  generator state, minibatch permutation and position, step counter, step size and its
+  adaptation history, power-iteration vector, preconditioner state, trace so far, retries);
+  a finished chain holds its :class:`~hf_llc.sampling.ChainResult`. This one file is the
+  authority, written atomically (temporary file, fsync, rename), so a chain's state is never
+  half-written. ``chain_{c}.json`` is a human-readable copy of its status.
+- ``result.json``: the final result; ``partial_result.json``: the result over the chains
+  finished when a run was interrupted.
+
+Every process of a multi-process run writes its own chains' files (chain c runs on process
+c mod P); the main process writes the manifest and the results. A checkpoint only copies the
+state, so the result does not depend on when checkpoints were written, nor on how many
+processes ran before and after the interruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .sampling import ChainResult, ChainState
+from .serialization import to_plain, write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+RESULT = "result.json"
+PARTIAL_RESULT = "partial_result.json"
+_META_KEY = "hf_llc_chain"
+_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+class EstimateInterrupted(KeyboardInterrupt):
+    """``estimate_llc`` stopped on SIGINT/SIGTERM after saving its checkpoint.
+
+    A ``KeyboardInterrupt``, so code that does not expect it stops as on Ctrl-C.
+
+    Attributes:
+        signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+        output_dir: the run's folder; pass it again with ``resume=True`` to continue.
+        finished_chains: the chains whose results are complete (nothing of them is rerun).
+        partial_result: the :class:`~hf_llc.LLCResult` over the finished chains (also in
+            ``output_dir/partial_result.json``), or ``None`` on a non-main process.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        signum: int,
+        output_dir: Path,
+        finished_chains: list[int],
+        partial_result: Any = None,
+    ):
+        super().__init__(message)
+        self.signum = signum
+        self.output_dir = output_dir
+        self.finished_chains = finished_chains
+        self.partial_result = partial_result
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for death by this signal: 128 + signal number."""
+        return 128 + int(self.signum)
+
+
+class ChainStopped(Exception):
+    """Raised inside a chain (after its state is saved) when a stop signal arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short hash of a ``SamplerConfig.to_dict()``, stored with every chain file."""
+    text = json.dumps(dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tensor_sha256(*tensors: Tensor, chunk: int = 1 << 24) -> str:
+    """SHA-256 over the dtypes, shapes and bytes of ``tensors`` (copied to the CPU in chunks)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        flat = t.detach().reshape(-1)
+        for start in range(0, flat.numel(), chunk):
+            piece = flat[start : start + chunk].cpu().contiguous()
+            h.update(piece.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Chain files: a dataclass ⇄ (tensors, plain metadata) in one safetensors file.
+
+
+def _split(obj: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors of a dataclass (and of its dict fields, as ``field.key``) and the rest."""
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Tensor):
+            tensors[f.name] = value.detach().cpu().contiguous().clone()
+        elif isinstance(value, dict) and any(isinstance(v, Tensor) for v in value.values()):
+            inner = {}
+            for key, v in value.items():
+                if isinstance(v, Tensor):
+                    tensors[f"{f.name}.{key}"] = v.detach().cpu().contiguous().clone()
+                else:
+                    inner[key] = v
+            plain[f.name] = {"__tensors__": True, **inner}
+        else:
+            plain[f.name] = value
+    return tensors, plain
+
+
+def _join(cls: type, tensors: Mapping[str, Tensor], plain: Mapping[str, Any]) -> Any:
+    """Inverse of :func:`_split`."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in tensors:
+            values[f.name] = tensors[f.name]
+        elif isinstance(plain.get(f.name), dict) and plain[f.name].get("__tensors__"):
+            inner = {k: v for k, v in plain[f.name].items() if k != "__tensors__"}
+            prefix = f.name + "."
+            inner.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+            values[f.name] = inner
+        elif f.name in plain:
+            values[f.name] = plain[f.name]
+    if "step_size_history" in values:
+        values["step_size_history"] = [tuple(h) for h in values["step_size_history"]]
+    return cls(**values)
+
+
+def _save_safetensors_atomic(
+    path: Path, tensors: dict[str, Tensor], metadata: dict, mode_like: Path | None = None
+) -> None:
+    """Write to a temporary file, flush it to disk, then rename it over ``path`` (atomic)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        if mode_like is not None and mode_like.exists():
+            shutil.copymode(mode_like, tmp)  # the folder's usual permissions, not 0600
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class RunCheckpoint:
+    """The checkpoint folder of one ``estimate_llc`` run, as seen by one process.
+
+    It is also the :class:`~hf_llc.sampling.ChainCheckpoint` that running chains report to:
+    a snapshot is due every ``checkpoint_every`` steps of a chain, every
+    ``checkpoint_seconds`` of wall time, and at once when a stop signal has arrived (after
+    saving it, :meth:`save` raises :class:`ChainStopped`).
+
+    Args:
+        output_dir: the folder (created if missing).
+        checkpoint_every: snapshot a running chain every this many steps (``None``: never by
+            step count).
+        checkpoint_seconds: snapshot at least this often in wall-clock seconds (``None``:
+            never by time).
+        is_main: whether this process writes the manifest and the results.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        checkpoint_every: int | None = None,
+        checkpoint_seconds: float | None = 300.0,
+        is_main: bool = True,
+    ):
+        if checkpoint_every is not None and (
+            not isinstance(checkpoint_every, int)
+            or isinstance(checkpoint_every, bool)
+            or checkpoint_every < 1
+        ):
+            raise ValueError(
+                f"checkpoint_every must be an integer ≥ 1 (steps) or None, got "
+                f"{checkpoint_every!r}."
+            )
+        if checkpoint_seconds is not None and not (
+            isinstance(checkpoint_seconds, (int, float))
+            and not isinstance(checkpoint_seconds, bool)
+            and math.isfinite(checkpoint_seconds)
+            and checkpoint_seconds > 0
+        ):
+            raise ValueError(
+                f"checkpoint_seconds must be a number > 0 or None, got {checkpoint_seconds!r}."
+            )
+        self.dir = Path(output_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"output_dir={str(self.dir)!r} is a file; pass a folder.")
+        self.every = checkpoint_every
+        self.seconds = checkpoint_seconds
+        self.is_main = is_main
+        self.requested_signal: int | None = None
+        self.config_hash: str | None = None
+        self._last_save = time.monotonic()
+
+    # -- the run's manifest ---------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def check_start(self, resume: bool) -> None:
+        """Refuse early (before any work) to overwrite a run, or to resume a missing one."""
+        exists = self.manifest_path.exists()
+        if resume and not exists:
+            raise ValueError(
+                f"resume=True (--resume), but output_dir={str(self.dir)!r} holds no run (no "
+                f"{MANIFEST}); drop resume to start a new run there."
+            )
+        if not resume and exists:
+            raise ValueError(
+                f"output_dir={str(self.dir)!r} already holds a run ({MANIFEST}); pass "
+                "resume=True (--resume) to continue it, or choose another output_dir "
+                "(--output-dir) to start a new one."
+            )
+
+    def open(self, manifest: dict, *, resume: bool) -> None:
+        """Write ``manifest`` (new run, main process) or check it against the saved one."""
+        manifest = json.loads(json.dumps(to_plain(manifest)))  # as it reads back from disk
+        self.config_hash = manifest["config_hash"]
+        if resume:
+            saved = json.loads(self.manifest_path.read_text())
+            problems = _manifest_differences(saved, manifest)
+            if problems:
+                raise ValueError(
+                    f"cannot resume the run in output_dir={str(self.dir)!r}: "
+                    + "; ".join(problems)
+                    + ". Resume with the same model, data and settings, or pass another "
+                    "output_dir (--output-dir) to start a new run."
+                )
+            if saved.get("hf_llc_version") != manifest.get("hf_llc_version"):
+                warnings.warn(
+                    f"the run in {self.dir} was started with hf_llc "
+                    f"{saved.get('hf_llc_version')}, this is {manifest.get('hf_llc_version')}: "
+                    "the resumed result may differ from an uninterrupted run.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        elif self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.manifest_path, manifest)
+
+    # -- chain files ----------------------------------------------------------------------
+
+    def chain_path(self, chain: int) -> Path:
+        return self.dir / f"chain_{chain}.safetensors"
+
+    def _write_chain(self, chain: int, status: str, obj: Any, summary: dict) -> None:
+        tensors, plain = _split(obj)
+        meta = {
+            "format": FORMAT_VERSION,
+            "status": status,
+            "config_hash": self.config_hash,
+            "state": plain,
+        }
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # json keeps NaN/inf here (read back only by json.loads); floats round-trip exactly.
+        _save_safetensors_atomic(
+            self.chain_path(chain),
+            tensors,
+            {_META_KEY: json.dumps(meta)},
+            mode_like=self.manifest_path,
+        )
+        readable = {"chain": chain, "status": status, "config_hash": self.config_hash, **summary}
+        write_json(self.dir / f"chain_{chain}.json", readable)
+        self._last_save = time.monotonic()
+
+    def save_finished(self, result: ChainResult) -> None:
+        """Record a finished chain: it is loaded, never rerun, on resume."""
+        self._write_chain(
+            result.chain,
+            "finished",
+            result,
+            {"diverged": result.diverged, "step_size": result.step_size},
+        )
+
+    def load_chain(self, chain: int) -> ChainResult | ChainState | None:
+        """Chain ``chain``'s saved result (finished) or state (running), else ``None``."""
+        path = self.chain_path(chain)
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})[_META_KEY])
+            for key in fh.keys():
+                tensors[key] = fh.get_tensor(key)
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has checkpoint format {meta.get('format')}, this hf_llc reads "
+                f"{FORMAT_VERSION}; resume with the hf_llc version that wrote it."
+            )
+        if meta.get("config_hash") != self.config_hash:
+            raise ValueError(
+                f"{path} belongs to a run with other settings (config hash "
+                f"{meta.get('config_hash')}, this run {self.config_hash}); remove it or pass "
+                "another output_dir (--output-dir)."
+            )
+        cls = ChainResult if meta["status"] == "finished" else ChainState
+        return _join(cls, tensors, meta["state"])
+
+    def finished_results(self, num_chains: int) -> list[ChainResult]:
+        """Every chain finished on disk (by any process), in chain order."""
+        out = []
+        for c in range(num_chains):
+            try:
+                saved = self.load_chain(c)
+            except (OSError, ValueError, KeyError):
+                continue  # another process may be writing it this very moment
+            if isinstance(saved, ChainResult):
+                out.append(saved)
+        return out
+
+    def wrap(self, run_chain: Callable[..., ChainResult], *, resume: bool) -> Callable:
+        """``run_chain`` with this folder: a chain finished earlier is loaded (when resuming),
+        a running one continues from its snapshot, every chain reports its snapshots here and
+        is recorded when it finishes. Same signature as ``run_chain``."""
+
+        def run(problem, w_star, cfg, chain, *, progress=None, **kwargs) -> ChainResult:
+            saved = self.load_chain(chain) if resume else None
+            if isinstance(saved, ChainResult):
+                if progress is not None:
+                    progress.update(cfg.num_steps)
+                return saved
+            self.stop_if_requested()
+            result = run_chain(
+                problem,
+                w_star,
+                cfg,
+                chain,
+                progress=progress,
+                checkpoint=self,
+                resume=saved,
+                **kwargs,
+            )
+            self.save_finished(result)
+            return result
+
+        return run
+
+    # -- the ChainCheckpoint protocol ---------------------------------------------------
+
+    def due(self, chain: int, step: int) -> bool:
+        """Whether a running chain should snapshot now (after ``step`` steps)."""
+        if self.requested_signal is not None:
+            return True
+        if self.every is not None and step % self.every == 0:
+            return True
+        return self.seconds is not None and time.monotonic() - self._last_save >= self.seconds
+
+    def save(self, state: ChainState) -> None:
+        """Write a running chain's snapshot; then stop it if a signal asked for that."""
+        self._write_chain(
+            state.chain,
+            "running",
+            state,
+            {"attempt": state.attempt, "step": state.step, "step_size": state.step_size},
+        )
+        self.stop_if_requested()
+
+    def stop_if_requested(self) -> None:
+        """Raise :class:`ChainStopped` if SIGINT/SIGTERM arrived."""
+        if self.requested_signal is not None:
+            raise ChainStopped(self.requested_signal)
+
+    # -- signals --------------------------------------------------------------------------
+
+    @contextmanager
+    def catch_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM ask the running chain to save and stop (a second one stops at
+        once). Previous handlers are restored on exit. Outside the main thread, where Python
+        cannot install handlers, nothing is caught (periodic checkpoints still happen)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.requested_signal is not None:
+                raise KeyboardInterrupt(
+                    f"second {signal.Signals(signum).name}: stopped without waiting for the "
+                    "checkpoint (the last complete one in the output folder is kept)"
+                )
+            self.requested_signal = signum
+
+        previous = {}
+        try:
+            for name in _SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    previous[sig] = signal.signal(sig, handler)
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    # -- results --------------------------------------------------------------------------
+
+    def write_result(self, result: Any) -> None:
+        """The final result (main process); a stale partial result is removed."""
+        if not self.is_main:
+            return
+        result.save(self.dir / RESULT)
+        (self.dir / PARTIAL_RESULT).unlink(missing_ok=True)
+
+    def write_partial(self, result: Any) -> Path | None:
+        if not self.is_main:
+            return None
+        return result.save(self.dir / PARTIAL_RESULT)
+
+
+def _manifest_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences that make a resume invalid."""
+    out = []
+    for section in ("config", "fingerprint"):
+        a, b = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if key == "init_loss" and isinstance(x, float) and isinstance(y, float):
+                # L_n(w*) is recomputed on resume; another device or thread count may change
+                # its last bits, which the weight and data hashes already pin down.
+                same = math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12)
+            else:
+                same = x == y
+            if not same:
+                what = "settings" if section == "config" else "model/data"
+                out.append(f"{what} {key}: saved {x!r}, now {y!r}")
+    return out
