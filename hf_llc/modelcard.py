@@ -226,7 +226,10 @@ def _parse(text: str, readme: Path) -> tuple[str | None, str, dict]:
         if match:
             ModelCard(text)  # validates model-index the way the Hub tooling reads it
     except (yaml.YAMLError, ValueError) as error:
-        raise ValueError(f"{readme}: malformed model card metadata: {error}") from error
+        raise ValueError(
+            f"{readme}: malformed model card metadata: {error}. Fix the YAML between the "
+            "leading '---' lines (the file was left unchanged)."
+        ) from error
     return front, body, data
 
 
