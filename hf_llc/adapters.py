@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import checks
+
 MASK_PROBABILITY = 0.15
 
 # Column names renamed to ``labels`` (as ``Trainer`` does).
@@ -74,12 +76,14 @@ def prepare_dataset(
     """Select, tokenize, pad and label ``dataset`` for ``model`` (see the module docstring)."""
     kind = model_kind(model)
     dataset = _materialize(dataset, num_samples)
+    checks.check_not_empty(dataset)
     if isinstance(dataset, Mapping):
         return PreparedData(None, dataset, kind, None)
     names = list(getattr(dataset, "column_names", None) or [])
     if text_column is not None and text_column not in names:
         raise ValueError(
-            f"text_column={text_column!r} is not a column of the dataset (columns: {names})."
+            f"text_column={text_column!r} is not a column of the dataset (columns: {names}); "
+            "pass the name of its raw-text column as text_column (CLI: --text-column)."
         )
     if text_column is None and "input_ids" not in names and "text" in names and kind != "other":
         text_column = "text"
@@ -89,8 +93,10 @@ def prepare_dataset(
                 f"the dataset has raw text in {text_column!r}: pass tokenizer=... (the CLI uses "
                 "the checkpoint's own tokenizer)."
             )
+        checks.check_text_column(dataset, text_column)
         dataset = _tokenize(dataset, tokenizer, text_column, max_length)
         names = list(dataset.column_names)
+    checks.check_model_columns(kind, names)
     if "input_ids" not in names:
         return PreparedData(None, dataset, kind, None)
 
@@ -137,6 +143,7 @@ def default_loss_fn(model: nn.Module, prepared: PreparedData) -> Callable | None
 
         return token_loss
     if kind == "sequence-classification":
+        checks.check_labels_present(kind, prepared.columns)
 
         def sequence_loss(outputs, batch):
             logits, labels = outputs.logits.float(), batch["labels"]
@@ -249,6 +256,7 @@ def _pad_columns(dataset, pad_id: int, max_length: int | None) -> dict[str, Tens
                 lab[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             columns["labels"] = lab
         else:
+            checks.check_label_values(values, name)
             columns["labels"] = torch.as_tensor(list(values))
     return columns
 

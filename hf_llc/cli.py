@@ -7,6 +7,7 @@ Also runnable as ``python -m hf_llc``.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -287,12 +288,22 @@ def load_data(name: str, *, config: str | None = None, split: str = "train"):
         ".parquet": "parquet",
         ".txt": "text",
     }
+    if suffix in builders and not path.exists():
+        raise ValueError(f"--dataset {name}: no such file; check the path.")
     if path.is_file():
         if suffix not in builders:
             raise ValueError(
                 f"--dataset {name}: unknown file type {suffix!r}; use one of {sorted(builders)}."
             )
-        return datasets.load_dataset(builders[suffix], data_files=str(path), split="train")
+        if path.stat().st_size == 0:
+            raise ValueError(f"--dataset {name} is an empty file; the LLC needs data rows.")
+        try:
+            return datasets.load_dataset(builders[suffix], data_files=str(path), split="train")
+        except Exception as err:  # malformed json/csv/parquet: arrow and datasets errors
+            raise ValueError(
+                f"--dataset {name}: could not read it as {builders[suffix]} "
+                f"({type(err).__name__}: {err}); check the file's format."
+            ) from err
     if path.is_dir() and (
         (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
     ):
@@ -305,9 +316,16 @@ def load_data(name: str, *, config: str | None = None, split: str = "train"):
     try:
         return datasets.load_dataset(name, config, split=split)
     except Exception as err:  # datasets raises many types for "not found"/offline
+        from huggingface_hub import is_offline_mode
+
+        offline = (
+            " HF_HUB_OFFLINE is set: download the dataset first, or unset HF_HUB_OFFLINE."
+            if is_offline_mode()
+            else ""
+        )
         raise ValueError(
             f"--dataset {name!r} could not be loaded ({type(err).__name__}: {err}). Pass a Hub "
-            "dataset name (online or cached), a save_to_disk folder, or a data file."
+            "dataset name (online or cached), a save_to_disk folder, or a data file." + offline
         ) from err
 
 
@@ -332,13 +350,17 @@ def _estimate(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_writable(args.output)
     if args.plot is not None:
-        _check_writable(args.plot)
+        _check_writable(args.plot, "--plot")
     local = Path(args.model).is_dir()
     if args.write_card and not local:
         raise ValueError(
             "--write-card writes README.md in a local checkpoint folder; download the model "
             "(e.g. huggingface-cli download) and pass its folder."
         )
+    if args.write_card:
+        from .modelcard import read_llc_from_model_card
+
+        read_llc_from_model_card(args.model)  # a malformed card fails now, not after sampling
     loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
     model_loss_fn = (
         _import_function(args.model_loss_fn, "--model-loss-fn") if args.model_loss_fn else None
@@ -372,6 +394,7 @@ def _estimate(args: argparse.Namespace) -> int:
             text_column=args.text_column,
             max_length=args.max_length,
             num_samples=args.num_samples,
+            mixed_precision=args.mixed_precision,
             progress=not args.quiet,
             output_dir=args.output_dir,
             resume=args.resume,
@@ -442,12 +465,16 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, flag: str = "--output") -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise ValueError(f"--output {path} is a directory; give a file path like {path}/out.json.")
+        raise ValueError(f"{flag} {path} is a directory; give a file path like {path}/out.json.")
     if not parent.exists():
-        raise ValueError(f"--output: directory {parent} does not exist; create it first.")
+        raise ValueError(f"{flag}: directory {parent} does not exist; create it first.")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{flag} {path}: {parent} is not a writable directory; pass a path in one that is."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,8 +486,9 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "estimate":
             return _estimate(args)
-    except ValueError as err:
-        parser.exit(2, f"hf-llc {args.command}: error: {err}\n")
+    except (ValueError, OSError) as err:
+        message = " ".join(str(err).split())  # one line, even for wrapped library errors
+        parser.exit(2, f"hf-llc {args.command}: error: {message}\n")
     return 1
 
 

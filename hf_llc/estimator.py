@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import checks
 from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
 from .checkpoint import (
@@ -366,9 +367,7 @@ class LLCResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON (atomically: a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return write_json(path, self.to_dict())
+        return write_json(path, self.to_dict(), make_parents=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> LLCResult:
@@ -495,8 +494,11 @@ def estimate_llc(
 
     if loss_fn is not None and model_loss_fn is not None:
         raise ValueError("pass loss_fn or model_loss_fn, not both.")
+    checks.check_optional_positive_int("num_samples", num_samples)
+    checks.check_optional_positive_int("max_length", max_length)
     procs = process_info(accelerator, _model_device(model))
     precision = resolve_mixed_precision(mixed_precision, accelerator)
+    checks.check_parameter_dtypes(model, precision)
     run_dir = None
     if output_dir is not None:
         run_dir = RunCheckpoint(
@@ -533,6 +535,9 @@ def estimate_llc(
         if prepared.kind == "causal-lm":
             forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
     data = TensorBatches(dataset, device, collate_fn)
+    checks.check_finite_columns(data.columns)
+    if model_loss_fn is None:
+        checks.check_forward_inputs(model, data.columns, forward_kwargs)
     n = data.num_samples
     if cfg.batch_size > n:
         raise ValueError(

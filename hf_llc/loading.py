@@ -160,9 +160,9 @@ def _is_valid_repo_id(path: str) -> bool:
     return True
 
 
-def _not_found(path: str, reason: str) -> ValueError:
+def _not_found(path: str, reason: str, fix: str) -> ValueError:
     offline = " HF_HUB_OFFLINE is set, so the Hub was not contacted." if is_offline_mode() else ""
-    return ValueError(f"Checkpoint {path!r} not found locally; {reason}.{offline}")
+    return ValueError(f"Checkpoint {path!r} not found locally; {reason}.{offline} {fix}")
 
 
 def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, Any]:
@@ -176,9 +176,14 @@ def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, A
         except Exception as exc:  # LocalEntryNotFound, RepositoryNotFound, HTTP errors...
             if is_offline_mode():
                 reason = "it is not a local folder and is not in the Hub cache (offline mode)"
+                fix = (
+                    "Unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) to download it, or "
+                    f"download it first (hf download {path}) and pass the folder."
+                )
             else:
                 reason = f"fetching config.json from the Hub failed ({type(exc).__name__}: {exc})"
-            raise _not_found(path, reason) from exc
+                fix = "Check the repo id (and revision), your network and access token."
+            raise _not_found(path, reason, fix) from exc
     with open(cfg_file, encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -194,13 +199,14 @@ def _check_remote_code(config: dict[str, Any], path: str, trust_remote_code: boo
         raise ValueError(
             f"Checkpoint {path!r} needs custom modelling code from its repository (config.json "
             "has an 'auto_map'). Executing it runs arbitrary Python; if you trust the source, "
-            "pass trust_remote_code=True."
+            "pass trust_remote_code=True (CLI: --trust-remote-code)."
         )
     if not known_type:
         raise ValueError(
             f"Checkpoint {path!r} has model_type {model_type!r}, which transformers "
             f"{transformers.__version__} does not know. If the checkpoint ships custom code and "
-            "you trust it, pass trust_remote_code=True; otherwise upgrade transformers."
+            "you trust it, pass trust_remote_code=True (CLI: --trust-remote-code); otherwise "
+            "upgrade transformers."
         )
 
 
@@ -273,7 +279,12 @@ def load_checkpoint(
     elif _is_valid_repo_id(path):
         is_local = False
     else:
-        raise _not_found(path, "no such folder, and it is not a valid Hugging Face Hub repo id")
+        raise _not_found(
+            path,
+            "no such folder, and it is not a valid Hugging Face Hub repo id",
+            "Pass a folder written by save_pretrained (with config.json) or a Hub id like "
+            "'org/name'.",
+        )
 
     config = _read_config(path, revision, is_local)
     _check_remote_code(config, path, trust_remote_code)
@@ -290,8 +301,9 @@ def load_checkpoint(
         if not allow_pickle:
             raise ValueError(
                 f"Checkpoint {path!r} only has pickle weights (pytorch_model.bin). Unpickling "
-                "can execute arbitrary code from the file; pass allow_pickle=True only if you "
-                "trust the source (or convert the checkpoint to safetensors)."
+                "can execute arbitrary code from the file; pass allow_pickle=True (CLI: "
+                "--allow-pickle) only if you trust the source (or convert the checkpoint to "
+                "safetensors)."
             )
 
     kwargs: dict[str, Any] = {
@@ -322,7 +334,10 @@ def load_checkpoint(
             "meaningless; pick the task/head the checkpoint was trained with"
         )
         if not allow_missing_weights:
-            raise ValueError(msg + ", or pass allow_missing_weights=True to load anyway.")
+            raise ValueError(
+                msg + ", or pass allow_missing_weights=True (CLI: --allow-missing-weights) to "
+                "load anyway."
+            )
         warnings.warn(msg + ".", stacklevel=2)
 
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):

@@ -89,6 +89,9 @@ Describe the model, its training data and its intended use here. -->
 
 # The same pattern ModelCard uses to find the front matter.
 _YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+# An empty block ("---" directly followed by "---"), which that pattern does not see: without
+# this it would stay in the body, under the new metadata, and render as two rules.
+_EMPTY_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))()(---[ \t]*(\r\n|\n|$))")
 
 
 def write_llc_to_model_card(
@@ -215,7 +218,7 @@ def _readme_path(path: str | os.PathLike) -> Path:
 
 def _parse(text: str, readme: Path) -> tuple[str | None, str, dict]:
     """(YAML text or None, body, metadata dict), validated by huggingface_hub's ModelCard."""
-    match = _YAML_BLOCK.search(text)
+    match = _YAML_BLOCK.search(text) or _EMPTY_BLOCK.search(text)
     front, body = (match.group(2), text[match.end() :]) if match else (None, text)
     try:
         data = yaml.safe_load(front) if front is not None else {}
@@ -225,8 +228,12 @@ def _parse(text: str, readme: Path) -> tuple[str | None, str, dict]:
             raise ValueError(f"the metadata block is a {type(data).__name__}, not a mapping")
         if match:
             ModelCard(text)  # validates model-index the way the Hub tooling reads it
-    except (yaml.YAMLError, ValueError) as error:
-        raise ValueError(f"{readme}: malformed model card metadata: {error}") from error
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as error:
+        # TypeError/AttributeError: huggingface_hub chokes on a value (e.g. ``tags: 0``).
+        raise ValueError(
+            f"{readme}: malformed model card metadata: {error}. Fix the YAML between the "
+            "leading '---' lines (the file was left unchanged)."
+        ) from error
     return front, body, data
 
 

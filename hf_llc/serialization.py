@@ -26,10 +26,26 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``to_plain(data)`` as JSON atomically (a temporary file renamed into place)."""
+def write_json(path: str | Path, data: Any, *, make_parents: bool = False) -> Path:
+    """Write ``to_plain(data)`` as JSON atomically (a temporary file renamed into place).
+
+    On failure nothing is left behind (the temporary file is removed) and the ``OSError``
+    names the path and the fix.
+    """
     path = Path(path)
+    text = json.dumps(to_plain(data), indent=1, allow_nan=False)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_plain(data), indent=1, allow_nan=False))
-    tmp.replace(path)
+    try:
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise OSError(
+            err.errno,
+            f"cannot write {path} ({err.strerror or err}): pass a path in an existing, "
+            "writable directory",
+        ) from err
     return path
