@@ -185,10 +185,12 @@ def test_batch_larger_than_dataset_is_rejected():
 
 
 def test_non_finite_initial_loss_is_rejected():
-    data = {"inputs": torch.randn(16, 2), "labels": torch.full((16, 1), float("nan"))}
+    # Finite data (non-finite data is refused earlier, naming the column) but a loss that is
+    # not finite at w*.
+    data = {"inputs": torch.randn(16, 2), "labels": torch.zeros(16, 1)}
 
     def mse(outputs, batch):
-        return ((outputs["logits"] - batch["labels"]) ** 2).sum(-1)
+        return ((outputs["logits"] - batch["labels"]) ** 2).sum(-1) / 0.0
 
     cfg = SamplerConfig(num_chains=1, num_burnin=1, num_draws=2, batch_size=4)
     with pytest.raises(ValueError, match="not finite"):
