@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
 from .diagnostics import effective_sample_size, split_rhat
 from .distributed import autocast, process_info, resolve_mixed_precision
-from .sampling import SamplerConfig, run_chain
+from .sampling import SamplerConfig
+from .sampling.batched import run_chains
 from .serialization import to_plain, write_json
 
 
@@ -210,6 +211,12 @@ class ModelLoss:
             }
         out.update(self.forward_kwargs)
         return out
+
+    def compile(self) -> None:
+        """``torch.compile`` the forward and loss (:meth:`evaluate`); idempotent."""
+        if not getattr(self, "_compiled", False):
+            self.evaluate = torch.compile(self.evaluate, dynamic=False)
+            self._compiled = True
 
     def evaluate(self, batch: Mapping[str, Any]) -> Tensor:
         """The loss of the model as its parameters are now (fp32)."""
@@ -536,22 +543,18 @@ def estimate_llc(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(mine) * cfg.num_steps, desc="SGLD", unit="step")
-        chains = []
         try:
-            for c in mine:
-                chains.append(
-                    run_chain(
-                        problem,
-                        w_star,
-                        cfg,
-                        c,
-                        nbeta=nbeta,
-                        init_loss=init_loss,
-                        init_per_sample=cache,
-                        precond_diagonal=precond_diag,
-                        progress=bar,
-                    )
-                )
+            chains, chain_mode = run_chains(
+                problem,
+                w_star,
+                cfg,
+                mine,
+                nbeta=nbeta,
+                init_loss=init_loss,
+                init_per_sample=cache,
+                precond_diagonal=precond_diag,
+                progress=bar,
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -562,6 +565,7 @@ def estimate_llc(
     result = _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main)
     result.diagnostics["num_processes"] = procs.num_processes
     result.diagnostics["mixed_precision"] = precision
+    result.diagnostics["chain_mode"] = chain_mode
     return result
 
 
