@@ -251,6 +251,9 @@ def test_regular_model_default_preconditioner(monkeypatch):
         num_chains=chains,
         num_burnin=300,
         num_draws=draws,
+        # The recorder patches the sequential chain; batched chains are pinned to it by
+        # test_batched_chains_match_sequential_chains (tests/test_batched.py).
+        chain_mode="sequential",
     )
     assert cfg.preconditioner == "rmsprop-burnin" and cfg.step_size == "curvature"
     result = _estimate(Quadratic(XBAR), cfg)
