@@ -213,10 +213,10 @@ class ModelLoss:
         return out
 
     def compile(self) -> None:
-        """``torch.compile`` the forward and loss (:meth:`evaluate`); idempotent."""
-        if not getattr(self, "_compiled", False):
-            self.evaluate = torch.compile(self.evaluate, dynamic=False)
-            self._compiled = True
+        """``torch.compile`` the forward and loss of the hot path (:meth:`bind`'s step);
+        :meth:`loss` (curvature estimates need its double backward) stays eager. Idempotent."""
+        if getattr(self, "_compiled_evaluate", None) is None:
+            self._compiled_evaluate = torch.compile(self.evaluate, dynamic=False)
 
     def evaluate(self, batch: Mapping[str, Any]) -> Tensor:
         """The loss of the model as its parameters are now (fp32)."""
@@ -284,9 +284,11 @@ class ModelLoss:
             leaf.grad = grad[off : off + n].view(shape)
             leaves.append(leaf)
 
+        evaluate = getattr(self, "_compiled_evaluate", None) or self.evaluate
+
         def step(batch: Mapping[str, Any]):
             grad.zero_()
-            per = self.evaluate(batch)
+            per = evaluate(batch)
             loss = per.mean() if per.ndim else per
             torch.autograd.backward(loss, inputs=leaves)
             return per, loss, grad

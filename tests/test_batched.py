@@ -226,3 +226,18 @@ def test_chain_mode_setting_validates_round_trips_and_has_a_cli_flag():
     args = build_parser().parse_args(["validate", "--chain-mode", "batched", "--compile"])
     parsed = config_from_args(args)
     assert parsed.chain_mode == "batched" and parsed.compile is True
+
+
+@pytest.mark.slow  # torch.compile takes ~30 s per configuration on 2 CPU cores
+@pytest.mark.parametrize("mode", ["sequential", "batched"])
+def test_compiled_loss_matches_eager(dln, mode):
+    # Inductor may fuse and reorder float operations: per-step differences are ~1e-7 relative
+    # (fp32 rounding), far inside RTOL over 50 steps of a contracting chain (see module doc).
+    model, dataset = dln
+    kw = dict(step_size=2e-4, preconditioner="identity", num_chains=2, num_burnin=20)
+    eager = _run(model, dataset, mode, num_draws=30, **kw)
+    compiled = _run(model, dataset, mode, num_draws=30, compile=True, **kw)
+    assert compiled.diagnostics["chain_mode"] == eager.diagnostics["chain_mode"] == mode
+    assert compiled.config["compile"] is True
+    np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=RTOL, atol=1e-9)
+    np.testing.assert_allclose(compiled.llc_per_chain, eager.llc_per_chain, rtol=RTOL)

@@ -84,19 +84,31 @@ def stack_batches(problem: LossProblem, indices: Tensor) -> Any:
 
 
 def batched_grad_fn(problem: LossProblem, compile: bool = False):
-    """``f(W, batches) -> (G, L)``: per-chain gradient and mean loss, vmapped over chains.
+    """``f(W, batches) -> (G, L)``: per-chain gradient and mean loss of C chains at once.
 
     ``W`` is C × d, ``batches`` has a leading chain dimension (:func:`stack_batches`); ``G``
-    is C × d and ``L`` has C entries. ``compile=True`` wraps the vmapped function in
-    ``torch.compile``.
+    is C × d and ``L`` has C entries. The forward is ``vmap``-ped over chains and the backward
+    is ordinary autograd of Σ_c L_c, whose gradient with respect to row c of W is ∇L_c (the
+    chains share no parameters). ``compile=True`` compiles the vmapped forward with
+    ``torch.compile`` (its backward is compiled with it).
     """
 
     def mean_loss(w: Tensor, batch: Any) -> Tensor:
         per = problem.loss(w, batch)
         return per.mean() if per.ndim else per
 
-    fn = torch.func.vmap(torch.func.grad_and_value(mean_loss))
-    return torch.compile(fn, dynamic=False) if compile else fn
+    forward = torch.func.vmap(mean_loss)
+    if compile:
+        forward = torch.compile(forward, dynamic=False)
+
+    def grad_and_loss(W: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        leaf = W.detach().requires_grad_(True)
+        with torch.enable_grad():
+            L = forward(leaf, batch)
+            (G,) = torch.autograd.grad(L.sum(), leaf)
+        return G, L.detach()
+
+    return grad_and_loss
 
 
 def sgld_step_chains_(
@@ -112,6 +124,7 @@ def sgld_step_chains_(
     active: list[bool],
     precond: Tensor | None = None,
     precond_sqrt: Tensor | None = None,
+    cache: dict | None = None,
 ) -> None:
     r"""One SGLD step of every chain, in place on the rows of ``W`` (C × d).
 
@@ -119,12 +132,18 @@ def sgld_step_chains_(
     ``generators[c]`` (d standard normals, as :func:`hf_llc.sampling.sgld_step_` draws them);
     an inactive chain neither moves nor draws. ``precond``/``precond_sqrt`` are A and √A,
     (C × d) per chain or (d,) shared; ``None`` for identity. ``noise`` is a C × d scratch
-    buffer.
+    buffer. ``cache`` (a dict kept between calls) saves rebuilding the per-chain
+    coefficients while the step sizes do not change.
     """
     dev, dt = W.device, W.dtype
-    eps = [s if a else 0.0 for s, a in zip(step_sizes, active)]
-    half = torch.tensor(eps, device=dev, dtype=dt).unsqueeze(1) / 2
-    root = torch.tensor([math.sqrt(s) for s in eps], device=dev, dtype=dt).unsqueeze(1)
+    eps = tuple(s if a else 0.0 for s, a in zip(step_sizes, active))
+    if cache is not None and cache.get("eps") == eps:
+        half, root = cache["half"], cache["root"]
+    else:
+        half = torch.tensor(eps, device=dev, dtype=dt).unsqueeze(1) / 2
+        root = torch.tensor([math.sqrt(s) for s in eps], device=dev, dtype=dt).unsqueeze(1)
+        if cache is not None:
+            cache.update(eps=eps, half=half, root=root)
     # noise doubles as the drift buffer before it holds the noise.
     torch.sub(W, w_star, out=noise)
     noise.mul_(localization).add_(G, alpha=nbeta)
@@ -294,6 +313,7 @@ def run_chains_batched(
     reasons: list[str | None] = [None] * C
     idx = torch.empty(C, cfg.batch_size, dtype=torch.long, device=device)
     checked = 0
+    coefficients: dict = {}
     for t in range(total):
         for i in range(C):
             if active[i]:
@@ -350,6 +370,7 @@ def run_chains_batched(
             active=active,
             precond=precond.A,
             precond_sqrt=precond.A_sqrt,
+            cache=coefficients,
         )
         if record_mala:
             G_new, L_new = grad_fn(W, batch)
