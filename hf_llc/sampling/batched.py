@@ -191,11 +191,13 @@ def check_batchable(
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise NotBatchable(f"{type(err).__name__}: {first[:200]}") from err
     _, _, loss, g = _grad(problem, w_star, problem.batch(idx[0]))
-    ok_shape = G.shape == W.shape and L.shape == (num_chains,)
-    scale = float(g.abs().max()) + 1e-12
-    if not ok_shape or not torch.allclose(G[0], g, rtol=1e-3, atol=1e-4 * scale):
+    if G.shape != W.shape or L.shape != (num_chains,):
+        raise NotBatchable(f"the vmapped gradient has shape {tuple(G.shape)}, not (C, d)")
+    # A gross-error check (a model that mixes samples or chains is off by O(1)), loose enough
+    # for bf16 autocast, where a batched matmul may round differently from a plain one.
+    if float((G[0] - g).norm()) > 1e-2 * float(g.norm()) + 1e-6:
         raise NotBatchable("the vmapped gradient differs from the plain one")
-    if not torch.allclose(L[0], loss.detach(), rtol=1e-4, atol=1e-6):
+    if abs(float(L[0]) - float(loss)) > 1e-2 * abs(float(loss)) + 1e-6:
         raise NotBatchable("the vmapped loss differs from the plain one")
 
 
