@@ -197,7 +197,8 @@ def check_batchable(
     # for bf16 autocast, where a batched matmul may round differently from a plain one.
     if float((G[0] - g).norm()) > 1e-2 * float(g.norm()) + 1e-6:
         raise NotBatchable("the vmapped gradient differs from the plain one")
-    if abs(float(L[0]) - float(loss)) > 1e-2 * abs(float(loss)) + 1e-6:
+    loss = float(loss.detach())
+    if abs(float(L[0]) - loss) > 1e-2 * abs(loss) + 1e-6:
         raise NotBatchable("the vmapped loss differs from the plain one")
 
 
