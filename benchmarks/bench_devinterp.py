@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     if not args.skip_lm:
         rows += bench(lm_problem(args), args)
     print(table(rows))
-    for r in rows:
+    for r in {r["problem"]: r for r in rows}.values():
         print(
             f"floor (train step) for {r['problem']}: {r['floor_ms']:.2f} ms, peak memory "
             f"{r['floor_mem']:.1f} × parameter bytes"
