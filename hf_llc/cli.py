@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .sampling import SamplerConfig
-from .sampling.config import PRECONDITIONERS
+from .sampling.config import CHAIN_MODES, PRECONDITIONERS
 
 
 def _ints(text: str) -> list[int]:
@@ -56,6 +56,13 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler-seed", type=int, help="seed of the chains (default 0)")
     g.add_argument("--mala", action="store_true", help="record MALA acceptance (diagnostic)")
     g.add_argument(
+        "--chain-mode",
+        choices=CHAIN_MODES,
+        help="run a process's chains batched under torch.func.vmap, one after another, or "
+        "'auto' (default: batched when possible)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the loss and gradient")
+    g.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
         default=None,
@@ -77,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> SamplerConfig:
         "preconditioner": args.preconditioner,
         "seed": args.sampler_seed,
         "mala": args.mala or None,
+        "chain_mode": args.chain_mode,
+        "compile": args.compile or None,
     }
     return SamplerConfig(**{k: v for k, v in fields.items() if v is not None})
 

@@ -47,6 +47,7 @@ from .checkpoint import (
 from .diagnostics import effective_sample_size, split_rhat
 from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import SamplerConfig, run_chain
+from .sampling.batched import run_chains
 from .serialization import to_plain, write_json
 
 
@@ -222,6 +223,12 @@ class ModelLoss:
         out.update(self.forward_kwargs)
         return out
 
+    def compile(self) -> None:
+        """``torch.compile`` the forward and loss of the hot path (:meth:`bind`'s step);
+        :meth:`loss` (curvature estimates need its double backward) stays eager. Idempotent."""
+        if getattr(self, "_compiled_evaluate", None) is None:
+            self._compiled_evaluate = torch.compile(self.evaluate, dynamic=False)
+
     def evaluate(self, batch: Mapping[str, Any]) -> Tensor:
         """The loss of the model as its parameters are now (fp32)."""
         with self.autocast():
@@ -288,9 +295,11 @@ class ModelLoss:
             leaf.grad = grad[off : off + n].view(shape)
             leaves.append(leaf)
 
+        evaluate = getattr(self, "_compiled_evaluate", None) or self.evaluate
+
         def step(batch: Mapping[str, Any]):
             grad.zero_()
-            per = self.evaluate(batch)
+            per = evaluate(batch)
             loss = per.mean() if per.ndim else per
             torch.autograd.backward(loss, inputs=leaves)
             return per, loss, grad
@@ -588,25 +597,40 @@ def estimate_llc(
             bar = tqdm(total=len(mine) * cfg.num_steps, desc="SGLD", unit="step")
         chains = []
         stopped = None
+        chain_mode = "sequential"
         try:
-            # With output_dir: chains finished earlier are loaded, running ones resumed, and
-            # every chain checkpointed; SIGINT/SIGTERM stop it with ChainStopped.
-            runner = run_chain if run_dir is None else run_dir.wrap(run_chain, resume=resume)
-            with run_dir.catch_signals() if run_dir is not None else nullcontext():
-                for c in mine:
-                    chains.append(
-                        runner(
-                            problem,
-                            w_star,
-                            cfg,
-                            c,
-                            nbeta=nbeta,
-                            init_loss=init_loss,
-                            init_per_sample=cache,
-                            precond_diagonal=precond_diag,
-                            progress=bar,
+            if run_dir is None:
+                chains, chain_mode = run_chains(
+                    problem,
+                    w_star,
+                    cfg,
+                    mine,
+                    nbeta=nbeta,
+                    init_loss=init_loss,
+                    init_per_sample=cache,
+                    precond_diagonal=precond_diag,
+                    progress=bar,
+                )
+            else:
+                # With output_dir: chains finished earlier are loaded, running ones resumed,
+                # and every chain checkpointed (one after another: a chain's state is
+                # saved and restored on its own); SIGINT/SIGTERM stop it with ChainStopped.
+                runner = run_dir.wrap(run_chain, resume=resume)
+                with run_dir.catch_signals():
+                    for c in mine:
+                        chains.append(
+                            runner(
+                                problem,
+                                w_star,
+                                cfg,
+                                c,
+                                nbeta=nbeta,
+                                init_loss=init_loss,
+                                init_per_sample=cache,
+                                precond_diagonal=precond_diag,
+                                progress=bar,
+                            )
                         )
-                    )
         except ChainStopped as stop:
             stopped = stop.signum
         finally:
@@ -621,6 +645,7 @@ def estimate_llc(
     result = _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main)
     result.diagnostics["num_processes"] = procs.num_processes
     result.diagnostics["mixed_precision"] = precision
+    result.diagnostics["chain_mode"] = chain_mode
     if run_dir is not None:
         run_dir.write_result(result)
     return result

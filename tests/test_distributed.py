@@ -58,15 +58,19 @@ def test_one_and_two_processes_give_identical_chains(tmp_path):
     script = tmp_path / "two.py"
     script.write_text(TWO_PROCESS_SCRIPT)
     out = tmp_path / "two.json"
+    # Bit-identity needs sequential chains: batched chains (chain_mode "auto"/"batched") equal
+    # them only up to float rounding, which depends on how many chains share a batch
+    # (tests/test_batched.py).
+    cfg = dict(CFG, chain_mode="sequential")
     subprocess.run(
-        [sys.executable, str(script), str(out), json.dumps(CFG)],
+        [sys.executable, str(script), str(out), json.dumps(cfg)],
         check=True,
         capture_output=True,
         timeout=300,
     )
     two = json.loads(out.read_text())
     model, data, _ = _problem()
-    one = estimate_llc(model, data, SamplerConfig(**CFG), progress=False)
+    one = estimate_llc(model, data, SamplerConfig(**cfg), progress=False)
     assert two["llc_per_chain"] == one.llc_per_chain  # bit-identical, chain by chain
     assert two["loss_trace"] == one.to_dict()["loss_trace"]
 
@@ -150,7 +154,7 @@ import resource, sys
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
 model, data, _ = make_dln_problem([1000, 1000], construction="full_rank", num_samples=256)
 cfg = SamplerConfig(num_chains=int(sys.argv[1]), num_burnin=3, num_draws=3, batch_size=32,
-                    step_size=1e-8)
+                    step_size=1e-8, chain_mode=sys.argv[2])
 estimate_llc(model, data, cfg, progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 """
@@ -158,20 +162,27 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ by platform")
 def test_memory_does_not_grow_with_the_number_of_chains(tmp_path):
-    """Chains on one device run one after another and free their state: the peak memory of
-    8 chains is that of 1 chain. One chain's state (flat parameters, gradient, noise and four
-    RMSProp vectors) is ≈ 7 × 4 MB for this 10⁶-parameter model; keeping it per chain would add
-    ≈ 200 MB over 8 chains, so a 40 MB margin separates the two cleanly."""
+    """Sequential chains on one device run one after another and free their state: the peak
+    memory of 8 chains is that of 1 chain. One chain's state (flat parameters, gradient, noise
+    and four RMSProp vectors) is ≈ 7 × 4 MB for this 10⁶-parameter model; keeping it per chain
+    would add ≈ 200 MB over 8 chains, so a 40 MB margin separates the two cleanly."""
     script = tmp_path / "peak.py"
     script.write_text(PEAK_SCRIPT)
     peaks = {}
-    for chains in (1, 8):
+    for chains, mode in ((1, "sequential"), (8, "sequential"), (8, "batched")):
         out = subprocess.run(
-            [sys.executable, str(script), str(chains)],
+            [sys.executable, str(script), str(chains), mode],
             check=True,
             capture_output=True,
             text=True,
             timeout=300,
         )
-        peaks[chains] = int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB
-    assert peaks[8] - peaks[1] < 40, peaks
+        peaks[chains, mode] = int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB
+    assert peaks[8, "sequential"] - peaks[1, "sequential"] < 40, peaks
+    # Batched chains hold their states side by side: per extra chain the 7 vectors above plus
+    # the gradient's assembly from per-layer pieces, ≈ 9-10 × 4 MB (measured 283 MB for 7 extra
+    # chains). 12 vectors per chain (+ the 40 MB margin) bounds it; anything kept per step or
+    # per draw (6 steps × 8 chains × 4 MB per copy) or a model copy per chain with its own
+    # optimizer state would break it.
+    extra = peaks[8, "batched"] - peaks[1, "sequential"]
+    assert extra < 7 * 12 * 4 + 40, peaks

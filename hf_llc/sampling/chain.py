@@ -260,6 +260,18 @@ def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, 
     return eps, v
 
 
+def divergence_message(
+    chain: int, step: int, loss: float, init_loss: float, step_size: float, step_factor: float
+) -> str:
+    """The report of a chain that diverged at ``step`` (attempts after the first say so)."""
+    return (
+        f"chain {chain} diverged at step {step} (loss {loss:.4g}, "
+        f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
+        f"(or step_scale) by 2-10x"
+        + (f" (attempt {1 + round(math.log2(1 / step_factor))})" if step_factor < 1 else "")
+    )
+
+
 def run_chain(
     problem: LossProblem,
     w_star: Tensor,
@@ -518,15 +530,8 @@ def _run_attempt(
                     first = checked + int(torch.nonzero(bad)[0, 0])
                     value = float(trace[first])
                     diverged, div_step = True, first
-                    reason = (
-                        f"chain {chain} diverged at step {first} (loss {value:.4g}, "
-                        f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
-                        f"(or step_scale) by 2-10x"
-                        + (
-                            f" (attempt {1 + round(math.log2(1 / step_factor))})"
-                            if step_factor < 1
-                            else ""
-                        )
+                    reason = divergence_message(
+                        chain, first, value, init_loss, step_size, step_factor
                     )
                     break
                 if progress is not None:

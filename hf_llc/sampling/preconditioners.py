@@ -51,7 +51,11 @@ class DiagonalPreconditioner(Preconditioner):
 
 
 class RMSPropPreconditioner(Preconditioner):
-    """pSGLD's RMSProp diagonal, updated in place every step."""
+    """pSGLD's RMSProp diagonal, updated in place every step.
+
+    ``like`` is one chain's flat parameters (d,) or a stack of chains (chains × d); with a
+    stack every chain keeps its own V and A.
+    """
 
     name = "rmsprop"
 
@@ -74,10 +78,11 @@ class RMSPropPreconditioner(Preconditioner):
         else:
             self.V.mul_(self.decay).addcmul_(self._g, self._g, value=1 - self.decay)
         torch.sqrt(self.V, out=self.A)
-        scale = self.A.mean()
+        # Means over the last dimension: a (chains × d) state normalises each chain alone.
+        scale = self.A.mean(dim=-1, keepdim=True)
         # V ≡ 0 (exactly at a minimum) gives A ≡ 1 after the normalisation below.
         self.A.add_(scale * self.eps + 1e-30).reciprocal_()
-        self.A.div_(self.A.mean())
+        self.A.div_(self.A.mean(dim=-1, keepdim=True))
         torch.sqrt(self.A, out=self.A_sqrt)
 
     def state_dict(self) -> dict:
