@@ -58,8 +58,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chain-mode",
         choices=CHAIN_MODES,
-        help="run a process's chains batched under torch.func.vmap, one after another, or "
-        "'auto' (default: batched when possible)",
+        help="run a process's chains one after another (default 'sequential'), batched under "
+        "torch.func.vmap, or 'auto' (batched when possible)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the loss and gradient")
     g.add_argument(
