@@ -69,8 +69,8 @@ class SamplerConfig:
         chain_mode: how the chains of one process run. ``"sequential"`` (default): one after
             another, each a plain forward and backward of the model; bit-identical for any
             number of processes, and the mode checkpointing (``output_dir``) uses.
-            ``"batched"``: all of them as one computation, the model evaluated with ``torch.func.vmap`` over a leading chain
-            dimension of the parameters and of the minibatches (each chain keeps its own
+            ``"batched"``: all of them as one computation, the model evaluated with
+            ``torch.func.vmap`` over a leading chain dimension of the parameters and of the minibatches (each chain keeps its own
             generator, data order, step size and preconditioner, so its trace is the
             sequential one up to float rounding). ``"auto"``: batched when this
             process runs more than one chain and a trial step of the model under ``vmap``
