@@ -66,16 +66,16 @@ class SamplerConfig:
         divergence_retries: how many times a diverged chain starts again from w* with half
             the step size before it is given up (every divergence is reported either way).
         check_every: steps between the host-side checks for divergence (the only host sync).
-        chain_mode: how the chains of one process run. ``"sequential"`` (default): one after
-            another, each a plain forward and backward of the model; bit-identical for any
-            number of processes, and the mode checkpointing (``output_dir``) uses.
+        chain_mode: how the chains of one process run. ``"sequential"`` (default): one
+            after another, each a plain forward and backward of the model; bit-identical for
+            any number of processes, and the mode checkpointing (``output_dir``) uses.
             ``"batched"``: all of them as one computation, the model evaluated with
-            ``torch.func.vmap`` over a leading chain dimension of the parameters and of the minibatches (each chain keeps its own
-            generator, data order, step size and preconditioner, so its trace is the
-            sequential one up to float rounding). ``"auto"``: batched when this
-            process runs more than one chain and a trial step of the model under ``vmap``
-            succeeds, else sequential (with a one-line notice when the model cannot be
-            vmapped).
+            ``torch.func.vmap`` over a leading chain dimension of the parameters and of the
+            minibatches (each chain keeps its own generator, data order, step size and
+            preconditioner, so its trace is the sequential one up to float rounding).
+            ``"auto"``: batched when this process runs more than one chain and a trial step
+            of the model under ``vmap`` succeeds, else sequential (with a one-line notice
+            when the model cannot be vmapped).
         compile: ``torch.compile`` the loss-and-gradient function (both chain modes); results
             match eager up to float rounding. Compilation costs seconds to minutes up front,
             so it pays off only for long runs.
