@@ -204,6 +204,11 @@ def run_chain(
     size (its generator continues, so the result is still a function of (seed, chain)); every
     divergence is kept in ``ChainResult.retries``.
     """
+    if cfg.step_size == "auto":
+        raise ValueError(
+            "step_size='auto' is resolved by estimate_llc (pilot chains, hf_llc.calibration) "
+            "before the chains run; pass run_chain a number or 'curvature'."
+        )
     gen = chain_generator(cfg.seed, chain, w_star.device)
     retries: list[dict] = []
     for attempt in range(cfg.divergence_retries + 1):
