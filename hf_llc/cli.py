@@ -185,12 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--grid",
         type=_floats,
-        help="step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -2..3, around "
+        help="step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -2..1, around "
         "the curvature step ε_c)",
     )
     c.add_argument("--min-acceptance", type=float, default=None, help="default 0.9")
-    c.add_argument("--pilot-burnin", type=int, default=None, help="default min(burn-in, 300)")
-    c.add_argument("--pilot-draws", type=int, default=None, help="default min(draws, 300)")
+    c.add_argument("--pilot-burnin", type=int, default=None, help="default: --num-burnin")
+    c.add_argument("--pilot-draws", type=int, default=None, help="default min(draws, 200)")
     c.add_argument("--output", type=Path, help="write the sweep and the choice as JSON here")
     c.add_argument("--plot", type=Path, help="save λ̂ and acceptance against ε (PNG) here")
     c.add_argument(

@@ -87,8 +87,10 @@ RHAT_MAX = 1.1
 #: to mean much (the quick suite has ≥ 29 per chain, i.e. ESS ≥ 117 over 4 chains).
 ESS_MIN_PER_CHAIN = 10
 #: Per-chain mean MALA acceptance below this: the step is too coarse for the posterior. The
-#: quick suite's default step (0.3 / λ_max) gives 0.917 … 0.996; "healthy ≈ 0.9".
-MALA_MIN = 0.8
+#: quick suite's default step (0.3 / λ_max) gives 0.917 … 0.996 ("healthy ≈ 0.9"). Run at
+#: fixed steps ≈ 2–8× the default's, 8 of the 10 cases had a chain below 0.85 (λ̂ +1.6% …
+#: +176%, median +17%); the other two stayed ≥ 0.89 ([10, 5, 10] +3.9%, [5, 4, 5] +8.8%).
+MALA_MIN = 0.85
 #: Paired traces only: more than this fraction of the draws below L_n(w*) (L_B(w_t) < L_B(w*))
 #: means the typical sampled point has a lower loss than w*: w* is not at a minimum. At a
 #: minimum the excess averages λ/nβ > 0 (none of the quick suite's draws are below).

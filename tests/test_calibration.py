@@ -58,9 +58,10 @@ def test_choice_falls_back_and_refuses_when_everything_diverged():
         choose_step_size([_row(1.0, diverged=True)], min_acceptance=0.9)
 
 
-def test_pilot_settings_are_short_with_mala_and_validated():
+def test_pilot_settings_keep_the_burnin_with_few_draws_mala_and_no_restarts():
     cfg = pilot_config(SamplerConfig(), pilot_burnin=None, pilot_draws=None)
-    assert (cfg.num_chains, cfg.num_burnin, cfg.num_draws) == (1, 300, 300)
+    # The full burn-in: the acceptance must be measured where the real chains will be.
+    assert (cfg.num_chains, cfg.num_burnin, cfg.num_draws) == (1, 2000, 200)
     assert cfg.mala and cfg.divergence_retries == 0
     with pytest.raises(ValueError, match="pilot_draws"):
         pilot_config(SamplerConfig(), pilot_burnin=10, pilot_draws=2)
@@ -115,7 +116,11 @@ def test_estimate_with_auto_records_the_choice_in_result_json_and_card(tmp_path)
     cal = result.diagnostics["calibration"]
     chosen = cal["chosen_step_size"]
     assert chosen in [r["step_size"] for r in cal["sweep"]]
-    assert len(cal["sweep"]) == 6 and cal["anchor_step_size"] > 0  # default grid ε_c·2^k
+    # The default grid ε_c·2^k, k = -2..1, around the anchor pilot's curvature step ε_c.
+    anchor = cal["anchor_step_size"]
+    assert [r["step_size"] for r in cal["sweep"]] == pytest.approx(
+        [anchor * 2.0**k for k in (-2, -1, 0, 1)]
+    )
     assert result.config["step_size"] == "auto"
     if not result.diagnostics["retries"]:
         assert result.diagnostics["step_size_per_chain"] == [chosen, chosen]

@@ -68,6 +68,16 @@ def test_quick_suite_meets_the_accuracy_bar():
     ]
 
 
+@pytest.mark.slow
+def test_quick_suite_with_auto_step_size_meets_the_same_bar():
+    """step_size="auto" (pilot chains choose a fixed ε) against the defaults' bar above."""
+    from hf_llc.validation import QUICK_SUITE, run_suite
+
+    out = run_suite(QUICK_SUITE, SamplerConfig(step_size="auto"))
+    assert out["summary"]["median_abs_relative_error"] <= 0.10
+    assert out["summary"]["max_abs_relative_error"] <= 0.25
+
+
 def test_result_fields_and_defaults():
     model, data, _ = _small_problem()
     result = estimate_llc(model, data, FAST, loss_fn=per_sample_loss_fn(model), progress=False)
