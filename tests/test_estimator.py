@@ -70,7 +70,12 @@ def test_quick_suite_meets_the_accuracy_bar():
 
 @pytest.mark.slow
 def test_quick_suite_with_auto_step_size_meets_the_same_bar():
-    """step_size="auto" (pilot chains choose a fixed ε) against the defaults' bar above."""
+    """step_size="auto" (pilot chains choose a fixed ε) against the defaults' bar above.
+
+    Measured at seed 0: median 4.1%, max 22.5% (3,2,3 at the origin, where "auto" chose 2.3×
+    the default's step). The max is close to the bar: the pilots choose 2ε_c on most cases, so
+    a change that makes them choose larger steps shows up here first.
+    """
     from hf_llc.validation import QUICK_SUITE, run_suite
 
     out = run_suite(QUICK_SUITE, SamplerConfig(step_size="auto"))
