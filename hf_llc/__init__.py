@@ -8,6 +8,7 @@ Importing the package registers the deep linear network validation architecture
 (``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
 """
 
+from .calibration import CalibrationResult, calibrate_step_size
 from .estimator import LLCResult, estimate_llc
 from .loading import load_checkpoint
 from .modelcard import read_llc_from_model_card, write_llc_to_model_card
@@ -24,12 +25,14 @@ from .sampling import SamplerConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationResult",
     "DLNConfig",
     "DLNModel",
     "DLNProblem",
     "LLCResult",
     "SamplerConfig",
     "__version__",
+    "calibrate_step_size",
     "dln_learning_coefficient",
     "dln_truth",
     "estimate_llc",

@@ -328,7 +328,10 @@ class LLCResult:
     ``llc_mean``/``llc_std``/``llc_stderr`` summarise ``llc_per_chain`` over the chains that
     did not diverge. ``loss_trace`` is (chains × draws) of L_{B_t}(w_t), NaN-padded where a
     chain stopped early. ``llc_paired_*`` are the paired estimator's values when per-sample
-    losses were available (else ``None``).
+    losses were available (else ``None``). :attr:`verdict` (``"ok"``, ``"warning"``,
+    ``"fail"``) and :attr:`verdict_reasons` say whether to trust λ̂; the checks behind them are
+    in ``diagnostics["checks"]``, and with ``step_size="auto"`` the step-size sweep is in
+    ``diagnostics["calibration"]``.
     """
 
     llc_mean: float
