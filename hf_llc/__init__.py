@@ -8,6 +8,7 @@ Importing the package registers the deep linear network validation architecture
 (``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
 """
 
+from .calibration import CalibrationResult, calibrate_step_size
 from .checkpoint import EstimateInterrupted
 from .estimator import LLCResult, estimate_llc
 from .integrations import LLCCallback
@@ -27,6 +28,7 @@ from .targets import model_targets
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationResult",
     "DLNConfig",
     "DLNModel",
     "DLNProblem",
@@ -35,6 +37,7 @@ __all__ = [
     "LLCResult",
     "SamplerConfig",
     "__version__",
+    "calibrate_step_size",
     "dln_learning_coefficient",
     "dln_truth",
     "estimate_llc",

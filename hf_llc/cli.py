@@ -1,5 +1,5 @@
-"""``hf-llc`` command line: ``estimate`` the LLC of a checkpoint, ``validate`` the estimator
-against exact theory.
+"""``hf-llc`` command line: ``estimate`` the LLC of a checkpoint, ``calibrate`` its step size,
+``validate`` the estimator against exact theory.
 
 Also runnable as ``python -m hf_llc``.
 """
@@ -11,6 +11,7 @@ import os
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .sampling import SamplerConfig
@@ -30,20 +31,24 @@ def _ints(text: str) -> list[int]:
 
 
 def _step_size(text: str):
-    if text == "curvature":
+    if text in ("curvature", "auto"):
         return text
     try:
         return float(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(
-            f"--step-size takes a positive number or 'curvature', got {text!r}"
+            f"--step-size takes a positive number, 'curvature' or 'auto', got {text!r}"
         ) from err
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags that override :class:`SamplerConfig` fields (defaults: the config's defaults)."""
     g = parser.add_argument_group("sampler (defaults: SamplerConfig defaults)")
-    g.add_argument("--step-size", type=_step_size, help="ε, or 'curvature' (default)")
+    g.add_argument(
+        "--step-size",
+        type=_step_size,
+        help="ε, 'curvature' (default) or 'auto' (pilot chains choose ε; see hf-llc calibrate)",
+    )
     g.add_argument("--step-scale", type=float, help="c in ε = c / λ_max (curvature step size)")
     g.add_argument("--localization", type=float, help="γ")
     g.add_argument("--nbeta", type=float, help="nβ (default n / log n)")
@@ -68,6 +73,46 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="autocast for forward/backward (default: accelerate's setting; fp16 is refused)",
     )
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, --dataset and the flags that load them (shared by estimate and calibrate)."""
+    parser.add_argument("model", metavar="MODEL", help="Hub id or local checkpoint folder")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        metavar="DATA",
+        help="Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file",
+    )
+    parser.add_argument("--dataset-config", default=None)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--text-column", default=None, help="raw text column to tokenize")
+    parser.add_argument("--max-length", type=int, default=None, help="truncate tokenized text")
+    parser.add_argument("--num-samples", type=int, default=None, help="use the first N rows")
+    parser.add_argument(
+        "--task", default=None, help="model head when config.architectures is unset"
+    )
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow .bin (pickle) weights")
+    parser.add_argument("--allow-missing-weights", action="store_true")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--loss-fn", metavar="MODULE:FUNCTION", help="loss_fn(outputs, batch)")
+    group.add_argument(
+        "--model-loss-fn", metavar="MODULE:FUNCTION", help="model_loss_fn(model, batch)"
+    )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated step sizes like 1e-5,3e-5,1e-4, got {text!r}"
+        ) from err
+    if not values:
+        raise argparse.ArgumentTypeError("--grid needs at least one step size")
+    return values
 
 
 def config_from_args(args: argparse.Namespace) -> SamplerConfig:
@@ -131,28 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the LLC of a checkpoint (Hub id or local folder) on a dataset",
         description="Estimate the LLC of MODEL at its weights on DATA and print a summary.",
     )
-    e.add_argument("model", metavar="MODEL", help="Hub id or local checkpoint folder")
-    e.add_argument(
-        "--dataset",
-        required=True,
-        metavar="DATA",
-        help="Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file",
-    )
-    e.add_argument("--dataset-config", default=None)
-    e.add_argument("--split", default="train")
-    e.add_argument("--text-column", default=None, help="raw text column to tokenize")
-    e.add_argument("--max-length", type=int, default=None, help="truncate tokenized text")
-    e.add_argument("--num-samples", type=int, default=None, help="use the first N rows")
-    e.add_argument("--task", default=None, help="model head when config.architectures is unset")
-    e.add_argument("--revision", default=None)
-    e.add_argument("--trust-remote-code", action="store_true")
-    e.add_argument("--allow-pickle", action="store_true", help="allow .bin (pickle) weights")
-    e.add_argument("--allow-missing-weights", action="store_true")
-    group = e.add_mutually_exclusive_group()
-    group.add_argument("--loss-fn", metavar="MODULE:FUNCTION", help="loss_fn(outputs, batch)")
-    group.add_argument(
-        "--model-loss-fn", metavar="MODULE:FUNCTION", help="model_loss_fn(model, batch)"
-    )
+    add_checkpoint_arguments(e)
     e.add_argument("--output", type=Path, help="write the result as JSON here")
     e.add_argument("--write-card", action="store_true", help="record the LLC in MODEL's card")
     e.add_argument("--plot", type=Path, help="save the trace plot (PNG) here")
@@ -178,6 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint a running chain at least every S seconds (default 300)",
     )
     add_sampler_arguments(e)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="choose the SGLD step size for a checkpoint with short pilot chains",
+        description=(
+            "Run short pilot chains of MODEL on DATA over a grid of step sizes ε, print the "
+            "sweep (pilot λ̂, MALA acceptance, flatness) and the chosen ε: the largest one that "
+            "is stable, flat and has MALA acceptance ≥ --min-acceptance. The sampler flags "
+            "are the settings the real chains will use (--step-size is ignored)."
+        ),
+    )
+    add_checkpoint_arguments(c)
+    c.add_argument(
+        "--grid",
+        type=_floats,
+        help="step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -2..1, around "
+        "the curvature step ε_c)",
+    )
+    c.add_argument("--min-acceptance", type=float, default=None, help="default 0.9")
+    c.add_argument("--pilot-burnin", type=int, default=None, help="default: --num-burnin")
+    c.add_argument("--pilot-draws", type=int, default=None, help="default min(draws, 200)")
+    c.add_argument("--output", type=Path, help="write the sweep and the choice as JSON here")
+    c.add_argument("--plot", type=Path, help="save λ̂ and acceptance against ε (PNG) here")
+    c.add_argument(
+        "--write-card",
+        action="store_true",
+        help="then estimate the LLC at the chosen ε and record it (with the sweep's choice) in "
+        "MODEL's card",
+    )
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampler_arguments(c)
     return parser
 
 
@@ -244,6 +299,7 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"\n{s['num_cases']} cases, n = {n}: median |rel. err| = "
         f"{s['median_abs_relative_error']:.1%}, max = {s['max_abs_relative_error']:.1%}, "
+        f"verdicts: {', '.join(f'{k} {v}' for k, v in s['verdicts'].items()) or '-'}, "
         f"{s['wall_seconds']:.0f}s"
     )
     if args.output is not None:
@@ -349,19 +405,12 @@ def _resume_command(args: argparse.Namespace) -> str:
     return f"{prog} {shlex.join(argv)}"
 
 
-def _estimate(args: argparse.Namespace) -> int:
-    from .checkpoint import PARTIAL_RESULT, EstimateInterrupted
-    from .estimator import estimate_llc
-    from .loading import load_checkpoint
-    from .serialization import write_json
-
-    cfg = config_from_args(args)
+def _check_outputs(args: argparse.Namespace) -> None:
     if args.output is not None:
         _check_writable(args.output)
     if args.plot is not None:
         _check_writable(args.plot, "--plot")
-    local = Path(args.model).is_dir()
-    if args.write_card and not local:
+    if args.write_card and not Path(args.model).is_dir():
         raise ValueError(
             "--write-card writes README.md in a local checkpoint folder; download the model "
             "(e.g. huggingface-cli download) and pass its folder."
@@ -370,6 +419,12 @@ def _estimate(args: argparse.Namespace) -> int:
         from .modelcard import read_llc_from_model_card
 
         read_llc_from_model_card(args.model)  # a malformed card fails now, not after sampling
+
+
+def load_inputs(args: argparse.Namespace) -> tuple:
+    """(model, data, estimate_llc keyword arguments) from the checkpoint flags."""
+    from .loading import load_checkpoint
+
     loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
     model_loss_fn = (
         _import_function(args.model_loss_fn, "--model-loss-fn") if args.model_loss_fn else None
@@ -392,23 +447,36 @@ def _estimate(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError):
         tokenizer = None  # not every checkpoint has one; raw text then gives a clear error
     data = load_data(args.dataset, config=args.dataset_config, split=args.split)
+    kwargs = dict(
+        loss_fn=loss_fn,
+        model_loss_fn=model_loss_fn,
+        tokenizer=tokenizer,
+        text_column=args.text_column,
+        max_length=args.max_length,
+        num_samples=args.num_samples,
+        mixed_precision=args.mixed_precision,
+        progress=not args.quiet,
+    )
+    return model, data, kwargs
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from .checkpoint import PARTIAL_RESULT, EstimateInterrupted
+    from .estimator import estimate_llc
+
+    cfg = config_from_args(args)
+    _check_outputs(args)
+    model, data, kwargs = load_inputs(args)
     try:
         result = estimate_llc(
             model,
             data,
             cfg,
-            loss_fn=loss_fn,
-            model_loss_fn=model_loss_fn,
-            tokenizer=tokenizer,
-            text_column=args.text_column,
-            max_length=args.max_length,
-            num_samples=args.num_samples,
-            mixed_precision=args.mixed_precision,
-            progress=not args.quiet,
             output_dir=args.output_dir,
             resume=args.resume,
             checkpoint_every=args.checkpoint_every,
             checkpoint_seconds=args.checkpoint_seconds,
+            **kwargs,
         )
     except EstimateInterrupted as stop:
         if _is_main_process():
@@ -421,16 +489,28 @@ def _estimate(args: argparse.Namespace) -> int:
             )
             print(f"To resume, run: {_resume_command(args)}", file=sys.stderr, flush=True)
         return stop.exit_code
+    return _report_estimate(args, cfg, result, data)
+
+
+def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data) -> int:
+    """Print an estimate's summary and write its JSON, plot and card as the flags ask."""
+    from .serialization import write_json
+
     if not _is_main_process():
         return 0
-    print(result.summary())
     diag = result.diagnostics
+    if cfg.step_size == "auto" and "calibration" in diag:
+        from .calibration import CalibrationResult
+
+        print(CalibrationResult.from_dict(diag["calibration"]).table())
+    print(result.summary())
     print(
         f"chains × draws: {cfg.num_chains} × {cfg.num_draws} (burn-in {cfg.num_burnin}), "
         f"L_n(w*) = {result.init_loss:.6g}, R-hat = {diag.get('rhat', float('nan')):.3f}, "
         f"divergences: {len(diag['divergences'])}, "
         f"sampling {result.timings['sampling_seconds']:.1f}s"
     )
+    print(result.chain_table())
     if args.plot is not None:
         result.plot(args.plot)
         print(f"wrote {args.plot}")
@@ -486,6 +566,50 @@ def _check_writable(path: Path, flag: str = "--output") -> None:
         )
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import DEFAULT_MIN_ACCEPTANCE, calibrate_step_size
+
+    cfg = config_from_args(args)
+    _check_outputs(args)
+    model, data, kwargs = load_inputs(args)
+    calibration = calibrate_step_size(
+        model,
+        data,
+        cfg,
+        grid=args.grid,
+        min_acceptance=(
+            args.min_acceptance if args.min_acceptance is not None else DEFAULT_MIN_ACCEPTANCE
+        ),
+        pilot_burnin=args.pilot_burnin,
+        pilot_draws=args.pilot_draws,
+        **kwargs,
+    )
+    main_process = _is_main_process()
+    if main_process:
+        print(calibration.table())
+        if args.plot is not None:
+            calibration.plot(args.plot)
+            print(f"wrote {args.plot}")
+        if args.output is not None:
+            from .serialization import write_json
+
+            out = calibration.to_dict()
+            out["model"] = {"name_or_path": args.model, "revision": args.revision}
+            out["config"] = cfg.to_dict()
+            write_json(args.output, out)
+            print(f"wrote {args.output}")
+    if not args.write_card:
+        return 0
+    from .estimator import estimate_llc
+
+    chosen = replace(cfg, step_size=calibration.chosen_step_size)
+    result = estimate_llc(model, data, chosen, **kwargs)
+    # The card records how ε was chosen next to the estimate made with it.
+    result.diagnostics["calibration"] = calibration.to_dict()
+    args.output = args.plot = None  # those were the sweep's
+    return _report_estimate(args, chosen, result, data)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -495,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "estimate":
             return _estimate(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
     except (ValueError, OSError) as err:
         message = " ".join(str(err).split())  # one line, even for wrapped library errors
         parser.exit(2, f"hf-llc {args.command}: error: {message}\n")

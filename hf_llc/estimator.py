@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from .checkpoint import (
     config_hash,
     tensor_sha256,
 )
-from .diagnostics import effective_sample_size, split_rhat
+from .diagnostics import assess_estimate, effective_sample_size, split_rhat, trace_checks
 from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import SamplerConfig, run_chain
 from .sampling.batched import run_chains
@@ -348,7 +348,10 @@ class LLCResult:
     ``llc_mean``/``llc_std``/``llc_stderr`` summarise ``llc_per_chain`` over the chains that
     did not diverge. ``loss_trace`` is (chains × draws) of L_{B_t}(w_t), NaN-padded where a
     chain stopped early. ``llc_paired_*`` are the paired estimator's values when per-sample
-    losses were available (else ``None``).
+    losses were available (else ``None``). :attr:`verdict` (``"ok"``, ``"warning"``,
+    ``"fail"``) and :attr:`verdict_reasons` say whether to trust λ̂; the checks behind them are
+    in ``diagnostics["checks"]``, and with ``step_size="auto"`` the step-size sweep is in
+    ``diagnostics["calibration"]``.
     """
 
     llc_mean: float
@@ -403,12 +406,80 @@ class LLCResult:
 
         return plot_llc_result(self, path, title=title)
 
+    @property
+    def verdict(self) -> str | None:
+        """``"ok"``, ``"warning"`` or ``"fail"``: whether to trust λ̂ (``None`` for results
+        saved before verdicts existed). The reasons are in :attr:`verdict_reasons`."""
+        return (self.diagnostics.get("verdict") or {}).get("verdict")
+
+    @property
+    def verdict_reasons(self) -> list[str]:
+        """One line per problem found, each naming the fix to try (empty when ``ok``)."""
+        return list((self.diagnostics.get("verdict") or {}).get("reasons") or [])
+
+    def chain_table(self) -> str:
+        """Per-chain diagnostics as text: λ̂_c, step size, MALA acceptance (when recorded),
+        flatness, fraction of draws below L_n(w*) and status, then split R-hat and ESS of the
+        excess-loss draws across chains."""
+        diag = self.diagnostics or {}
+        checks = diag.get("checks") or {}
+        steps = diag.get("step_size_per_chain") or []
+        diverged = {d.get("chain"): d for d in diag.get("divergences") or []}
+        restarted = {r.get("chain") for r in diag.get("retries") or []}
+        healthy = [c for c in range(len(self.llc_per_chain)) if c not in diverged]
+        per = {
+            key: dict(zip(healthy, checks.get(key) or []))
+            for key in ("flatness_per_chain", "fraction_below_init_per_chain")
+        }
+        mala = dict(zip(healthy, diag.get("mala_acceptance_per_chain") or []))
+        head = ["chain", "λ̂_c", "step size", "MALA", "flatness", "below L_n(w*)", "status"]
+        rows = []
+        for c, value in enumerate(self.llc_per_chain):
+            if c in diverged:
+                status = f"diverged at step {diverged[c].get('step')}"
+            elif c in restarted:
+                status = "restarted"
+            else:
+                status = "ok"
+            rows.append(
+                [
+                    str(c),
+                    _fmt(value),
+                    _fmt(steps[c] if c < len(steps) else None, ".3g"),
+                    _fmt(mala.get(c), ".3f"),
+                    _fmt(per["flatness_per_chain"].get(c), "+.2f"),
+                    _fmt(per["fraction_below_init_per_chain"].get(c), ".1%"),
+                    status,
+                ]
+            )
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
+        lines.append(
+            f"excess loss ({checks.get('trace', '-')} trace): split R-hat "
+            f"{_fmt(checks.get('rhat'), '.3f')}, ESS {_fmt(checks.get('ess'), '.0f')}, "
+            f"mean flatness {_fmt(checks.get('flatness'), '+.2f')} "
+            f"(limit ±{_fmt(checks.get('flatness_threshold'), '.2f')})"
+        )
+        return "\n".join(lines)
+
     def summary(self) -> str:
-        """One line: λ̂ ± std (stderr) with nβ and the chain count."""
-        return (
+        """λ̂ ± std (stderr) with nβ and the chain count, then the verdict and its reasons."""
+        line = (
             f"LLC = {self.llc_mean:.4g} ± {self.llc_std:.3g} (stderr {self.llc_stderr:.3g}, "
             f"{len(self.llc_per_chain)} chains, nβ = {self.nbeta:.4g}, n = {self.num_samples})"
         )
+        if self.verdict is None:
+            return line
+        return "\n".join(
+            [f"{line}\nverdict: {self.verdict}", *(f"  {r}" for r in self.verdict_reasons)]
+        )
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return format(value, spec)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -589,6 +660,28 @@ def estimate_llc(
             fingerprint = _fingerprint(flat, data, nbeta, init_loss, precond_diag, precision)
             run_dir.open(run_manifest(cfg, fingerprint), resume=resume)
 
+        chain_cfg, calibration = cfg, None
+        if cfg.step_size == "auto":
+            # Pilot chains choose ε (every process runs the same pilots, so all agree); the
+            # options come from calibrate_step_size, which also asks to stop here ("only").
+            from .calibration import calibrate_problem
+
+            opts = dict(cfg.extra.get("calibration") or {})
+            only = opts.pop("only", False)
+            calibration = calibrate_problem(
+                problem,
+                w_star,
+                cfg,
+                nbeta=nbeta,
+                init_loss=init_loss,
+                init_per_sample=cache,
+                precond_diagonal=precond_diag,
+                **opts,
+            )
+            if only:
+                return calibration
+            chain_cfg = replace(cfg, step_size=calibration.chosen_step_size)
+
         mine = procs.my_chains(cfg.num_chains)
         bar = None
         if progress and procs.is_main:
@@ -603,7 +696,7 @@ def estimate_llc(
                 chains, chain_mode = run_chains(
                     problem,
                     w_star,
-                    cfg,
+                    chain_cfg,
                     mine,
                     nbeta=nbeta,
                     init_loss=init_loss,
@@ -622,7 +715,7 @@ def estimate_llc(
                             runner(
                                 problem,
                                 w_star,
-                                cfg,
+                                chain_cfg,
                                 c,
                                 nbeta=nbeta,
                                 init_loss=init_loss,
@@ -642,7 +735,13 @@ def estimate_llc(
         _interrupted(run_dir, stopped, cfg, nbeta, n, flat.numel, init_loss, t_init, procs)
     chains = sorted(procs.gather(chains), key=lambda ch: ch.chain)
 
-    result = _assemble(chains, cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main)
+    result = _assemble(
+        chains, chain_cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main
+    )
+    if calibration is not None:
+        # The settings say "auto" (rerunning them reproduces this result); the ε used is here.
+        result.config = cfg.to_dict()
+        result.diagnostics["calibration"] = calibration.to_dict()
     result.diagnostics["num_processes"] = procs.num_processes
     result.diagnostics["mixed_precision"] = precision
     result.diagnostics["chain_mode"] = chain_mode
@@ -807,7 +906,35 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init, warn=True) -
         good_paired = np.array([p for p, ch in zip(paired, chains) if not ch.diverged])
         result.llc_paired_per_chain = paired
         result.llc_paired_mean, result.llc_paired_std, _ = _mean_std_stderr(good_paired)
+    _add_verdict(result, chains, nbeta, init_loss)
     return result
+
+
+def _add_verdict(result: LLCResult, chains, nbeta: float, init_loss: float) -> None:
+    """Trace checks and the ok/warning/fail verdict into ``result.diagnostics``.
+
+    The checks run on the excess loss of the chains that did not diverge: the paired
+    nβ·(L_{B_t}(w_t) − L_{B_t}(w*)) when the per-sample cache exists, else nβ·(L_{B_t}(w_t) −
+    L_n(w*)) (see :func:`hf_llc.diagnostics.assess_estimate`).
+    """
+    healthy = [ch for ch in chains if not ch.diverged]
+    paired = bool(healthy) and all(ch.init_batch_trace is not None for ch in healthy)
+    rows = [
+        nbeta * (ch.loss_trace.numpy() - (ch.init_batch_trace.numpy() if paired else init_loss))
+        for ch in healthy
+    ]
+    excess = np.array(rows) if rows else np.empty((0, 0))
+    diag = result.diagnostics
+    diag["checks"] = trace_checks(excess, paired=paired)
+    diag["verdict"] = assess_estimate(
+        llc_mean=result.llc_mean,
+        llc_stderr=result.llc_stderr,
+        num_chains=len(chains),
+        checks=diag["checks"],
+        divergences=diag["divergences"],
+        retries=diag["retries"],
+        mala_acceptance_per_chain=diag.get("mala_acceptance_per_chain"),
+    )
 
 
 def _mean_std_stderr(values: np.ndarray) -> tuple[float, float, float]:

@@ -20,7 +20,8 @@ What is written, in the card's YAML front matter:
   the value, std, stderr and per-chain values, the dataset's name/config/split/fingerprint,
   the full sampler settings, nβ, n, the seed, chains × draws, the initial loss, the model
   revision, library versions, the UTC date and a small diagnostics summary (chains used,
-  R̂, ESS, MALA acceptance, number of divergences and restarts).
+  R̂, ESS, MALA acceptance, number of divergences and restarts, the verdict and its reasons,
+  and, for ``step_size="auto"``, the chosen step size with the grid it was chosen from).
 
 and in its body, a ``## Local Learning Coefficient`` section (between the HTML comments
 ``<!-- hf_llc:llc:start -->`` and ``<!-- hf_llc:llc:end -->``) with a table of every recorded
@@ -330,7 +331,7 @@ def _upsert(items: list, item: Any, key) -> None:
 def _diagnostics_summary(diag: Mapping) -> dict:
     divergences = diag.get("divergences") or []
     retries = diag.get("retries") or []
-    return {
+    out = {
         "num_chains_used": to_plain(diag.get("num_chains_used")),
         "rhat": to_plain(diag.get("rhat")),
         "ess": to_plain(diag.get("ess")),
@@ -338,6 +339,26 @@ def _diagnostics_summary(diag: Mapping) -> dict:
         "num_divergences": len(divergences) if isinstance(divergences, (list, tuple)) else 0,
         "num_retries": len(retries) if isinstance(retries, (list, tuple)) else 0,
     }
+    # Results made before verdicts / step-size calibration existed simply lack these keys.
+    verdict = diag.get("verdict")
+    if isinstance(verdict, Mapping):
+        out["verdict"] = verdict.get("verdict")
+        out["verdict_reasons"] = to_plain(list(verdict.get("reasons") or []))
+    calibration = diag.get("calibration")
+    if isinstance(calibration, Mapping):
+        out["step_size_calibration"] = _calibration_summary(calibration)
+    return out
+
+
+def _calibration_summary(calibration: Mapping) -> dict:
+    """The chosen ε and the grid it was chosen from (the full sweep stays in the JSON)."""
+    return to_plain(
+        {
+            "chosen_step_size": calibration.get("chosen_step_size"),
+            "reason": calibration.get("reason"),
+            "grid": [row.get("step_size") for row in calibration.get("sweep") or []],
+        }
+    )
 
 
 def _versions() -> dict:

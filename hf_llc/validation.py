@@ -135,6 +135,8 @@ def run_case(
         "ess": diag.get("ess"),
         "mala_acceptance": diag.get("mala_acceptance"),
         "diverged_chains": len(diag["divergences"]),
+        "verdict": result.verdict,
+        "verdict_reasons": result.verdict_reasons,
         "seconds": seconds,
     }
 
@@ -198,8 +200,10 @@ def run_suite(
 def summarise(results: Sequence[dict], config: SamplerConfig, seconds: float, n: int) -> dict:
     """Median and max |relative error| over the cases, with the recipe that produced them."""
     errors = [abs(r["relative_error"]) for r in results if math.isfinite(r["relative_error"])]
+    verdicts = [r.get("verdict") for r in results]
     return {
         "num_cases": len(results),
+        "verdicts": {v: verdicts.count(v) for v in ("ok", "warning", "fail") if v in verdicts},
         "median_abs_relative_error": statistics.median(errors) if errors else float("nan"),
         "max_abs_relative_error": max(errors) if errors else float("nan"),
         "cases_failed": len(results) - len(errors),
@@ -210,12 +214,12 @@ def summarise(results: Sequence[dict], config: SamplerConfig, seconds: float, n:
 
 
 def format_table(results: Sequence[dict]) -> str:
-    """A plain-text table of validation results."""
+    """A plain-text table of validation results, then the reasons of any verdict not ``ok``."""
     show_mala = any(r.get("mala_acceptance") is not None for r in results)
     head = ["widths", "rank", "construction", "params", "λ (theory)", "λ̂ ± std", "rel. err"]
     if show_mala:
         head.append("MALA")
-    head.append("seconds")
+    head += ["verdict", "seconds"]
     rows = []
     for r in results:
         row = [
@@ -230,12 +234,16 @@ def format_table(results: Sequence[dict]) -> str:
         if show_mala:
             acc = r.get("mala_acceptance")
             row.append("-" if acc is None else f"{acc:.3f}")
+        row.append(r.get("verdict") or "-")
         row.append(f"{r['seconds']:.1f}")
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    for r in results:
+        for reason in r.get("verdict_reasons") or []:
+            lines.append(f"{','.join(map(str, r['widths']))} {r['construction']}: {reason}")
     return "\n".join(lines)
 
 

@@ -54,7 +54,9 @@ def test_validate_single_case_writes_the_documented_json(tmp_path, capsys):
     assert data["summary"]["num_cases"] == 1
     assert data["summary"]["config"]["num_draws"] == 40
     table = capsys.readouterr().out
-    assert "origin" in table and "λ (theory)" in table
+    assert "origin" in table and "λ (theory)" in table and "verdict" in table
+    assert case["verdict"] in ("ok", "warning", "fail")
+    assert "verdicts" in data["summary"]
 
 
 def test_validate_defaults_rank_and_construction(tmp_path):

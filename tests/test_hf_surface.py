@@ -176,6 +176,7 @@ def test_cli_estimate_end_to_end_writes_json_plot_and_card(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "LLC =" in printed and "nβ" in printed
+    assert "verdict: " in printed and "flatness" in printed  # verdict and per-chain table
     result = json.loads(out.read_text())
     for key in [
         "llc_mean",

@@ -299,6 +299,11 @@ def run_chain(
     receives a :class:`ChainState`; ``resume`` continues from such a snapshot. Snapshots only
     copy state, so the result does not depend on when (or whether) they were taken.
     """
+    if cfg.step_size == "auto":
+        raise ValueError(
+            "step_size='auto' is resolved by estimate_llc (pilot chains, hf_llc.calibration) "
+            "before the chains run; pass run_chain a number or 'curvature'."
+        )
     gen = chain_generator(cfg.seed, chain, w_star.device)
     retries: list[dict] = []
     first = 0

@@ -12,6 +12,7 @@ from typing import Any
 
 PRECONDITIONERS = ("identity", "rmsprop", "rmsprop-burnin")
 CHAIN_MODES = ("auto", "batched", "sequential")
+STEP_SIZE_MODES = ("curvature", "auto")
 
 
 @dataclass
@@ -27,6 +28,10 @@ class SamplerConfig:
             yield a huge step), then re-estimated during burn-in at the chain's current point,
             where ε may only shrink (it must be stable wherever the chain goes). ε is fixed
             during the draws, so the draws are an ordinary constant-step SGLD chain.
+            ``"auto"``: before the real chains, short pilot chains over a grid of fixed ε
+            around the curvature step choose the largest ε that is stable, flat and has MALA
+            acceptance ≥ 0.9; the chains then use that fixed ε (see
+            :mod:`hf_llc.calibration`; the sweep is in ``diagnostics["calibration"]``).
         step_scale: c in ε = c / λ_max, the step measured in units of the stiffest direction's
             curvature. The Euler discretisation inflates the variance of a direction of curvature
             h by 1 / (1 − εh/2) (exactly, for a Gaussian); c = 0.3 (default) trades a bounded
@@ -116,10 +121,10 @@ class SamplerConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting and how to fix it."""
         if isinstance(self.step_size, str):
-            if self.step_size != "curvature":
+            if self.step_size not in STEP_SIZE_MODES:
                 raise ValueError(
-                    f"step_size={self.step_size!r} is not understood: pass a positive float "
-                    "or 'curvature'."
+                    f"step_size={self.step_size!r} is not understood: pass a positive float, "
+                    "'curvature' or 'auto'."
                 )
         else:
             _positive_finite("step_size", self.step_size)
