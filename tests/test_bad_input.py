@@ -375,7 +375,7 @@ API_CASES = [
         "step-size-not-understood",
         lambda env, tmp: SamplerConfig(step_size="big"),
         ValueError,
-        r"step_size='big' is not understood: pass a positive float or 'curvature'",
+        r"step_size='big' is not understood: pass a positive float, 'curvature' or 'auto'",
     ),
     ApiCase(
         "step-scale-negative",
@@ -647,7 +647,7 @@ CLI_CASES = [
     CliCase(
         "step-size-not-a-number",
         lambda env, tmp: _estimate(env, "--step-size", "big"),
-        r"--step-size takes a positive number or 'curvature', got 'big'",
+        r"--step-size takes a positive number, 'curvature' or 'auto', got 'big'",
     ),
     CliCase(
         "nbeta-zero",
