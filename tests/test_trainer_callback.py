@@ -95,6 +95,7 @@ def test_logs_history_files_and_card(tmp_path):
         for key in ("llc/mean", "llc/std", "llc/stderr", "llc/init_loss", "llc/nbeta"):
             assert isinstance(entry[key], float)
     assert [e["llc_mean"] for e in callback.history] == [e["llc/mean"] for e in llc_logs]
+    assert all(e["verdict"] in ("ok", "warning", "fail") for e in callback.history)
 
     saved = json.loads((out / "llc_history.json").read_text())
     assert [e["step"] for e in saved["history"]] == [6, 8, 12]

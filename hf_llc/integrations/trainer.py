@@ -326,6 +326,8 @@ class LLCCallback(TrainerCallback):
             "num_samples": result.num_samples,
             "rhat": diag.get("rhat"),
             "divergent_chains": len(diag.get("divergences") or []),
+            "verdict": getattr(result, "verdict", None),
+            "verdict_reasons": list(getattr(result, "verdict_reasons", None) or []),
             "sampling_seconds": (result.timings or {}).get("sampling_seconds"),
         }
         self.history.append(to_plain(entry))
