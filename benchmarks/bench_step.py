@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -54,8 +55,8 @@ TARGET_RATIO = 1.15
 TARGET_MEMORY = 3.5  # peak memory per chain / parameter bytes, activations aside
 
 DEFAULTS = {
-    "dln": dict(batch_size=500, steps=400, rounds=25, warmup=200, step_size=1e-6),
-    "lm": dict(batch_size=8, steps=10, rounds=6, warmup=3, step_size=1e-5),
+    "dln": dict(batch_size=500, steps=400, rounds=25, warmup=200, step_size=1e-6, memory_steps=0),
+    "lm": dict(batch_size=8, steps=10, rounds=10, warmup=2, step_size=1e-5, memory_steps=5),
 }
 
 
@@ -87,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=None,
         help="interleaved rounds (many short rounds keep load bursts from favouring one "
-        "side); dln: 25, lm: 6",
+        "side); dln: 25, lm: 10",
     )
     p.add_argument(
         "--warmup", type=int, default=None, help="untimed warm-up steps of each; dln: 200, lm: 3"
@@ -98,8 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--memory-steps",
         type=int,
-        default=10,
-        help="(lm) steps per peak-memory subprocess; 0 skips the memory measurements",
+        default=None,
+        help="(lm) steps per peak-memory subprocess, 0 skips them; lm: 5",
     )
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument(
@@ -244,7 +245,10 @@ def build_lm(args) -> Setup:
     problem = ModelLoss(model, flat, data, loss_fn, forward_kwargs=forward_kwargs, exclude=exclude)
     w_star = flat.w_star.to(device)
     t2 = time.perf_counter()
-    init_loss, cache = problem.init_loss(n, 64)
+    # L_n(w*) from 32 batches' worth of samples, as bench_devinterp (init_loss_samples = 32·m;
+    # estimate_llc then keeps no per-sample cache).
+    init_loss, _ = problem.init_loss(min(32 * args.batch_size, n), 64)
+    cache = None
     t3 = time.perf_counter()
     return Setup(
         model=model,
@@ -262,7 +266,7 @@ def build_lm(args) -> Setup:
         setup_seconds={
             "model + data (bench_devinterp.lm_problem)": t1 - t0,
             "prepare_dataset+TensorBatches+FlatParameters+ModelLoss": t2 - t1,
-            "init_loss (L_n(w*), once per estimate)": t3 - t2,
+            "init_loss (L(w*) over 32·m samples, once per estimate)": t3 - t2,
         },
     )
 
@@ -355,8 +359,9 @@ def benchmark(s: Setup, args) -> dict:
 
     # Per-chain fixed cost: a 1-step chain minus one median step.
     fixed = {}
+    repeats = 20 if args.model == "dln" else 3
     for p in args.preconditioners:
-        one = [time_sgld(s, args, p, 1, seed=0) for _ in range(20)]
+        one = [time_sgld(s, args, p, 1, seed=0) for _ in range(repeats)]
         fixed[p] = statistics.median(one) - statistics.median(per_step[f"SGLD {p}"])
     return {"per_step": per_step, "fixed": fixed}
 
@@ -482,14 +487,17 @@ def memory_subprocess(args, mode: str) -> dict:
 def _large_storages(min_bytes: int) -> dict[int, int]:
     """data_ptr → bytes of every live tensor storage of at least ``min_bytes``."""
     found = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor):
-            try:
-                st = obj.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            if st.nbytes() >= min_bytes and st.data_ptr():
-                found[st.data_ptr()] = st.nbytes()
+    with warnings.catch_warnings():  # isinstance() on deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    for obj in tensors:
+        try:
+            st = obj.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            continue
+        if st.nbytes() >= min_bytes and st.data_ptr():
+            found[st.data_ptr()] = st.nbytes()
+    del tensors
     return found
 
 

@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--grid",
         type=_floats,
-        help="step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -2..1, around "
+        help="step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -3..0, at and below "
         "the curvature step ε_c)",
     )
     c.add_argument("--min-acceptance", type=float, default=None, help="default 0.9")
