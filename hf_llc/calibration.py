@@ -5,7 +5,7 @@ r"""Step-size calibration: short pilot chains over a grid of ε, keep the larges
 1. an anchor pilot with the curvature step (ε = ``step_scale`` / λ_max, re-measured during its
    burn-in; see :class:`~hf_llc.sampling.SamplerConfig`) over the full burn-in, whose final ε
    sets the grid's centre ε_c (unless a grid is given);
-2. one pilot chain per grid point ε_k = ε_c · 2^k (k = −2 … 1 by default), each with a fixed
+2. one pilot chain per grid point ε_k = ε_c · 2^k (k = −3 … 0 by default), each with a fixed
    ε, MALA acceptance recorded, no restarts, and the same generator (chain 0's seed) for every
    ε, so that the rows differ by ε and not by their data order and noise;
 3. the choice: the largest ε below the smallest one that diverged whose pilot is flat
@@ -352,7 +352,7 @@ def calibrate_step_size(
         model, dataset: as for :func:`hf_llc.estimate_llc`.
         config: the settings the real chains will use (nβ, γ, batch size, preconditioner,
             seed…); its ``step_size`` is ignored. Default: ``SamplerConfig()``.
-        grid: the ε to try; default ε_c · 2^k for k = −2 … 1 around the curvature step ε_c
+        grid: the ε to try; default ε_c · 2^k for k = −3 … 0, at and below the curvature step ε_c
             measured by an anchor pilot.
         min_acceptance: the mean MALA acceptance a pilot needs (default 0.9).
         pilot_burnin, pilot_draws: pilot length (default: the config's burn-in, and
