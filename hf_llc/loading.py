@@ -188,11 +188,22 @@ def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, A
         return json.load(fh)
 
 
+def _registered(model_type: Any) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        return isinstance(model_type, str) and model_type in CONFIG_MAPPING
+    except Exception:
+        return False
+
+
 def _check_remote_code(config: dict[str, Any], path: str, trust_remote_code: bool) -> None:
     if trust_remote_code:
         return
     model_type = config.get("model_type")
-    known_type = model_type in modeling_auto.CONFIG_MAPPING_NAMES
+    # Built into transformers, or registered in this process with AutoConfig.register (as
+    # hf_llc registers its deep linear network): no remote code is needed for either.
+    known_type = model_type in modeling_auto.CONFIG_MAPPING_NAMES or _registered(model_type)
     archs = config.get("architectures") or []
     native_arch = bool(archs) and hasattr(transformers, archs[0])
     if "auto_map" in config and not (known_type and native_arch):

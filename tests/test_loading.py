@@ -301,3 +301,16 @@ def test_offline_hub_cache(tmp_path, monkeypatch, gpt2_dir):
     with pytest.raises(ValueError, match="allow_pickle=True"):
         load_checkpoint("tiny-org/pickled")
     _assert_same_weights(original, load_checkpoint("tiny-org/pickled", allow_pickle=True))
+
+
+def test_registered_dln_checkpoint_loads_without_remote_code(tmp_path):
+    # hf_llc registers its deep linear network with AutoConfig/AutoModel at import, so a saved
+    # DLN is a known architecture: no trust_remote_code needed (no remote code exists).
+    from hf_llc import make_dln_problem
+
+    model, _, _ = make_dln_problem([3, 2, 3], 1, "aligned", num_samples=10)
+    model.save_pretrained(tmp_path)
+    loaded = load_checkpoint(tmp_path)
+    assert type(loaded).__name__ == "DLNModel"
+    for a, b in zip(model.parameters(), loaded.parameters()):
+        assert torch.equal(a, b)
