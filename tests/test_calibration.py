@@ -11,6 +11,7 @@ import pytest
 
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem, read_llc_from_model_card
 from hf_llc.calibration import (
+    DEFAULT_GRID_EXPONENTS,
     CalibrationResult,
     calibrate_step_size,
     choose_step_size,
@@ -116,10 +117,11 @@ def test_estimate_with_auto_records_the_choice_in_result_json_and_card(tmp_path)
     cal = result.diagnostics["calibration"]
     chosen = cal["chosen_step_size"]
     assert chosen in [r["step_size"] for r in cal["sweep"]]
-    # The default grid ε_c·2^k, k = -2..1, around the anchor pilot's curvature step ε_c.
+    # The default grid ε_c·2^k, k = -3..0, at and below the anchor pilot's curvature step ε_c.
     anchor = cal["anchor_step_size"]
+    assert DEFAULT_GRID_EXPONENTS == (-3, -2, -1, 0)
     assert [r["step_size"] for r in cal["sweep"]] == pytest.approx(
-        [anchor * 2.0**k for k in (-2, -1, 0, 1)]
+        [anchor * 2.0**k for k in DEFAULT_GRID_EXPONENTS]
     )
     assert result.config["step_size"] == "auto"
     if not result.diagnostics["retries"]:
