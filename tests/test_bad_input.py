@@ -22,14 +22,13 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tiny_text import texts, word_tokenizer
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertForTokenClassification,
     GPT2Config,
     GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
 )
 
 from hf_llc import SamplerConfig, estimate_llc, load_checkpoint
@@ -38,8 +37,7 @@ from hf_llc.estimator import LLCResult
 from hf_llc.modelcard import read_llc_from_model_card, write_llc_to_model_card
 from hf_llc.models.dln import DLNConfig, DLNModel
 
-WORDS = "the cat dog sat ran on a mat log red blue big small fast slow".split()
-TEXTS = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 3 + i % 6)) for i in range(16)]
+TEXTS = texts(16)
 
 TINY = SamplerConfig(num_chains=1, num_burnin=2, num_draws=3, batch_size=4)
 CLI_TINY = ["--num-chains", "1", "--num-burnin", "2", "--num-draws", "3", "--batch-size", "4"]
@@ -50,13 +48,7 @@ MARKER = "custom_code_was_executed"
 # --------------------------------------------------------------------------- fixtures
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[MASK]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]"
-    )
+_tokenizer = word_tokenizer
 
 
 def _gpt2() -> GPT2LMHeadModel:

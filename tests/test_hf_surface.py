@@ -8,14 +8,13 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tiny_text import texts, word_tokenizer
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
 )
 
 from hf_llc import SamplerConfig, estimate_llc
@@ -23,18 +22,11 @@ from hf_llc.adapters import default_loss_fn, prepare_dataset
 from hf_llc.cli import main
 from hf_llc.modelcard import read_llc_from_model_card
 
-WORDS = "the cat dog sat ran on a mat log red blue big small fast slow".split()
-TEXTS = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 3 + i % 6)) for i in range(48)]
+TEXTS = texts(48)
 SHORT = SamplerConfig(num_chains=2, num_burnin=10, num_draws=15, batch_size=8)
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[MASK]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]"
-    )
+_tokenizer = word_tokenizer
 
 
 def _gpt2(vocab=24):
