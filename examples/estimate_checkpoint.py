@@ -21,18 +21,24 @@ WORDS = "the cat dog sat ran on a mat log red blue big small fast slow".split()
 TEXTS = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 8)) for i in range(512)]
 
 
+def word_tokenizer():
+    """A whitespace word-level tokenizer over WORDS, with [PAD] (id 0) and [UNK]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
+
+
 def build_tiny_checkpoint(folder: Path) -> None:
     """A 1-layer GPT-2 with a word-level tokenizer, briefly trained, saved like a checkpoint."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    words = WORDS
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *words])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
-    config = GPT2Config(vocab_size=len(vocab), n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    tokenizer = word_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=1, n_head=2)
     config.pad_token_id = 0
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)

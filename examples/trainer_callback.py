@@ -22,33 +22,26 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
+from estimate_checkpoint import TEXTS, word_tokenizer  # the same texts and tokenizer
 from transformers import (
     DataCollatorForLanguageModeling,
     GPT2Config,
     GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
     Trainer,
     TrainingArguments,
 )
 
 from hf_llc import LLCCallback, SamplerConfig
 
-WORDS = "the cat dog sat ran on a mat log red blue big small fast slow".split()
-TEXTS = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 8)) for i in range(512)]
-
 
 def main(output_dir: str = "trainer-llc") -> None:
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
+    tokenizer = word_tokenizer()
     dataset = Dataset.from_dict({"text": TEXTS}).map(
         lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"]
     )
 
     config = GPT2Config(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         n_positions=32,
         n_embd=32,
         n_layer=1,
