@@ -1,6 +1,6 @@
 """Track the LLC of a tiny causal LM while ``transformers.Trainer`` trains it.
 
-    python examples/trainer_callback.py [OUTPUT_DIR]      # ~2 min on 2 CPU cores
+    python examples/trainer_callback.py [OUTPUT_DIR]      # under a minute on 2 CPU cores
 
 A 1-layer GPT-2 with a word-level tokenizer is trained on short synthetic texts. One line,
 ``trainer.add_callback(LLCCallback(trainer, ...))``, estimates the LLC every 50 steps (and at
