@@ -737,3 +737,36 @@ def test_max_curvature_matches_the_largest_hessian_eigenvalue(twice_differentiab
         iters=60,
     )
     assert lam == pytest.approx(max(a * (nbeta * h + gamma)).item(), rel=1e-6)
+
+
+def test_identity_step_may_reuse_the_gradient_buffer_for_the_noise():
+    # The gradient is consumed before the noise is drawn, so sharing the buffer (one vector
+    # less per chain) gives exactly the step with a separate buffer.
+    w0, w_star, g = torch.randn(50), torch.randn(50), torch.randn(50)
+    kwargs = dict(step_size=1e-2, nbeta=30.0, localization=1.0)
+    separate, shared = w0.clone(), w0.clone()
+    sgld_step_(
+        separate,
+        g.clone(),
+        w_star,
+        torch.empty(50),
+        **kwargs,
+        generator=torch.Generator().manual_seed(3),
+    )
+    g_shared = g.clone()
+    sgld_step_(
+        shared, g_shared, w_star, g_shared, **kwargs, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(separate, shared)
+    with pytest.raises(ValueError, match="separate"):
+        a = torch.ones(50)
+        sgld_step_(
+            shared,
+            g_shared,
+            w_star,
+            g_shared,
+            **kwargs,
+            generator=torch.Generator(),
+            precond=a,
+            precond_sqrt=a,
+        )

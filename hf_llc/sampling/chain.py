@@ -382,7 +382,9 @@ def _run_attempt(
         precond = Preconditioner()
 
     w = w_star.clone()
-    noise = torch.empty_like(w)
+    # The noise buffer: without a preconditioner the gradient's own buffer is reused (it is
+    # consumed before the noise is drawn); a preconditioned step needs a separate one.
+    noise: Tensor | None = None
     total = cfg.num_steps
     trace = torch.empty(total, dtype=torch.float64, device=device)
     init_trace = (
@@ -505,11 +507,17 @@ def _run_attempt(
                 gu_old = potential_grad(
                     g, w_old, w_star, nbeta=nbeta, localization=cfg.localization
                 )
+            if precond.A is None:
+                buffer = g
+            else:
+                if noise is None:
+                    noise = torch.empty_like(w)
+                buffer = noise
             sgld_step_(
                 w,
                 g,
                 w_star,
-                noise,
+                buffer,
                 step_size=step_size,
                 nbeta=nbeta,
                 localization=cfg.localization,

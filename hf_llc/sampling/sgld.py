@@ -36,7 +36,10 @@ def sgld_step_(
     r"""One SGLD step, in place on ``w``.
 
     ``grad`` is ∇L_{B_t}(w_t) (the minibatch mean loss, not yet multiplied by nβ); ``noise``
-    is a scratch buffer of ``w``'s shape. Without a preconditioner the step is
+    is a scratch buffer of ``w``'s shape. Without a preconditioner ``noise`` may be ``grad``
+    itself (the gradient is consumed before the noise is drawn into its buffer), which saves a
+    parameter-sized buffer per chain; with one it must be a separate buffer. Without a
+    preconditioner the step is
 
         w ← (1 − εγ/2)·w + (εγ/2)·w* − (εnβ/2)·g + √ε·ξ,   ξ ~ N(0, I)
 
@@ -52,6 +55,8 @@ def sgld_step_(
         torch.randn(w.shape, generator=generator, out=noise, dtype=w.dtype, device=w.device)
         w.add_(noise, alpha=math.sqrt(step_size))
         return
+    if noise is grad:
+        raise ValueError("with a preconditioner, noise must be a buffer separate from grad.")
     # noise doubles as the drift buffer before it holds the noise.
     torch.sub(w, w_star, out=noise)
     noise.mul_(localization).add_(grad, alpha=nbeta).mul_(precond)
