@@ -688,11 +688,13 @@ def estimate_llc(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(mine) * cfg.num_steps, desc="SGLD", unit="step")
-        chains = []
         stopped = None
-        chain_mode = "sequential"
         try:
-            if run_dir is None:
+            # With output_dir: chains finished earlier are loaded, running ones resumed, and
+            # every chain checkpointed, one after another; SIGINT/SIGTERM stop it with
+            # ChainStopped.
+            runner = None if run_dir is None else run_dir.wrap(run_chain, resume=resume)
+            with run_dir.catch_signals() if run_dir is not None else nullcontext():
                 chains, chain_mode = run_chains(
                     problem,
                     w_star,
@@ -703,27 +705,8 @@ def estimate_llc(
                     init_per_sample=cache,
                     precond_diagonal=precond_diag,
                     progress=bar,
+                    runner=runner,
                 )
-            else:
-                # With output_dir: chains finished earlier are loaded, running ones resumed,
-                # and every chain checkpointed (one after another: a chain's state is
-                # saved and restored on its own); SIGINT/SIGTERM stop it with ChainStopped.
-                runner = run_dir.wrap(run_chain, resume=resume)
-                with run_dir.catch_signals():
-                    for c in mine:
-                        chains.append(
-                            runner(
-                                problem,
-                                w_star,
-                                chain_cfg,
-                                c,
-                                nbeta=nbeta,
-                                init_loss=init_loss,
-                                init_per_sample=cache,
-                                precond_diagonal=precond_diag,
-                                progress=bar,
-                            )
-                        )
         except ChainStopped as stop:
             stopped = stop.signum
         finally:

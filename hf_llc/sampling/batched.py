@@ -213,12 +213,15 @@ def run_chains(
     init_per_sample: Tensor | None = None,
     precond_diagonal: Tensor | None = None,
     progress: Any = None,
+    runner: Any = None,
 ) -> tuple[list[ChainResult], str]:
     """Run ``chains`` as ``cfg.chain_mode`` says; returns (results, mode actually used).
 
     ``"auto"`` batches when there is more than one chain and the model passes a trial step
     under ``vmap`` (:func:`check_batchable`); ``"batched"`` batches whenever the trial step
     passes. A model that fails it runs sequentially, with a one-line warning saying why.
+    ``runner`` replaces :func:`run_chain` (same signature) and runs the chains one after
+    another, e.g. the checkpointing wrapper, whose chains are saved and restored one by one.
     """
     kw = dict(
         nbeta=nbeta,
@@ -227,7 +230,7 @@ def run_chains(
         precond_diagonal=precond_diagonal,
         progress=progress,
     )
-    mode = cfg.chain_mode
+    mode = cfg.chain_mode if runner is None else "sequential"
     if mode == "auto" and len(chains) < 2:
         mode = "sequential"
     if mode != "sequential" and chains:
@@ -248,7 +251,8 @@ def run_chains(
             )
     if cfg.compile and hasattr(problem, "compile"):
         problem.compile()
-    return [run_chain(problem, w_star, cfg, c, **kw) for c in chains], "sequential"
+    run_one = run_chain if runner is None else runner
+    return [run_one(problem, w_star, cfg, c, **kw) for c in chains], "sequential"
 
 
 def run_chains_batched(
