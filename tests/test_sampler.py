@@ -28,9 +28,11 @@ import torch
 from torch import nn
 
 import hf_llc.sampling.chain as chain_mod
+import hf_llc.sampling._ops as ops_mod
 from hf_llc import SamplerConfig, estimate_llc
 from hf_llc.estimator import FlatParameters, ModelLoss, TensorBatches
 from hf_llc.sampling import (
+    DiagonalPreconditioner,
     RMSPropPreconditioner,
     chain_seed,
     mala_acceptance,
@@ -333,37 +335,106 @@ def test_negative_seed_is_rejected():
 # 5. sgld_step_ is the formula.
 
 
+def _rmsprop_reference(drift: torch.Tensor, eps: float) -> torch.Tensor:
+    """pSGLD's A after one update from ∇U = ``drift``, written out directly."""
+    root = drift.abs()  # √V with V = drift² (the first update sets V to the squared drift)
+    raw = 1 / (root + eps * root.mean())
+    return raw / raw.mean()
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-6)])
 @pytest.mark.parametrize("localization", [0.0, 3.0])
-@pytest.mark.parametrize("preconditioned", [False, True])
-def test_sgld_step_matches_direct_formula(dtype, tol, localization, preconditioned):
+@pytest.mark.parametrize(
+    "kind", ["identity", "tensor", "diagonal", "rmsprop", "rmsprop-adapt", "rmsprop-frozen"]
+)
+def test_sgld_step_matches_direct_formula(dtype, tol, localization, kind):
     g = torch.Generator().manual_seed(7)
     w = torch.randn(K, generator=g).to(dtype)
     grad = torch.randn(K, generator=g).to(dtype)
     w_star = torch.randn(K, generator=g).to(dtype)
-    A = (torch.rand(K, generator=g) * 2 + 0.1).to(dtype) if preconditioned else None
     eps, nbeta = 0.01, 50.0
+    drift = nbeta * grad + localization * (w - w_star)  # ∇U(w)
+
+    precond, adapt = None, False
+    A = torch.ones(K, dtype=dtype)
+    if kind in ("tensor", "diagonal"):
+        A = (torch.rand(K, generator=g) * 2 + 0.1).to(dtype)
+        precond = A if kind == "tensor" else DiagonalPreconditioner(A)
+    elif kind.startswith("rmsprop"):
+        precond = RMSPropPreconditioner(w, decay=0.9, eps=0.1)
+        if kind == "rmsprop-adapt":
+            adapt = True  # the step itself learns A from this ∇U, then uses it
+        else:
+            precond.update_(torch.randn(K, generator=g).to(dtype))
+            if kind == "rmsprop-frozen":
+                precond.freeze()
+        A = _rmsprop_reference(drift, 0.1) if adapt else precond.A.clone()
 
     xi = torch.randn(K, generator=torch.Generator().manual_seed(99), dtype=dtype)
-    a = torch.ones(K, dtype=dtype) if A is None else A
-    direct = w - eps / 2 * a * (nbeta * grad + localization * (w - w_star)) + (eps * a).sqrt() * xi
+    direct = w - eps / 2 * A * drift + (eps * A).sqrt() * xi
 
     out = w.clone()
     ptr = out.data_ptr()
     sgld_step_(
         out,
-        grad,
+        grad.clone(),
         w_star,
-        torch.empty_like(out),
         step_size=eps,
         nbeta=nbeta,
         localization=localization,
         generator=torch.Generator().manual_seed(99),
-        precond=A,
-        precond_sqrt=None if A is None else A.sqrt(),
+        precond=precond,
+        adapt=adapt,
     )
     assert out.data_ptr() == ptr  # in place
     torch.testing.assert_close(out, direct, rtol=tol, atol=tol)
+
+
+def test_rmsprop_state_is_one_vector_and_chunked_passes_match_whole_vector_math(monkeypatch):
+    # A vector of 2.5 chunks (and, below, a stack of 3 chains) exercises the chunk borders:
+    # the chunked A equals the formula evaluated on the whole vector, per chain.
+    monkeypatch.setattr(ops_mod, "CHUNK", 1000)
+    gen = torch.Generator().manual_seed(0)
+    d = 2500
+    stack = torch.zeros(3, d, dtype=torch.float64)
+    pre = RMSPropPreconditioner(stack, decay=0.8, eps=0.1)
+    drifts = [torch.randn(3, d, generator=gen, dtype=torch.float64) for _ in range(3)]
+    V = drifts[0] ** 2
+    for g in drifts[1:]:
+        V = 0.8 * V + 0.2 * g**2
+    for g in drifts:
+        pre.update_(g)
+    torch.testing.assert_close(pre.V, V, rtol=1e-14, atol=0)
+    raw = 1 / (V.sqrt() + 0.1 * V.sqrt().mean(dim=1, keepdim=True))
+    A = raw / raw.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(pre.A, A, rtol=1e-12, atol=0)
+    torch.testing.assert_close(pre.row(1).A_sqrt, A[1].sqrt(), rtol=1e-12, atol=0)
+    # Parameter-sized state: R = √V only (the rest is two scalars per chain).
+    sizes = [t.numel() for t in pre.state_dict().values() if isinstance(t, torch.Tensor)]
+    assert sorted(sizes) == [3, 3, 3 * d]
+    # Freezing overwrites R with √A in place; A is unchanged by it.
+    ptr = pre.R.data_ptr()
+    pre.freeze()
+    assert pre.R.data_ptr() == ptr and pre.frozen
+    torch.testing.assert_close(pre.R, A.sqrt(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(pre.A, A, rtol=1e-12, atol=0)
+    buf = torch.randn(3, d, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(pre.scale_(buf.clone()), buf * A, rtol=1e-12, atol=0)
+    with pytest.raises(RuntimeError, match="frozen"):
+        pre.update_(drifts[0])
+
+
+def test_rmsprop_loads_snapshots_of_the_earlier_state_layout():
+    # Snapshots written before the lean layout held V, A and √A; V alone determines A.
+    gen = torch.Generator().manual_seed(1)
+    drift = torch.randn(40, generator=gen)
+    pre = RMSPropPreconditioner(torch.zeros(40), decay=0.9, eps=0.1)
+    pre.update_(drift)
+    old = {"V": pre.V.clone(), "A": pre.A, "A_sqrt": pre.A_sqrt, "initialised": True}
+    fresh = RMSPropPreconditioner(torch.zeros(40), decay=0.9, eps=0.1)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.A, pre.A)
+    assert not fresh.frozen
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,13 +522,13 @@ def test_mala_acceptance_of_runs():
 @pytest.mark.parametrize("name,calls", [("rmsprop-burnin", "burnin"), ("rmsprop", "all")])
 def test_rmsprop_burnin_freezes_A_during_draws(monkeypatch, name, calls):
     seen: list[tuple[int, torch.Tensor]] = []
-    original = RMSPropPreconditioner.update
+    original = RMSPropPreconditioner._finish_update  # the end of every RMSProp update
 
     def counting(self, *args):
         original(self, *args)
         seen.append((id(self), self.A.clone()))
 
-    monkeypatch.setattr(RMSPropPreconditioner, "update", counting)
+    monkeypatch.setattr(RMSPropPreconditioner, "_finish_update", counting)
     cfg = _fixed(step_size=0.004, preconditioner=name, num_burnin=25, num_draws=40)
     problem = QuadraticProblem()
     w_star = problem.x.mean(0)
@@ -473,18 +544,17 @@ def test_rmsprop_A_finite_and_positive_at_an_exact_minimum():
     w = torch.tensor([0.5, -1.0, 2.0, 0.0])
     zero = torch.zeros(4)
     pre = RMSPropPreconditioner(w, decay=0.9, eps=0.1)
-    pre.update(zero, w, w.clone(), 100.0, 1.0)  # ∇U = 0: V ≡ 0
+    pre.update_(zero)  # ∇U = 0: V ≡ 0
     assert torch.equal(pre.A, torch.ones(4)) and torch.equal(pre.A_sqrt, torch.ones(4))
 
     # One non-zero coordinate: A_j ∝ 1/(δ·mean√V + √V_j), normalised to mean 1.
     pre = RMSPropPreconditioner(w, decay=0.9, eps=0.1)
-    g = torch.tensor([0.02, 0.0, 0.0, 0.0])  # nβ·g = (2, 0, 0, 0)
-    pre.update(g, w, w.clone(), 100.0, 1.0)
+    pre.update_(torch.tensor([2.0, 0.0, 0.0, 0.0]))  # ∇U = (2, 0, 0, 0)
     raw = 1 / (0.1 * 0.5 + torch.tensor([2.0, 0.0, 0.0, 0.0]))
     torch.testing.assert_close(pre.A, raw / raw.mean())
     # Then sit at the minimum while V decays into the float32 denormals.
     for _ in range(1200):
-        pre.update(zero, w, w.clone(), 100.0, 1.0)
+        pre.update_(zero)
         assert bool(torch.isfinite(pre.A).all() and (pre.A > 0).all())
         assert float(pre.A.mean()) == pytest.approx(1.0, rel=1e-5)
     # V has reached the smallest float32 denormals (it never rounds all the way to 0), the
@@ -737,36 +807,3 @@ def test_max_curvature_matches_the_largest_hessian_eigenvalue(twice_differentiab
         iters=60,
     )
     assert lam == pytest.approx(max(a * (nbeta * h + gamma)).item(), rel=1e-6)
-
-
-def test_identity_step_may_reuse_the_gradient_buffer_for_the_noise():
-    # The gradient is consumed before the noise is drawn, so sharing the buffer (one vector
-    # less per chain) gives exactly the step with a separate buffer.
-    w0, w_star, g = torch.randn(50), torch.randn(50), torch.randn(50)
-    kwargs = dict(step_size=1e-2, nbeta=30.0, localization=1.0)
-    separate, shared = w0.clone(), w0.clone()
-    sgld_step_(
-        separate,
-        g.clone(),
-        w_star,
-        torch.empty(50),
-        **kwargs,
-        generator=torch.Generator().manual_seed(3),
-    )
-    g_shared = g.clone()
-    sgld_step_(
-        shared, g_shared, w_star, g_shared, **kwargs, generator=torch.Generator().manual_seed(3)
-    )
-    assert torch.equal(separate, shared)
-    with pytest.raises(ValueError, match="separate"):
-        a = torch.ones(50)
-        sgld_step_(
-            shared,
-            g_shared,
-            w_star,
-            g_shared,
-            **kwargs,
-            generator=torch.Generator(),
-            precond=a,
-            precond_sqrt=a,
-        )

@@ -1,7 +1,8 @@
 r"""Many chains as one computation: the model under ``torch.func.vmap`` over a chain dimension.
 
-The state of C chains is stacked: parameters W (C × d), gradients, noise and (for RMSProp) the
-preconditioner state, with w* held once and shared. Each step evaluates
+The state of C chains is stacked: parameters W (C × d), gradients (which also take the drift
+and the noise) and (for RMSProp) the preconditioner state, with w* held once and shared.
+Each step evaluates
 
     (∇L_{B_t^c}(w_t^c), L_{B_t^c}(w_t^c))  for c = 1..C
 
@@ -31,7 +32,6 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ from .chain import (
 )
 from .config import SamplerConfig
 from .preconditioners import DiagonalPreconditioner, Preconditioner, RMSPropPreconditioner
-from .sgld import mala_acceptance, potential, potential_grad
+from .sgld import langevin_update_, mala_acceptance, potential, potential_grad
 
 
 class NotBatchable(Exception):
@@ -115,25 +115,24 @@ def sgld_step_chains_(
     W: Tensor,
     G: Tensor,
     w_star: Tensor,
-    noise: Tensor,
     *,
     step_sizes: list[float],
     nbeta: float,
     localization: float,
     generators: list[torch.Generator],
     active: list[bool],
-    precond: Tensor | None = None,
-    precond_sqrt: Tensor | None = None,
+    precond: Preconditioner | None = None,
+    adapt: bool = False,
     cache: dict | None = None,
 ) -> None:
-    r"""One SGLD step of every chain, in place on the rows of ``W`` (C × d).
+    r"""One SGLD step of every chain, in place on the rows of ``W`` (C × d); ``G`` is consumed.
 
     Row c moves with its own ε_c = ``step_sizes[c]`` and draws its noise from
-    ``generators[c]`` (d standard normals, as :func:`hf_llc.sampling.sgld_step_` draws them);
-    an inactive chain neither moves nor draws. ``precond``/``precond_sqrt`` are A and √A,
-    (C × d) per chain or (d,) shared; ``None`` for identity. ``noise`` is a C × d scratch
-    buffer. ``cache`` (a dict kept between calls) saves rebuilding the per-chain
-    coefficients while the step sizes do not change.
+    ``generators[c]`` (d standard normals, as :func:`hf_llc.sampling.sgld_step_` draws them),
+    into row c of ``G`` once the gradient has been applied; an inactive chain neither moves
+    nor draws. ``precond`` holds a (C × d) state per chain or a shared (d,) diagonal;
+    ``None`` for identity. ``cache`` (a dict kept between calls) saves rebuilding the
+    per-chain coefficients while the step sizes do not change.
     """
     dev, dt = W.device, W.dtype
     eps = tuple(s if a else 0.0 for s, a in zip(step_sizes, active))
@@ -144,34 +143,26 @@ def sgld_step_chains_(
         root = torch.tensor([math.sqrt(s) for s in eps], device=dev, dtype=dt).unsqueeze(1)
         if cache is not None:
             cache.update(eps=eps, half=half, root=root)
-    # noise doubles as the drift buffer before it holds the noise.
-    torch.sub(W, w_star, out=noise)
-    noise.mul_(localization).add_(G, alpha=nbeta)
-    if precond is not None:
-        noise.mul_(precond)
-    W.sub_(noise.mul_(half))
-    for row, gen, on in zip(noise, generators, active):
-        if on:
-            torch.randn(row.shape, generator=gen, out=row, dtype=dt, device=dev)
-        else:
-            row.zero_()
-    if precond_sqrt is not None:
-        noise.mul_(precond_sqrt)
-    W.addcmul_(noise, root)
 
+    def draw_noise(buf: Tensor) -> None:
+        for row, gen, on in zip(buf, generators, active):
+            if on:
+                torch.randn(row.shape, generator=gen, out=row, dtype=dt, device=dev)
+            else:
+                row.zero_()
 
-@dataclass
-class _Row:
-    """One chain's view of a stacked preconditioner (what the sequential helpers read)."""
-
-    A: Tensor | None
-    A_sqrt: Tensor | None
-
-
-def _row(t: Tensor | None, i: int) -> Tensor | None:
-    if t is None or t.ndim == 1:
-        return t
-    return t[i]
+    langevin_update_(
+        W,
+        G,
+        w_star,
+        half=half,
+        root=root,
+        nbeta=nbeta,
+        localization=localization,
+        draw_noise=draw_noise,
+        precond=precond,
+        adapt=adapt,
+    )
 
 
 def check_batchable(
@@ -288,7 +279,6 @@ def run_chains_batched(
         precond = Preconditioner()
 
     W = w_star.expand(C, d).clone()
-    noise = torch.empty_like(W)
     total = cfg.num_steps
     trace = torch.empty(C, total, dtype=torch.float64, device=device)
     init_trace = (
@@ -331,7 +321,7 @@ def run_chains_batched(
             if not active[i]:
                 continue
             own = problem.batch(idx[i])
-            row = _Row(_row(precond.A, i), _row(precond.A_sqrt, i))
+            row = precond.row(i)
             if t == 0:
                 steps[i], vs[i] = _initial_step_size(
                     problem, w_star, own, cfg, cfg.step_scale, nbeta, row, gens[i], vs[i]
@@ -354,29 +344,27 @@ def run_chains_batched(
                 histories[i].append((t, steps[i]))
         if t == freeze_at:
             adapting_precond = False
+            precond.freeze()
 
         G, L = grad_fn(W, batch)
         trace[:, t] = L.detach()
         if init_trace is not None:
             init_trace[:, t] = init_per_sample[idx].mean(dim=1)
-        if adapting_precond:
-            precond.update(G, W, w_star, nbeta, cfg.localization)
         draw = t - cfg.num_burnin
         record_mala = mala is not None and draw >= 0 and draw % cfg.draw_every == 0
         if record_mala:
-            W_old, L_old, G_old = W.clone(), L.detach(), G
+            W_old, L_old, G_old = W.clone(), L.detach(), G.clone()
         sgld_step_chains_(
             W,
             G,
             w_star,
-            noise,
             step_sizes=steps,
             nbeta=nbeta,
             localization=cfg.localization,
             generators=gens,
             active=active,
-            precond=precond.A,
-            precond_sqrt=precond.A_sqrt,
+            precond=precond,
+            adapt=adapting_precond and precond.adaptive,
             cache=coefficients,
         )
         if record_mala:
@@ -397,7 +385,7 @@ def run_chains_batched(
                     gu_old,
                     gu_new,
                     step_size=steps[i],
-                    precond=_row(precond.A, i),
+                    precond=precond.row(i).A,
                 )
         del G
         if (t + 1 - checked) >= cfg.check_every or t + 1 == total:

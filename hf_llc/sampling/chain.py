@@ -123,7 +123,8 @@ class ChainState:
         perm, pos: the minibatch permutation of the current epoch and the position in it.
         step_size: ε now; step_size_history: the (step, ε) adaptation points so far.
         v: the power-iteration vector warm-starting the next curvature estimate (or ``None``).
-        precond: the preconditioner's ``state_dict()`` (RMSProp running average V, A, √A).
+        precond: the preconditioner's ``state_dict()`` (RMSProp: V, or √A once frozen, and
+            its per-chain scalars).
         adapting_precond: whether the preconditioner still adapts (``False`` once frozen).
         trace, init_trace: L_{B_t}(w_t) and L_{B_t}(w*) for the steps done (float64).
         mala: MALA acceptance probabilities of the draws done (or ``None``).
@@ -381,10 +382,9 @@ def _run_attempt(
     else:
         precond = Preconditioner()
 
+    # The chain's state: w, the gradient buffer (which also takes the drift and the noise) and
+    # the preconditioner's; w* is shared.
     w = w_star.clone()
-    # The noise buffer: without a preconditioner the gradient's own buffer is reused (it is
-    # consumed before the noise is drawn); a preconditioned step needs a separate one.
-    noise: Tensor | None = None
     total = cfg.num_steps
     trace = torch.empty(total, dtype=torch.float64, device=device)
     init_trace = (
@@ -425,6 +425,8 @@ def _run_attempt(
             v = resume.v.to(device)
         precond.load_state_dict(resume.precond)
         adapting_precond = resume.adapting_precond
+        if not adapting_precond:
+            precond.freeze()  # no-op unless the snapshot predates frozen state being saved
         trace[:first_step] = resume.trace.to(device)
         if init_trace is not None:
             init_trace[:first_step] = resume.init_trace.to(device)
@@ -488,6 +490,7 @@ def _run_attempt(
                 # "rmsprop-burnin": the RMSProp diagonal stops adapting; the draws use a
                 # constant A.
                 adapting_precond = False
+                precond.freeze()
 
             if fast_step is not None:
                 per, loss, g = fast_step(batch)
@@ -496,8 +499,6 @@ def _run_attempt(
             trace[t] = loss.detach()
             if init_trace is not None:
                 init_trace[t] = init_per_sample[idx].mean()
-            if adapting_precond:
-                precond.update(g, w, w_star, nbeta, cfg.localization)
             draw = t - cfg.num_burnin
             if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
                 w_old = w.clone()
@@ -507,23 +508,16 @@ def _run_attempt(
                 gu_old = potential_grad(
                     g, w_old, w_star, nbeta=nbeta, localization=cfg.localization
                 )
-            if precond.A is None:
-                buffer = g
-            else:
-                if noise is None:
-                    noise = torch.empty_like(w)
-                buffer = noise
             sgld_step_(
                 w,
                 g,
                 w_star,
-                buffer,
                 step_size=step_size,
                 nbeta=nbeta,
                 localization=cfg.localization,
                 generator=gen,
-                precond=precond.A,
-                precond_sqrt=precond.A_sqrt,
+                precond=precond,
+                adapt=adapting_precond and precond.adaptive,
             )
             if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
                 _, _, loss_new, g_new = _grad(problem, w, batch)

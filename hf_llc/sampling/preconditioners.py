@@ -8,6 +8,13 @@ the damping δ is relative to the mean gradient scale (at w* the gradient is ~0,
 size ε (which ``step_size="curvature"`` sets from the preconditioned curvature).
 A user-given positive diagonal (e.g. per-layer rescaling factors) is what makes the estimate
 invariant to the rescaling symmetries of ReLU networks (Furman & Lau, arXiv 2402.03698).
+
+**Memory.** A preconditioner acts on a buffer in place (:meth:`Preconditioner.scale_`), so the
+SGLD step never materialises A or √A: RMSProp keeps one parameter-sized vector per chain, V,
+from which A is recomputed a cache-sized chunk at a time (two scalars per chain, the damping
+shift and the normalisation, are refreshed with V); once frozen (``"rmsprop-burnin"`` after
+burn-in) V is overwritten in place by √A. ``A`` and ``A_sqrt`` are still available as
+tensors for the code off the hot path (step-size measurements, MALA), computed on request.
 """
 
 from __future__ import annotations
@@ -15,16 +22,75 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._ops import _potential_grad_chunk_, axpy_, chunks, potential_grad_
+
 
 class Preconditioner:
     """Identity preconditioner: ``A`` and ``A_sqrt`` are ``None`` (the fast path)."""
 
     name = "identity"
-    A: Tensor | None = None
-    A_sqrt: Tensor | None = None
+    #: Whether :meth:`update_` changes A (RMSProp); fixed preconditioners ignore it.
+    adaptive = False
 
-    def update(self, grad: Tensor, w: Tensor, w_star: Tensor, nbeta: float, gamma: float):
-        """Refresh A from the current gradient (no-op for fixed preconditioners)."""
+    @property
+    def A(self) -> Tensor | None:  # noqa: N802 - the paper's name
+        """The diagonal A as a tensor (``None`` for identity); may allocate."""
+        return None
+
+    @property
+    def A_sqrt(self) -> Tensor | None:  # noqa: N802
+        """√A as a tensor (``None`` for identity); may allocate."""
+        return None
+
+    def row(self, i: int) -> Preconditioner:
+        """Chain ``i``'s preconditioner, for a state stacked over chains (itself otherwise)."""
+        return self
+
+    def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
+        """``buf ← A·buf`` (or ``√A·buf`` with ``sqrt=True``), in place; returns ``buf``."""
+        return buf
+
+    def update_(self, drift: Tensor) -> None:
+        """Refresh A from ∇U(w) (held in ``drift``, not modified). No-op unless adaptive."""
+
+    def drift_(
+        self,
+        grad: Tensor,
+        w: Tensor,
+        w_star: Tensor,
+        *,
+        nbeta: float,
+        localization: float,
+        adapt: bool = False,
+    ) -> None:
+        """``grad ← ∇U(w) = nβ·grad + γ·(w − w*)`` in place; with ``adapt``, then refresh A
+        from it (:meth:`update_`)."""
+        potential_grad_(grad, w, w_star, nbeta=nbeta, localization=localization)
+        if adapt:
+            self.update_(grad)
+
+    def descend_(self, w: Tensor, buf: Tensor, coef: float | Tensor, *, sqrt: bool = False):
+        """``w ← w + coef·A·buf`` (``√A`` with ``sqrt=True``), in place; ``buf`` is consumed.
+        ``coef`` is a number or per-chain (chains × 1) coefficients."""
+        axpy_(w, self.scale_(buf, sqrt=sqrt), coef)
+
+    def drift_descend_(
+        self,
+        w: Tensor,
+        grad: Tensor,
+        w_star: Tensor,
+        *,
+        nbeta: float,
+        localization: float,
+        coef: float | Tensor,
+        adapt: bool = False,
+    ) -> None:
+        """:meth:`drift_` then :meth:`descend_`: ``w ← w + coef·A·∇U(w)``, ``grad`` consumed."""
+        self.drift_(grad, w, w_star, nbeta=nbeta, localization=localization, adapt=adapt)
+        self.descend_(w, grad, coef)
+
+    def freeze(self) -> None:
+        """Stop adapting: A stays as it is from now on (no-op for fixed preconditioners)."""
 
     def state_dict(self) -> dict:
         """The state that changes while sampling (tensors and plain values), for checkpoints."""
@@ -35,65 +101,192 @@ class Preconditioner:
 
 
 class DiagonalPreconditioner(Preconditioner):
-    """A fixed, user-given positive diagonal A (flat fp32 tensor)."""
+    """A fixed, user-given positive diagonal A (flat fp32 tensor, shared by every chain)."""
 
     name = "custom"
 
-    def __init__(self, diagonal: Tensor):
+    def __init__(self, diagonal: Tensor, *, check: bool = True):
         if diagonal.ndim != 1:
             raise ValueError("the preconditioner diagonal must be flat (one entry per parameter).")
-        if not bool(torch.isfinite(diagonal).all()) or not bool((diagonal > 0).all()):
+        if check and (not bool(torch.isfinite(diagonal).all()) or not bool((diagonal > 0).all())):
             raise ValueError(
                 "preconditioner diagonal entries must be finite and > 0; rescale or clamp it."
             )
-        self.A = diagonal
-        self.A_sqrt = diagonal.sqrt()
+        self._A = diagonal
+        self._A_sqrt = diagonal.sqrt()
+
+    @property
+    def A(self) -> Tensor:  # noqa: N802
+        return self._A
+
+    @property
+    def A_sqrt(self) -> Tensor:  # noqa: N802
+        return self._A_sqrt
+
+    def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
+        return buf.mul_(self._A_sqrt if sqrt else self._A)
 
 
 class RMSPropPreconditioner(Preconditioner):
-    """pSGLD's RMSProp diagonal, updated in place every step.
+    """pSGLD's RMSProp diagonal, updated in place every step until frozen.
 
     ``like`` is one chain's flat parameters (d,) or a stack of chains (chains × d); with a
-    stack every chain keeps its own V and A.
+    stack every chain keeps its own state. The state is R = √V (parameter-sized: keeping the
+    root rather than V saves recomputing it in every pass) and, per chain, ``shift`` =
+    δ·mean(R) and ``norm`` = mean(1 / (R + shift)), so that
+
+        A = 1 / ((R + shift)·norm)        (mean(A) = 1).
+
+    :meth:`freeze` overwrites R with √A, in place. All passes run a chunk at a time
+    (:func:`hf_llc.sampling._ops.chunks`), fusing the operations on a chunk while it is in
+    cache; none allocates more than a chunk.
     """
 
     name = "rmsprop"
+    adaptive = True
 
     def __init__(self, like: Tensor, decay: float, eps: float):
         self.decay = decay
         self.eps = eps
-        self.V = torch.zeros_like(like)
-        self.A = torch.ones_like(like)
-        self.A_sqrt = torch.ones_like(like)
-        self._g = torch.empty_like(like)
+        self.R = torch.zeros_like(like)
+        scalar = like.shape[:-1] + (1,)
+        # Until the first update A ≡ 1: R = 0, shift = 1 (any positive value), norm = 1.
+        self.shift = torch.ones(scalar, dtype=like.dtype, device=like.device)
+        self.norm = torch.ones(scalar, dtype=like.dtype, device=like.device)
         self._initialised = False
+        self.frozen = False
 
-    def update(self, grad: Tensor, w: Tensor, w_star: Tensor, nbeta: float, gamma: float):
-        torch.sub(w, w_star, out=self._g)
-        self._g.mul_(gamma).add_(grad, alpha=nbeta)
+    @property
+    def V(self) -> Tensor:  # noqa: N802
+        """The running average of squared gradients, V = R² (allocates; before freezing)."""
+        if self.frozen:
+            raise RuntimeError("a frozen RMSProp preconditioner holds √A, no longer V.")
+        return self.R.square()
+
+    # -------------------------------------------------------------------- the hot path
+
+    def _update_chunk_(self, R: Tensor, g: Tensor) -> Tensor:
+        """R ← √(αR² + (1 − α)g²) (R ← |g| on the first update); returns R's sum per chain."""
         if not self._initialised:
-            # Start V at the first squared gradient instead of 0 (no huge first steps).
-            torch.mul(self._g, self._g, out=self.V)
-            self._initialised = True
+            torch.abs(g, out=R)
         else:
-            self.V.mul_(self.decay).addcmul_(self._g, self._g, value=1 - self.decay)
-        torch.sqrt(self.V, out=self.A)
-        # Means over the last dimension: a (chains × d) state normalises each chain alone.
-        scale = self.A.mean(dim=-1, keepdim=True)
-        # V ≡ 0 (exactly at a minimum) gives A ≡ 1 after the normalisation below.
-        self.A.add_(scale * self.eps + 1e-30).reciprocal_()
-        self.A.div_(self.A.mean(dim=-1, keepdim=True))
-        torch.sqrt(self.A, out=self.A_sqrt)
+            R.mul_(R).mul_(self.decay).addcmul_(g, g, value=1 - self.decay).sqrt_()
+        return R.sum(dim=-1, keepdim=True)
+
+    def _finish_update(self, root_sum: Tensor) -> None:
+        """From Σ R per chain: ``shift``, then ``norm`` (a second pass over R)."""
+        self._initialised = True
+        d = self.R.shape[-1]
+        # R ≡ 0 (exactly at a minimum) gives A ≡ 1 through the normalisation below.
+        torch.mul(root_sum, self.eps / d, out=self.shift).add_(1e-30)
+        inv_sum = torch.zeros_like(self.norm)
+        for sl in chunks(self.R):
+            inv_sum += (self.R[..., sl] + self.shift).reciprocal_().sum(dim=-1, keepdim=True)
+        torch.div(inv_sum, d, out=self.norm)
+
+    def update_(self, drift: Tensor) -> None:
+        if self.frozen:
+            raise RuntimeError("the RMSProp preconditioner is frozen; it no longer adapts.")
+        root_sum = torch.zeros_like(self.shift)
+        for sl in chunks(self.R):
+            root_sum += self._update_chunk_(self.R[..., sl], drift[..., sl])
+        self._finish_update(root_sum)
+
+    def drift_(self, grad, w, w_star, *, nbeta, localization, adapt=False) -> None:
+        if not adapt:
+            return super().drift_(grad, w, w_star, nbeta=nbeta, localization=localization)
+        if self.frozen:
+            raise RuntimeError("the RMSProp preconditioner is frozen; it no longer adapts.")
+        # One sweep: ∇U and the new R of a chunk while it is in cache.
+        root_sum = torch.zeros_like(self.shift)
+        for sl in chunks(grad):
+            g = grad[..., sl]
+            _potential_grad_chunk_(g, w[..., sl], w_star[..., sl], nbeta, localization)
+            root_sum += self._update_chunk_(self.R[..., sl], g)
+        self._finish_update(root_sum)
+
+    def _factor(self, sl: slice, sqrt: bool) -> Tensor:
+        """A (or √A) on the chunk ``sl``, in a fresh chunk-sized tensor."""
+        R = self.R[..., sl]
+        if self.frozen:  # R holds √A
+            return R.clone() if sqrt else R.square()
+        denom = (R + self.shift).mul_(self.norm)
+        return denom.rsqrt_() if sqrt else denom.reciprocal_()
+
+    def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
+        if self.frozen and sqrt:
+            return buf.mul_(self.R)
+        for sl in chunks(buf):
+            buf[..., sl].mul_(self._factor(sl, sqrt))
+        return buf
+
+    def _descend_chunk_(self, w: Tensor, b: Tensor, sl: slice, coef, sqrt: bool) -> None:
+        if self.frozen:
+            b.mul_(self.R[..., sl])
+            if not sqrt:
+                b.mul_(self.R[..., sl])
+        else:
+            b.mul_(self._factor(sl, sqrt))
+        axpy_(w, b, coef)
+
+    def descend_(self, w, buf, coef, *, sqrt=False) -> None:
+        for sl in chunks(buf):
+            self._descend_chunk_(w[..., sl], buf[..., sl], sl, coef, sqrt)
+
+    def drift_descend_(self, w, grad, w_star, *, nbeta, localization, coef, adapt=False):
+        if adapt:  # the new A needs every chunk's ∇U first: two sweeps
+            self.drift_(grad, w, w_star, nbeta=nbeta, localization=localization, adapt=True)
+            self.descend_(w, grad, coef)
+            return
+        for sl in chunks(grad):  # one sweep: each chunk's ∇U is applied while in cache
+            g, wc = grad[..., sl], w[..., sl]
+            _potential_grad_chunk_(g, wc, w_star[..., sl], nbeta, localization)
+            self._descend_chunk_(wc, g, sl, coef, False)
+
+    def freeze(self) -> None:
+        if self.frozen:
+            return
+        for sl in chunks(self.R):
+            self.R[..., sl].add_(self.shift).mul_(self.norm).rsqrt_()
+        self.frozen = True
+
+    # -------------------------------------------------------------- off the hot path
+
+    @property
+    def A(self) -> Tensor:  # noqa: N802
+        return self.scale_(torch.ones_like(self.R))
+
+    @property
+    def A_sqrt(self) -> Tensor:  # noqa: N802
+        return self.scale_(torch.ones_like(self.R), sqrt=True)
+
+    def row(self, i: int) -> RMSPropPreconditioner:
+        if self.R.ndim == 1:
+            return self
+        view = RMSPropPreconditioner.__new__(RMSPropPreconditioner)
+        view.decay, view.eps = self.decay, self.eps
+        view.R, view.shift, view.norm = self.R[i], self.shift[i], self.norm[i]
+        view._initialised, view.frozen = self._initialised, self.frozen
+        return view
 
     def state_dict(self) -> dict:
         return {
-            "V": self.V,
-            "A": self.A,
-            "A_sqrt": self.A_sqrt,
+            "R": self.R,
+            "shift": self.shift,
+            "norm": self.norm,
             "initialised": self._initialised,
+            "frozen": self.frozen,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("V", "A", "A_sqrt"):
-            getattr(self, name).copy_(state[name])
         self._initialised = bool(state["initialised"])
+        self.frozen = bool(state.get("frozen", False))
+        if "R" in state:
+            self.R.copy_(state["R"])
+            self.shift.copy_(state["shift"])
+            self.norm.copy_(state["norm"])
+        else:
+            # A snapshot of an earlier version (V, A, √A): R = √V, the scalars recomputed.
+            torch.sqrt(state["V"].to(self.R), out=self.R)
+            if self._initialised:
+                self._finish_update(self.R.sum(dim=-1, keepdim=True))

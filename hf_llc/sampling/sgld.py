@@ -8,61 +8,107 @@ SGLD step on minibatch B_t with diagonal preconditioner A (identity for plain SG
 
     w_{t+1} = w_t − (ε/2)·A·[nβ·∇L_{B_t}(w_t) + γ·(w_t − w*)] + N(0, ε·A)
 
-Every function here works in place on preallocated buffers: one SGLD step allocates nothing
-and never synchronises with the host.
+Every function here works in place: one SGLD step allocates nothing parameter-sized (at most
+a cache-sized chunk) and never synchronises with the host.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._ops import axpy_
+from .preconditioners import DiagonalPreconditioner, Preconditioner
+
+
+def langevin_update_(
+    w: Tensor,
+    grad: Tensor,
+    w_star: Tensor,
+    *,
+    half: float | Tensor,
+    root: float | Tensor,
+    nbeta: float,
+    localization: float,
+    draw_noise: Callable[[Tensor], Any],
+    precond: Preconditioner | None = None,
+    adapt: bool = False,
+) -> None:
+    r"""The SGLD update of ``w`` (one chain (d,) or a stack (chains × d)), in place.
+
+    ``half`` = ε/2 and ``root`` = √ε, numbers or per-chain (chains × 1) tensors.
+    ``draw_noise(buf)`` fills ``buf`` with standard normals. ``grad`` (∇L_B(w)) is consumed:
+    it holds the drift, then the noise, so the step needs no buffer besides w, the gradient,
+    w* and the preconditioner's own state. With ``adapt`` an adaptive preconditioner is first
+    refreshed from this step's ∇U (pSGLD's order: the new A moves this step).
+    """
+    if precond is None or precond.name == "identity":
+        # w ← (1 − εγ/2)·w + (εγ/2)·w* − (εnβ/2)·g + √ε·ξ: three passes and the noise.
+        if localization:
+            shrink = half * localization
+            w.mul_(1 - shrink)
+            axpy_(w, w_star, shrink)
+        axpy_(w, grad, -half * nbeta)
+        draw_noise(grad)
+        axpy_(w, grad, root)
+        return
+    # w ← w − (ε/2)·A·∇U(w), A first refreshed from this ∇U when adapting
+    precond.drift_descend_(
+        w, grad, w_star, nbeta=nbeta, localization=localization, coef=-half, adapt=adapt
+    )
+    draw_noise(grad)
+    precond.descend_(w, grad, root, sqrt=True)  # w ← w + √ε·√A·ξ
 
 
 def sgld_step_(
     w: Tensor,
     grad: Tensor,
     w_star: Tensor,
-    noise: Tensor,
     *,
     step_size: float,
     nbeta: float,
     localization: float,
     generator: torch.Generator,
-    precond: Tensor | None = None,
-    precond_sqrt: Tensor | None = None,
+    precond: Preconditioner | Tensor | None = None,
+    adapt: bool = False,
 ) -> None:
-    r"""One SGLD step, in place on ``w``.
+    r"""One SGLD step, in place on ``w``; ``grad`` is consumed (overwritten).
 
-    ``grad`` is ∇L_{B_t}(w_t) (the minibatch mean loss, not yet multiplied by nβ); ``noise``
-    is a scratch buffer of ``w``'s shape. Without a preconditioner ``noise`` may be ``grad``
-    itself (the gradient is consumed before the noise is drawn into its buffer), which saves a
-    parameter-sized buffer per chain; with one it must be a separate buffer. Without a
+    ``grad`` is ∇L_{B_t}(w_t) (the minibatch mean loss, not yet multiplied by nβ). The noise
+    is drawn into ``grad``'s buffer once the gradient has been applied. Without a
     preconditioner the step is
 
         w ← (1 − εγ/2)·w + (εγ/2)·w* − (εnβ/2)·g + √ε·ξ,   ξ ~ N(0, I)
 
-    and with one (``precond`` = A, ``precond_sqrt`` = √A)
+    and with one (a :class:`~hf_llc.sampling.preconditioners.Preconditioner`, or a tensor
+    holding the diagonal A)
 
         w ← w − (ε/2)·A·(nβ·g + γ·(w − w*)) + √ε·√A·ξ.
+
+    ``adapt=True`` first refreshes an adaptive preconditioner (RMSProp) from this ∇U.
     """
-    if precond is None:
-        if localization:
-            shrink = step_size * localization / 2
-            w.mul_(1 - shrink).add_(w_star, alpha=shrink)
-        w.add_(grad, alpha=-step_size * nbeta / 2)
-        torch.randn(w.shape, generator=generator, out=noise, dtype=w.dtype, device=w.device)
-        w.add_(noise, alpha=math.sqrt(step_size))
-        return
-    if noise is grad:
-        raise ValueError("with a preconditioner, noise must be a buffer separate from grad.")
-    # noise doubles as the drift buffer before it holds the noise.
-    torch.sub(w, w_star, out=noise)
-    noise.mul_(localization).add_(grad, alpha=nbeta).mul_(precond)
-    w.add_(noise, alpha=-step_size / 2)
-    torch.randn(w.shape, generator=generator, out=noise, dtype=w.dtype, device=w.device)
-    w.addcmul_(noise, precond_sqrt, value=math.sqrt(step_size))
+    if isinstance(precond, Tensor):
+        precond = DiagonalPreconditioner(precond, check=False)
+
+    def draw_noise(buf: Tensor) -> None:
+        torch.randn(buf.shape, generator=generator, out=buf, dtype=buf.dtype, device=buf.device)
+
+    langevin_update_(
+        w,
+        grad,
+        w_star,
+        half=step_size / 2,
+        root=math.sqrt(step_size),
+        nbeta=nbeta,
+        localization=localization,
+        draw_noise=draw_noise,
+        precond=precond,
+        adapt=adapt,
+    )
 
 
 def potential_grad(

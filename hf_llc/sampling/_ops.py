@@ -1,0 +1,47 @@
+"""In-place element-wise helpers of the SGLD step (flat vectors or stacks of chains)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+#: Elements per chunk of the chunked element-wise passes (1 MiB of fp32 per operand: a chunk's
+#: operands stay in cache from one operation to the next, and the per-chunk Python overhead,
+#: a few microseconds per operation, stays small against the arithmetic).
+CHUNK = 1 << 18
+
+
+def chunks(t: Tensor) -> Iterator[slice]:
+    """Slices of the last dimension of ``t`` covering about :data:`CHUNK` elements each."""
+    d = t.shape[-1]
+    rows = max(1, t.numel() // max(d, 1))
+    step = max(1, CHUNK // rows)
+    for start in range(0, d, step):
+        yield slice(start, min(start + step, d))
+
+
+def axpy_(y: Tensor, x: Tensor, a: float | Tensor) -> None:
+    """``y ← y + a·x`` in place; ``a`` a number or a tensor broadcasting against ``y``
+    (per-chain coefficients of shape (chains, 1))."""
+    if isinstance(a, Tensor):
+        y.addcmul_(x, a)
+    else:
+        y.add_(x, alpha=a)
+
+
+def potential_grad_(
+    grad: Tensor, w: Tensor, w_star: Tensor, *, nbeta: float, localization: float
+) -> Tensor:
+    """``grad ← nβ·grad + γ·(w − w*)`` = ∇U(w), in place (w − w* a chunk at a time, so no
+    parameter-sized temporary); returns ``grad``."""
+    for sl in chunks(grad):
+        _potential_grad_chunk_(grad[..., sl], w[..., sl], w_star[..., sl], nbeta, localization)
+    return grad
+
+
+def _potential_grad_chunk_(g: Tensor, w: Tensor, w_star: Tensor, nbeta, localization) -> None:
+    g.mul_(nbeta)
+    if localization:
+        g.add_(torch.sub(w, w_star), alpha=localization)
