@@ -132,7 +132,9 @@ def default_loss_fn(model: nn.Module, prepared: PreparedData) -> Callable | None
         def token_loss(outputs, batch):
             logits, labels = outputs.logits, batch["labels"]
             if kind == "causal-lm":
-                logits, labels = logits[:, :-1], labels[:, 1:]
+                # Position t predicts token t + 1; the last position predicts nothing. Shifting
+                # the labels (not the logits) avoids copying the logits, the largest tensor.
+                labels = F.pad(labels[:, 1:], (0, 1), value=-100)
             per_token = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(),
                 labels.reshape(-1),
