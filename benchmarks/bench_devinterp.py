@@ -212,7 +212,7 @@ def dln_problem(args):
     def dv_loss(mod, input_ids):
         rows = input_ids[:, 0]
         out = mod(inputs=X[rows]).logits
-        return (0.5 * (out - Y[rows]).square().sum(-1))[:, None]  # ½ sum: hf_llc's loss
+        return mod.per_sample_loss(out, Y[rows])[:, None]  # ½‖f(x) − y‖²: hf_llc's loss
 
     def batches(i):
         g = torch.Generator().manual_seed(i)

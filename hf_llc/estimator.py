@@ -77,13 +77,17 @@ class FlatParameters:
                 "the model has no trainable parameters (requires_grad=True) to sample."
             )
         self.numel = offset
+        self.sizes = [shape.numel() for shape in self.shapes]
         self.w_star = torch.cat(flats)
 
     def views(self, w: Tensor) -> dict[str, Tensor]:
         """name → view of ``w`` shaped (and cast) like the parameter; differentiable."""
+        # One split (its backward is one concatenation into the flat gradient) rather than a
+        # slice per parameter (whose backward scatters each piece into a zero-filled copy).
+        pieces = torch.split(w, self.sizes)
         out = {}
-        for name, shape, dtype, off in zip(self.names, self.shapes, self.dtypes, self.offsets):
-            t = w[off : off + shape.numel()].view(shape)
+        for name, shape, dtype, t in zip(self.names, self.shapes, self.dtypes, pieces):
+            t = t.view(shape)
             out[name] = t if dtype == torch.float32 else t.to(dtype)
         return out
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
+import hf_llc.sampling.batched as batched_mod
+import hf_llc.sampling.chain as chain_mod
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
 from hf_llc.distributed import ProcessInfo
 
@@ -163,26 +167,79 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ by platform")
 def test_memory_does_not_grow_with_the_number_of_chains(tmp_path):
     """Sequential chains on one device run one after another and free their state: the peak
-    memory of 8 chains is that of 1 chain. One chain's state (flat parameters, gradient, noise
-    and four RMSProp vectors) is ≈ 7 × 4 MB for this 10⁶-parameter model; keeping it per chain
-    would add ≈ 200 MB over 8 chains, so a 40 MB margin separates the two cleanly."""
+    memory of 8 chains is that of 1 chain. One chain's state (flat parameters, gradient and
+    RMSProp's R, 3 × 4 MB for this 10⁶-parameter model) kept per chain would add ≈ 84 MB over
+    8 chains; a 40 MB margin separates the two cleanly."""
     script = tmp_path / "peak.py"
     script.write_text(PEAK_SCRIPT)
     peaks = {}
-    for chains, mode in ((1, "sequential"), (8, "sequential"), (8, "batched")):
+    for chains in (1, 8):
         out = subprocess.run(
-            [sys.executable, str(script), str(chains), mode],
+            [sys.executable, str(script), str(chains), "sequential"],
             check=True,
             capture_output=True,
             text=True,
             timeout=300,
         )
-        peaks[chains, mode] = int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB
-    assert peaks[8, "sequential"] - peaks[1, "sequential"] < 40, peaks
-    # Batched chains hold their states side by side: per extra chain the 7 vectors above plus
-    # the gradient's assembly from per-layer pieces, ≈ 9-10 × 4 MB (measured 283 MB for 7 extra
-    # chains). 12 vectors per chain (+ the 40 MB margin) bounds it; anything kept per step or
-    # per draw (6 steps × 8 chains × 4 MB per copy) or a model copy per chain with its own
-    # optimizer state would break it.
-    extra = peaks[8, "batched"] - peaks[1, "sequential"]
-    assert extra < 7 * 12 * 4 + 40, peaks
+        peaks[chains] = int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB
+    assert peaks[8] - peaks[1] < 40, peaks
+
+
+def _live_storages(min_bytes: int = 0) -> dict[int, int]:
+    """data pointer → bytes of every live tensor storage of at least ``min_bytes``."""
+    with warnings.catch_warnings():  # isinstance() on deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    found = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        if st.nbytes() >= min_bytes and st.data_ptr():
+            found[st.data_ptr()] = st.nbytes()
+    return found
+
+
+@pytest.mark.parametrize("mode", ["sequential", "batched"])
+@pytest.mark.parametrize("preconditioner", ["identity", "rmsprop-burnin"])
+def test_sampler_state_is_parameters_gradient_and_preconditioner(monkeypatch, mode, preconditioner):
+    """At every SGLD step the sampler holds, per chain, the parameters and the gradient (whose
+    buffer also takes the drift and the noise), plus RMSProp's R = √V; w* once for all
+    chains; and, until the last step-size measurement, the power-iteration warm start in bf16
+    (half a vector). Counted exactly: every live parameter-sized tensor storage allocated since
+    before the estimate (the model's own parameters are not counted)."""
+    model, data, _ = make_dln_problem([600, 600], construction="full_rank", num_samples=256)
+    d = model.num_parameters()
+    chains = 3
+    before = set(_live_storages())
+    seen: list[float] = []
+
+    def recording(step):
+        def wrapper(*args, **kwargs):
+            # ≥ 2d bytes: parameter-sized fp32 and bf16 vectors, not the 256 × 600 data.
+            new = [b for p, b in _live_storages(2 * d).items() if p not in before]
+            seen.append(sum(new) / (4 * d))
+            return step(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(chain_mod, "sgld_step_", recording(chain_mod.sgld_step_))
+    monkeypatch.setattr(batched_mod, "sgld_step_chains_", recording(batched_mod.sgld_step_chains_))
+    cfg = SamplerConfig(
+        num_chains=chains,
+        num_burnin=4,
+        num_draws=3,
+        batch_size=32,
+        num_adaptations=1,
+        chain_mode=mode,
+        preconditioner=preconditioner,
+    )
+    estimate_llc(model, data, cfg, progress=False)
+    per_chain = 2 if preconditioner == "identity" else 3
+    warm = 0.5  # the bf16 power-iteration vector, until the last measurement
+    if mode == "sequential":  # one chain at a time
+        assert len(seen) == chains * cfg.num_steps
+        assert max(seen) == per_chain + 1 + warm  # + w*
+        assert seen[-1] == per_chain + 1  # after the last measurement
+    else:
+        assert len(seen) == cfg.num_steps
+        assert max(seen) == chains * (per_chain + warm) + 1
+        assert seen[-1] == chains * per_chain + 1

@@ -27,8 +27,8 @@ import pytest
 import torch
 from torch import nn
 
-import hf_llc.sampling.chain as chain_mod
 import hf_llc.sampling._ops as ops_mod
+import hf_llc.sampling.chain as chain_mod
 from hf_llc import SamplerConfig, estimate_llc
 from hf_llc.estimator import FlatParameters, ModelLoss, TensorBatches
 from hf_llc.sampling import (

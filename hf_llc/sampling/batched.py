@@ -38,11 +38,13 @@ import torch
 from torch import Tensor
 
 from .chain import (
+    WARM_START_DTYPE,
     ChainResult,
     EpochBatcher,
     LossProblem,
     _grad,
     _initial_step_size,
+    _last_measurement,
     _run_attempt,
     chain_generator,
     divergence_message,
@@ -298,12 +300,16 @@ def run_chains_batched(
             every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
         }
     vs = (
-        [torch.randn(d, generator=g, device=device, dtype=w_star.dtype) for g in gens]
+        [
+            torch.randn(d, generator=g, device=device, dtype=w_star.dtype).to(WARM_START_DTYPE)
+            for g in gens
+        ]
         if adaptive
         else [None] * C
     )
     freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
     adapting_precond = True
+    last_measurement = _last_measurement(cfg, adapt_at, freeze_at)
     threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
     active = [True] * C
     div_step: list[int | None] = [None] * C
@@ -342,6 +348,7 @@ def run_chains_batched(
                 new = cfg.step_scale / max(lam, 1e-12)
                 steps[i] = min(new if t == freeze_at else max(new, steps[i] / 4), steps[i])
                 histories[i].append((t, steps[i]))
+            vs[i] = None if t >= last_measurement else vs[i].to(WARM_START_DTYPE)
         if t == freeze_at:
             adapting_precond = False
             precond.freeze()

@@ -201,7 +201,8 @@ def max_curvature(
     a forward difference of gradients. Returns (eigenvalue, eigenvector) so later estimates
     can warm-start from the vector.
     """
-    v = v0 / v0.norm()
+    v = v0.to(w.dtype)
+    v = v / v.norm()
     try:
         leaf, _, _, g = _grad(problem, w, batch, create_graph=True)
 
@@ -231,6 +232,17 @@ def max_curvature(
             break
         v = z / norm
     return abs(lam), v.detach()
+
+
+#: The power-iteration vector is kept between step-size measurements only to warm-start the
+#: next one; a direction needs no more than bf16, so it costs half a parameter vector per
+#: chain, and nothing after the last measurement.
+WARM_START_DTYPE = torch.bfloat16
+
+
+def _last_measurement(cfg: SamplerConfig, adapt_at: set[int], freeze_at: int | None) -> int:
+    """The step of a chain's last step-size measurement (``step_size="curvature"``)."""
+    return max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
 
 
 def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
@@ -403,11 +415,16 @@ def _run_attempt(
         adapt_at = {
             every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
         }
-    v = torch.randn(w.shape, generator=gen, device=device, dtype=w.dtype) if adaptive else None
+    v = (
+        torch.randn(w.shape, generator=gen, device=device, dtype=w.dtype).to(WARM_START_DTYPE)
+        if adaptive
+        else None
+    )
 
     # "rmsprop-burnin": adapt A during burn-in only; the draws then sample with a constant A.
     freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
     adapting_precond = True
+    last_measurement = _last_measurement(cfg, adapt_at, freeze_at)
     threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
     diverged, div_step, reason = False, None, None
     checked = 0
@@ -486,6 +503,8 @@ def _run_attempt(
                 new = step_scale / max(lam, 1e-12)
                 step_size = min(new if t == freeze_at else max(new, step_size / 4), step_size)
                 history.append((t, step_size))
+            if v is not None and v.dtype != WARM_START_DTYPE:  # just measured
+                v = None if t >= last_measurement else v.to(WARM_START_DTYPE)
             if t == freeze_at:
                 # "rmsprop-burnin": the RMSProp diagonal stops adapting; the draws use a
                 # constant A.

@@ -143,7 +143,10 @@ class DLNModel(DLNPreTrainedModel):
                 f"`labels` must have the shape of the logits {tuple(logits.shape)} "
                 f"(batch, H_L = {self.config.widths[-1]}), got {tuple(labels.shape)}."
             )
-        squared_error = (logits - labels).square()
+        # mse_loss without reduction is (f(x) − y)² element-wise, forward and backward in one
+        # kernel each (a subtraction, a square and their backward would be four passes).
+        dtype = torch.result_type(logits, labels)  # as (logits − labels) would promote
+        squared_error = nn.functional.mse_loss(logits.to(dtype), labels.to(dtype), reduction="none")
         if self.config.loss_type == "mse":
             return squared_error.mean(dim=-1)
         return 0.5 * squared_error.sum(dim=-1)
