@@ -11,7 +11,8 @@ repeated ``--rounds`` times) and the script prints:
   take the init loss L(w*) from 32 batches' worth of samples (devinterp's default
   ``num_init_loss_batches``; hf_llc's ``init_loss_samples = 32·m``);
 * the SGLD step time over the floor, one plain training step (forward, backward,
-  ``torch.optim.SGD.step``) of the same model on the same minibatch size; for hf_llc the step
+  ``torch.optim.SGD.step``) of the same model on the same minibatch size, timed again in
+  every round (median over rounds); for hf_llc the step
   time is its sampling time (``timings["sampling_seconds"]``, L_n(w*) excluded) / (chains ×
   steps); devinterp reports no such split, so its column is its whole wall time / (chains ×
   steps), an upper bound that includes its setup and init-loss batches;
@@ -298,7 +299,7 @@ def lm_problem(args):
 def bench(problem, args) -> list[dict]:
     model = problem["model"]
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    floor, _, floor_mem = measure(
+    _, _, floor_mem = measure(
         lambda: train_step_time(
             model, problem["batches"], problem["loss_of"], steps=problem["floor_steps"]
         )
@@ -318,7 +319,14 @@ def bench(problem, args) -> list[dict]:
         )
         init_n = min(32 * problem["m"], problem["n"])
         runs: dict[str, list] = {"devinterp": [], "sequential": [], "batched": []}
+        floors = []
         for _ in range(args.rounds):
+            # The floor in every round, next to the runs it divides (the machine's speed drifts).
+            floors.append(
+                train_step_time(
+                    model, problem["batches"], problem["loss_of"], problem["floor_steps"]
+                )
+            )
             runs["devinterp"].append(
                 measure(
                     lambda c=common: run_devinterp(
@@ -338,6 +346,7 @@ def bench(problem, args) -> list[dict]:
                 sampling = res[0].timings["sampling_seconds"]
                 runs[mode].append((res[0].llc_per_chain, res[1], res[2], ran, sampling))
         dv_wall = statistics.median(w for _, w, _ in runs["devinterp"])
+        floor = statistics.median(floors)
         dv_llc, dv_se = _mean_se(runs["devinterp"][-1][0])
         row = dict(
             problem=problem["name"],
@@ -348,6 +357,7 @@ def bench(problem, args) -> list[dict]:
             devinterp_mem=max(p for _, _, p in runs["devinterp"]) / param_bytes,
             devinterp_llc=(dv_llc, dv_se),
             floor_ms=floor * 1e3,
+            floor_spread_ms=(min(floors) * 1e3, max(floors) * 1e3),
             floor_mem=floor_mem / param_bytes,
             truth=problem["truth"],
         )
@@ -419,9 +429,11 @@ def main(argv=None) -> int:
     if not args.skip_lm:
         rows += bench(lm_problem(args), args)
     print(table(rows))
-    for r in {r["problem"]: r for r in rows}.values():
+    for r in rows:
+        lo, hi = r["floor_spread_ms"]
         print(
-            f"floor (train step) for {r['problem']}: {r['floor_ms']:.2f} ms, peak memory "
+            f"floor (train step) for {r['problem']}, {r['chains']} chains: {r['floor_ms']:.2f} "
+            f"ms (median of the rounds; {lo:.2f}–{hi:.2f}), peak memory "
             f"{r['floor_mem']:.1f} × parameter bytes"
         )
     return 0

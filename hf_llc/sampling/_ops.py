@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
 
@@ -13,13 +11,26 @@ from torch import Tensor
 CHUNK = 1 << 18
 
 
-def chunks(t: Tensor) -> Iterator[slice]:
-    """Slices of the last dimension of ``t`` covering about :data:`CHUNK` elements each."""
+def spans(t: Tensor) -> list[slice | None]:
+    """Slices of the last dimension of ``t`` covering about :data:`CHUNK` elements each;
+    ``[None]`` when one chunk covers ``t`` (then :func:`part` returns ``t`` itself, sparing
+    small models the views)."""
     d = t.shape[-1]
     rows = max(1, t.numel() // max(d, 1))
     step = max(1, CHUNK // rows)
-    for start in range(0, d, step):
-        yield slice(start, min(start + step, d))
+    if step >= d:
+        return [None]
+    return [slice(start, min(start + step, d)) for start in range(0, d, step)]
+
+
+def part(t: Tensor, sl: slice | None) -> Tensor:
+    """``t[..., sl]`` (a view), or ``t`` for ``sl = None``."""
+    return t if sl is None else t[..., sl]
+
+
+def total(values: list[Tensor]) -> Tensor:
+    """The sum of per-chunk partial sums."""
+    return values[0] if len(values) == 1 else torch.stack(values).sum(dim=0)
 
 
 def axpy_(y: Tensor, x: Tensor, a: float | Tensor) -> None:
@@ -36,8 +47,8 @@ def potential_grad_(
 ) -> Tensor:
     """``grad ← nβ·grad + γ·(w − w*)`` = ∇U(w), in place (w − w* a chunk at a time, so no
     parameter-sized temporary); returns ``grad``."""
-    for sl in chunks(grad):
-        _potential_grad_chunk_(grad[..., sl], w[..., sl], w_star[..., sl], nbeta, localization)
+    for sl in spans(grad):
+        _potential_grad_chunk_(part(grad, sl), part(w, sl), part(w_star, sl), nbeta, localization)
     return grad
 
 

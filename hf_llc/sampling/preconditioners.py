@@ -9,12 +9,13 @@ size ε (which ``step_size="curvature"`` sets from the preconditioned curvature)
 A user-given positive diagonal (e.g. per-layer rescaling factors) is what makes the estimate
 invariant to the rescaling symmetries of ReLU networks (Furman & Lau, arXiv 2402.03698).
 
-**Memory.** A preconditioner acts on a buffer in place (:meth:`Preconditioner.scale_`), so the
-SGLD step never materialises A or √A: RMSProp keeps one parameter-sized vector per chain, V,
-from which A is recomputed a cache-sized chunk at a time (two scalars per chain, the damping
-shift and the normalisation, are refreshed with V); once frozen (``"rmsprop-burnin"`` after
-burn-in) V is overwritten in place by √A. ``A`` and ``A_sqrt`` are still available as
-tensors for the code off the hot path (step-size measurements, MALA), computed on request.
+**Memory.** A preconditioner acts on a buffer in place (:meth:`Preconditioner.scale_`,
+:meth:`Preconditioner.descend_`), so the SGLD step never materialises A or √A: RMSProp keeps
+one parameter-sized vector per chain, R = √V, from which A is recomputed a cache-sized chunk
+at a time (two scalars per chain, the damping shift and the normalisation, are refreshed with
+R); once frozen (``"rmsprop-burnin"`` after burn-in) R is overwritten in place by √A. ``A``
+and ``A_sqrt`` are still available as tensors for the code off the hot path (step-size
+measurements, MALA), computed on request.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._ops import _potential_grad_chunk_, axpy_, chunks, potential_grad_
+from ._ops import _potential_grad_chunk_, axpy_, part, potential_grad_, spans, total
 
 
 class Preconditioner:
@@ -138,7 +139,7 @@ class RMSPropPreconditioner(Preconditioner):
         A = 1 / ((R + shift)·norm)        (mean(A) = 1).
 
     :meth:`freeze` overwrites R with √A, in place. All passes run a chunk at a time
-    (:func:`hf_llc.sampling._ops.chunks`), fusing the operations on a chunk while it is in
+    (:func:`hf_llc.sampling._ops.spans`), fusing the operations on a chunk while it is in
     cache; none allocates more than a chunk.
     """
 
@@ -176,38 +177,38 @@ class RMSPropPreconditioner(Preconditioner):
     def _finish_update(self, root_sum: Tensor) -> None:
         """From Σ R per chain: ``shift``, then ``norm`` (a second pass over R)."""
         self._initialised = True
-        d = self.R.shape[-1]
+        R, d = self.R, self.R.shape[-1]
         # R ≡ 0 (exactly at a minimum) gives A ≡ 1 through the normalisation below.
         torch.mul(root_sum, self.eps / d, out=self.shift).add_(1e-30)
-        inv_sum = torch.zeros_like(self.norm)
-        for sl in chunks(self.R):
-            inv_sum += (self.R[..., sl] + self.shift).reciprocal_().sum(dim=-1, keepdim=True)
-        torch.div(inv_sum, d, out=self.norm)
+        inv = [
+            (part(R, sl) + self.shift).reciprocal_().sum(dim=-1, keepdim=True) for sl in spans(R)
+        ]
+        torch.div(total(inv), d, out=self.norm)
 
     def update_(self, drift: Tensor) -> None:
         if self.frozen:
             raise RuntimeError("the RMSProp preconditioner is frozen; it no longer adapts.")
-        root_sum = torch.zeros_like(self.shift)
-        for sl in chunks(self.R):
-            root_sum += self._update_chunk_(self.R[..., sl], drift[..., sl])
-        self._finish_update(root_sum)
+        R = self.R
+        self._finish_update(
+            total([self._update_chunk_(part(R, sl), part(drift, sl)) for sl in spans(R)])
+        )
 
     def drift_(self, grad, w, w_star, *, nbeta, localization, adapt=False) -> None:
         if not adapt:
             return super().drift_(grad, w, w_star, nbeta=nbeta, localization=localization)
         if self.frozen:
             raise RuntimeError("the RMSProp preconditioner is frozen; it no longer adapts.")
-        # One sweep: ∇U and the new R of a chunk while it is in cache.
-        root_sum = torch.zeros_like(self.shift)
-        for sl in chunks(grad):
-            g = grad[..., sl]
-            _potential_grad_chunk_(g, w[..., sl], w_star[..., sl], nbeta, localization)
-            root_sum += self._update_chunk_(self.R[..., sl], g)
-        self._finish_update(root_sum)
 
-    def _factor(self, sl: slice, sqrt: bool) -> Tensor:
+        def sweep(sl):  # ∇U and the new R of a chunk while it is in cache
+            g = part(grad, sl)
+            _potential_grad_chunk_(g, part(w, sl), part(w_star, sl), nbeta, localization)
+            return self._update_chunk_(part(self.R, sl), g)
+
+        self._finish_update(total([sweep(sl) for sl in spans(grad)]))
+
+    def _factor(self, sl: slice | None, sqrt: bool) -> Tensor:
         """A (or √A) on the chunk ``sl``, in a fresh chunk-sized tensor."""
-        R = self.R[..., sl]
+        R = part(self.R, sl)
         if self.frozen:  # R holds √A
             return R.clone() if sqrt else R.square()
         denom = (R + self.shift).mul_(self.norm)
@@ -216,38 +217,49 @@ class RMSPropPreconditioner(Preconditioner):
     def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
         if self.frozen and sqrt:
             return buf.mul_(self.R)
-        for sl in chunks(buf):
-            buf[..., sl].mul_(self._factor(sl, sqrt))
+        for sl in spans(buf):
+            part(buf, sl).mul_(self._factor(sl, sqrt))
         return buf
 
-    def _descend_chunk_(self, w: Tensor, b: Tensor, sl: slice, coef, sqrt: bool) -> None:
-        if self.frozen:
-            b.mul_(self.R[..., sl])
+    def _descend_chunk_(self, w: Tensor, b: Tensor, sl, coef, sqrt: bool) -> None:
+        """``w ← w + coef·A·b`` (or √A) on one chunk, in as few passes as the coefficient
+        allows (a number folds into ``addcmul_``/``addcdiv_``)."""
+        R = part(self.R, sl)
+        if self.frozen:  # R holds √A
             if not sqrt:
-                b.mul_(self.R[..., sl])
+                b.mul_(R)
+            if isinstance(coef, Tensor):
+                w.addcmul_(b.mul_(R), coef)
+            else:
+                w.addcmul_(b, R, value=coef)
+            return
+        denom = (R + self.shift).mul_(self.norm)  # 1/A
+        if sqrt:
+            denom.sqrt_()
+        if isinstance(coef, Tensor):
+            w.addcmul_(b.div_(denom), coef)
         else:
-            b.mul_(self._factor(sl, sqrt))
-        axpy_(w, b, coef)
+            w.addcdiv_(b, denom, value=coef)
 
     def descend_(self, w, buf, coef, *, sqrt=False) -> None:
-        for sl in chunks(buf):
-            self._descend_chunk_(w[..., sl], buf[..., sl], sl, coef, sqrt)
+        for sl in spans(buf):
+            self._descend_chunk_(part(w, sl), part(buf, sl), sl, coef, sqrt)
 
     def drift_descend_(self, w, grad, w_star, *, nbeta, localization, coef, adapt=False):
         if adapt:  # the new A needs every chunk's ∇U first: two sweeps
             self.drift_(grad, w, w_star, nbeta=nbeta, localization=localization, adapt=True)
             self.descend_(w, grad, coef)
             return
-        for sl in chunks(grad):  # one sweep: each chunk's ∇U is applied while in cache
-            g, wc = grad[..., sl], w[..., sl]
-            _potential_grad_chunk_(g, wc, w_star[..., sl], nbeta, localization)
+        for sl in spans(grad):  # one sweep: each chunk's ∇U is applied while in cache
+            g, wc = part(grad, sl), part(w, sl)
+            _potential_grad_chunk_(g, wc, part(w_star, sl), nbeta, localization)
             self._descend_chunk_(wc, g, sl, coef, False)
 
     def freeze(self) -> None:
         if self.frozen:
             return
-        for sl in chunks(self.R):
-            self.R[..., sl].add_(self.shift).mul_(self.norm).rsqrt_()
+        for sl in spans(self.R):
+            part(self.R, sl).add_(self.shift).mul_(self.norm).rsqrt_()
         self.frozen = True
 
     # -------------------------------------------------------------- off the hot path
