@@ -145,7 +145,7 @@ class DLNModel(DLNPreTrainedModel):
             )
         # mse_loss without reduction is (f(x) − y)² element-wise, forward and backward in one
         # kernel each (a subtraction, a square and their backward would be four passes).
-        dtype = torch.result_type(logits, labels)  # as (logits − labels) would promote
+        dtype = torch.promote_types(logits.dtype, labels.dtype)  # as logits − labels would
         squared_error = nn.functional.mse_loss(logits.to(dtype), labels.to(dtype), reduction="none")
         if self.config.loss_type == "mse":
             return squared_error.mean(dim=-1)
