@@ -5,19 +5,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-#: Elements per chunk of the chunked element-wise passes (1 MiB of fp32 per operand: a chunk's
-#: operands stay in cache from one operation to the next, and the per-chunk Python overhead,
-#: a few microseconds per operation, stays small against the arithmetic).
+#: Elements per chunk of the chunked element-wise passes on the CPU (1 MiB of fp32 per
+#: operand: a chunk's operands stay in cache from one operation to the next, and the per-chunk
+#: Python overhead, a few microseconds per operation, stays small against the arithmetic).
 CHUNK = 1 << 18
+#: The same on accelerators (64 MiB of fp32), where each operation is a kernel launch: chunks
+#: only bound the temporaries, so a 10⁸-parameter chain takes a handful of launches per pass.
+DEVICE_CHUNK = 1 << 24
 
 
 def spans(t: Tensor) -> list[slice | None]:
-    """Slices of the last dimension of ``t`` covering about :data:`CHUNK` elements each;
-    ``[None]`` when one chunk covers ``t`` (then :func:`part` returns ``t`` itself, sparing
-    small models the views)."""
+    """Slices of the last dimension of ``t`` covering about :data:`CHUNK` elements each
+    (:data:`DEVICE_CHUNK` off the CPU); ``[None]`` when one chunk covers ``t`` (then
+    :func:`part` returns ``t`` itself, sparing small models the views)."""
     d = t.shape[-1]
     rows = max(1, t.numel() // max(d, 1))
-    step = max(1, CHUNK // rows)
+    step = max(1, (CHUNK if t.device.type == "cpu" else DEVICE_CHUNK) // rows)
     if step >= d:
         return [None]
     return [slice(start, min(start + step, d)) for start in range(0, d, step)]
