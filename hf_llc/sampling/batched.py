@@ -49,11 +49,18 @@ from .chain import (
     chain_generator,
     divergence_message,
     max_curvature,
+    retry_record,
     run_chain,
 )
 from .config import SamplerConfig
 from .preconditioners import DiagonalPreconditioner, Preconditioner, RMSPropPreconditioner
-from .sgld import langevin_update_, mala_acceptance, potential, potential_grad
+from .sgld import (
+    StepCoefficients,
+    langevin_update_,
+    mala_acceptance,
+    potential,
+    potential_grad,
+)
 
 
 class NotBatchable(Exception):
@@ -139,12 +146,13 @@ def sgld_step_chains_(
     dev, dt = W.device, W.dtype
     eps = tuple(s if a else 0.0 for s, a in zip(step_sizes, active))
     if cache is not None and cache.get("eps") == eps:
-        half, root = cache["half"], cache["root"]
+        coefficients = cache["coefficients"]
     else:
         half = torch.tensor(eps, device=dev, dtype=dt).unsqueeze(1) / 2
         root = torch.tensor([math.sqrt(s) for s in eps], device=dev, dtype=dt).unsqueeze(1)
+        coefficients = StepCoefficients.of(half, root, nbeta=nbeta, localization=localization)
         if cache is not None:
-            cache.update(eps=eps, half=half, root=root)
+            cache.update(eps=eps, coefficients=coefficients)
 
     def draw_noise(buf: Tensor) -> None:
         for row, gen, on in zip(buf, generators, active):
@@ -157,8 +165,7 @@ def sgld_step_chains_(
         W,
         G,
         w_star,
-        half=half,
-        root=root,
+        coefficients=coefficients,
         nbeta=nbeta,
         localization=localization,
         draw_noise=draw_noise,
@@ -467,13 +474,7 @@ def _retry(problem, w_star, cfg, chain, gen, first, progress, **kw) -> ChainResu
     """Sequential retries of a chain whose batched first attempt diverged (as run_chain)."""
     result, retries = first, []
     for attempt in range(1, cfg.divergence_retries + 1):
-        retries.append(
-            {
-                "step": result.divergence_step,
-                "step_size": result.step_size,
-                "message": result.divergence_reason,
-            }
-        )
+        retries.append(retry_record(result))
         if progress is not None:
             progress.total += cfg.num_steps
         result = _run_attempt(
@@ -482,12 +483,6 @@ def _retry(problem, w_star, cfg, chain, gen, first, progress, **kw) -> ChainResu
         if not result.diverged:
             break
     if result.diverged:
-        retries.append(
-            {
-                "step": result.divergence_step,
-                "step_size": result.step_size,
-                "message": result.divergence_reason,
-            }
-        )
+        retries.append(retry_record(result))
     result.retries = retries
     return result

@@ -285,6 +285,15 @@ def divergence_message(
     )
 
 
+def retry_record(result: ChainResult) -> dict:
+    """What ``ChainResult.retries`` keeps of a diverged attempt."""
+    return {
+        "step": result.divergence_step,
+        "step_size": result.step_size,
+        "message": result.divergence_reason,
+    }
+
+
 def run_chain(
     problem: LossProblem,
     w_star: Tensor,
@@ -349,13 +358,7 @@ def run_chain(
         )
         if not result.diverged:
             break
-        retries.append(
-            {
-                "step": result.divergence_step,
-                "step_size": result.step_size,
-                "message": result.divergence_reason,
-            }
-        )
+        retries.append(retry_record(result))
     result.retries = retries
     return result
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,13 +26,30 @@ from ._ops import axpy_
 from .preconditioners import DiagonalPreconditioner, Preconditioner
 
 
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The numbers of one SGLD step of step size ε: floats for one chain, or per-chain
+    (chains × 1) tensors for a stack, built once per change of ε (not per step)."""
+
+    neg_half: float | Tensor  # −ε/2
+    root: float | Tensor  # √ε
+    keep: float | Tensor  # 1 − εγ/2
+    shrink: float | Tensor  # εγ/2
+    grad: float | Tensor  # −εnβ/2
+
+    @classmethod
+    def of(cls, half, root, *, nbeta: float, localization: float) -> StepCoefficients:
+        """From ``half`` = ε/2 and ``root`` = √ε (numbers or tensors of the same shape)."""
+        shrink = half * localization
+        return cls(-half, root, 1 - shrink, shrink, -half * nbeta)
+
+
 def langevin_update_(
     w: Tensor,
     grad: Tensor,
     w_star: Tensor,
     *,
-    half: float | Tensor,
-    root: float | Tensor,
+    coefficients: StepCoefficients,
     nbeta: float,
     localization: float,
     draw_noise: Callable[[Tensor], Any],
@@ -40,28 +58,27 @@ def langevin_update_(
 ) -> None:
     r"""The SGLD update of ``w`` (one chain (d,) or a stack (chains × d)), in place.
 
-    ``half`` = ε/2 and ``root`` = √ε, numbers or per-chain (chains × 1) tensors.
     ``draw_noise(buf)`` fills ``buf`` with standard normals. ``grad`` (∇L_B(w)) is consumed:
     it holds the drift, then the noise, so the step needs no buffer besides w, the gradient,
     w* and the preconditioner's own state. With ``adapt`` an adaptive preconditioner is first
     refreshed from this step's ∇U (pSGLD's order: the new A moves this step).
     """
+    c = coefficients
     if precond is None or precond.name == "identity":
         # w ← (1 − εγ/2)·w + (εγ/2)·w* − (εnβ/2)·g + √ε·ξ: three passes and the noise.
         if localization:
-            shrink = half * localization
-            w.mul_(1 - shrink)
-            axpy_(w, w_star, shrink)
-        axpy_(w, grad, -half * nbeta)
+            w.mul_(c.keep)
+            axpy_(w, w_star, c.shrink)
+        axpy_(w, grad, c.grad)
         draw_noise(grad)
-        axpy_(w, grad, root)
+        axpy_(w, grad, c.root)
         return
     # w ← w − (ε/2)·A·∇U(w), A first refreshed from this ∇U when adapting
     precond.drift_descend_(
-        w, grad, w_star, nbeta=nbeta, localization=localization, coef=-half, adapt=adapt
+        w, grad, w_star, nbeta=nbeta, localization=localization, coef=c.neg_half, adapt=adapt
     )
     draw_noise(grad)
-    precond.descend_(w, grad, root, sqrt=True)  # w ← w + √ε·√A·ξ
+    precond.descend_(w, grad, c.root, sqrt=True)  # w ← w + √ε·√A·ξ
 
 
 def sgld_step_(
@@ -101,8 +118,9 @@ def sgld_step_(
         w,
         grad,
         w_star,
-        half=step_size / 2,
-        root=math.sqrt(step_size),
+        coefficients=StepCoefficients.of(
+            step_size / 2, math.sqrt(step_size), nbeta=nbeta, localization=localization
+        ),
         nbeta=nbeta,
         localization=localization,
         draw_noise=draw_noise,
