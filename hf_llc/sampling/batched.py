@@ -42,14 +42,14 @@ from .chain import (
     ChainResult,
     EpochBatcher,
     LossProblem,
+    Schedule,
     _grad,
     _initial_step_size,
-    _last_measurement,
-    _run_attempt,
     chain_generator,
     divergence_message,
     max_curvature,
     retry_record,
+    run_attempts,
     run_chain,
 )
 from .config import SamplerConfig
@@ -297,26 +297,12 @@ def run_chains_batched(
     )
     mala = torch.empty(C, cfg.num_draws, dtype=torch.float64, device=device) if cfg.mala else None
 
-    adaptive = cfg.step_size == "curvature"
+    schedule = Schedule.of(cfg)
+    adaptive, adapt_at, freeze_at = schedule.adaptive, schedule.adapt_at, schedule.freeze_at
     steps = [float("nan") if adaptive else float(cfg.step_size)] * C
     histories: list[list] = [[] for _ in chains]
-    adapt_at: set[int] = set()
-    if adaptive and cfg.num_adaptations and cfg.num_burnin:
-        every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
-        adapt_at = {
-            every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
-        }
-    vs = (
-        [
-            torch.randn(d, generator=g, device=device, dtype=w_star.dtype).to(WARM_START_DTYPE)
-            for g in gens
-        ]
-        if adaptive
-        else [None] * C
-    )
-    freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
+    vs = [schedule.warm_start(g, w_star) for g in gens]
     adapting_precond = True
-    last_measurement = _last_measurement(cfg, adapt_at, freeze_at)
     threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
     active = [True] * C
     div_step: list[int | None] = [None] * C
@@ -355,7 +341,7 @@ def run_chains_batched(
                 new = cfg.step_scale / max(lam, 1e-12)
                 steps[i] = min(new if t == freeze_at else max(new, steps[i] / 4), steps[i])
                 histories[i].append((t, steps[i]))
-            vs[i] = None if t >= last_measurement else vs[i].to(WARM_START_DTYPE)
+            vs[i] = None if t >= schedule.last_measurement else vs[i].to(WARM_START_DTYPE)
         if t == freeze_at:
             adapting_precond = False
             precond.freeze()
@@ -444,45 +430,25 @@ def run_chains_batched(
             divergence_reason=reasons[i],
             seconds=seconds,
         )
-        if diverged:
-            result = _retry(
+        result.retries = [retry_record(result)] if diverged else []
+        if diverged and cfg.divergence_retries:
+            # Retries run sequentially, from where the chain's generator stopped, exactly as
+            # run_chain's do.
+            if progress is not None:
+                progress.total += cfg.num_steps
+            result = run_attempts(
                 problem,
                 w_star,
                 cfg,
                 chain,
                 gens[i],
-                result,
-                progress,
-                **_kw(nbeta, init_loss, init_per_sample, precond_diagonal),
+                start=1,
+                retries=result.retries,
+                nbeta=nbeta,
+                init_loss=init_loss,
+                init_per_sample=init_per_sample,
+                precond_diagonal=precond_diagonal,
+                progress=progress,
             )
-        else:
-            result.retries = []
         results.append(result)
     return results
-
-
-def _kw(nbeta, init_loss, init_per_sample, precond_diagonal) -> dict:
-    return dict(
-        nbeta=nbeta,
-        init_loss=init_loss,
-        init_per_sample=init_per_sample,
-        precond_diagonal=precond_diagonal,
-    )
-
-
-def _retry(problem, w_star, cfg, chain, gen, first, progress, **kw) -> ChainResult:
-    """Sequential retries of a chain whose batched first attempt diverged (as run_chain)."""
-    result, retries = first, []
-    for attempt in range(1, cfg.divergence_retries + 1):
-        retries.append(retry_record(result))
-        if progress is not None:
-            progress.total += cfg.num_steps
-        result = _run_attempt(
-            problem, w_star, cfg, chain, gen, 0.5**attempt, progress=progress, **kw
-        )
-        if not result.diverged:
-            break
-    if result.diverged:
-        retries.append(retry_record(result))
-    result.retries = retries
-    return result

@@ -240,9 +240,41 @@ def max_curvature(
 WARM_START_DTYPE = torch.bfloat16
 
 
-def _last_measurement(cfg: SamplerConfig, adapt_at: set[int], freeze_at: int | None) -> int:
-    """The step of a chain's last step-size measurement (``step_size="curvature"``)."""
-    return max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
+@dataclass(frozen=True)
+class Schedule:
+    """When a chain adapts, the same for every chain of a configuration.
+
+    ``adaptive``: ε is measured from the curvature (``step_size="curvature"``), at step 0, at
+    the steps ``adapt_at`` during burn-in and, with ``"rmsprop-burnin"``, at ``freeze_at``
+    (the step at which the RMSProp diagonal stops adapting, ``None`` otherwise);
+    ``last_measurement`` is the last of those steps.
+    """
+
+    adaptive: bool
+    adapt_at: frozenset[int]
+    freeze_at: int | None
+    last_measurement: int
+
+    @classmethod
+    def of(cls, cfg: SamplerConfig) -> Schedule:
+        adaptive = cfg.step_size == "curvature"
+        adapt_at: frozenset[int] = frozenset()
+        if adaptive and cfg.num_adaptations and cfg.num_burnin:
+            every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
+            adapt_at = frozenset(
+                every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
+            )
+        # "rmsprop-burnin": adapt A during burn-in only; the draws then sample with a constant A.
+        freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
+        last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
+        return cls(adaptive, adapt_at, freeze_at, last)
+
+    def warm_start(self, gen: torch.Generator, like: Tensor) -> Tensor | None:
+        """The first power-iteration vector (drawn from the chain's generator), or ``None``."""
+        if not self.adaptive:
+            return None
+        v = torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
+        return v.to(WARM_START_DTYPE)
 
 
 def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
@@ -336,8 +368,45 @@ def run_chain(
         first = resume.attempt
         if first and progress is not None:
             progress.total += first * cfg.num_steps
-    for attempt in range(first, cfg.divergence_retries + 1):
-        if attempt > first and progress is not None:
+    return run_attempts(
+        problem,
+        w_star,
+        cfg,
+        chain,
+        gen,
+        start=first,
+        retries=retries,
+        nbeta=nbeta,
+        init_loss=init_loss,
+        init_per_sample=init_per_sample,
+        precond_diagonal=precond_diagonal,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+    )
+
+
+def run_attempts(
+    problem: LossProblem,
+    w_star: Tensor,
+    cfg: SamplerConfig,
+    chain: int,
+    gen: torch.Generator,
+    *,
+    start: int,
+    retries: list[dict],
+    progress: Any = None,
+    checkpoint: ChainCheckpoint | None = None,
+    resume: ChainState | None = None,
+    **kw: Any,
+) -> ChainResult:
+    """Attempts ``start``, ``start + 1``, … of a chain (attempt k from w* with the step scaled by
+    2⁻ᵏ, its generator continuing) until one does not diverge or ``divergence_retries`` is
+    reached; ``retries`` (the records of earlier attempts) grows by each diverged one. The
+    progress bar's total grows by one chain for every attempt after ``start``; ``resume``
+    continues attempt ``start``. ``kw`` are :func:`_run_attempt`'s (nβ, L_n(w*), …)."""
+    for attempt in range(start, cfg.divergence_retries + 1):
+        if attempt > start and progress is not None:
             progress.total += cfg.num_steps
         result = _run_attempt(
             problem,
@@ -346,15 +415,12 @@ def run_chain(
             chain,
             gen,
             0.5**attempt,
-            nbeta=nbeta,
-            init_loss=init_loss,
-            init_per_sample=init_per_sample,
-            precond_diagonal=precond_diagonal,
             progress=progress,
             attempt=attempt,
             retries=retries,
             checkpoint=checkpoint,
-            resume=resume if attempt == first else None,
+            resume=resume if attempt == start else None,
+            **kw,
         )
         if not result.diverged:
             break
@@ -409,25 +475,12 @@ def _run_attempt(
     )
     mala = torch.empty(cfg.num_draws, dtype=torch.float64, device=device) if cfg.mala else None
 
-    adaptive = cfg.step_size == "curvature"
+    schedule = Schedule.of(cfg)
+    adaptive, adapt_at, freeze_at = schedule.adaptive, schedule.adapt_at, schedule.freeze_at
     step_size = float(cfg.step_size) * step_factor if not adaptive else float("nan")
     history: list = []
-    adapt_at: set[int] = set()
-    if adaptive and cfg.num_adaptations and cfg.num_burnin:
-        every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
-        adapt_at = {
-            every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
-        }
-    v = (
-        torch.randn(w.shape, generator=gen, device=device, dtype=w.dtype).to(WARM_START_DTYPE)
-        if adaptive
-        else None
-    )
-
-    # "rmsprop-burnin": adapt A during burn-in only; the draws then sample with a constant A.
-    freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
+    v = schedule.warm_start(gen, w)
     adapting_precond = True
-    last_measurement = _last_measurement(cfg, adapt_at, freeze_at)
     threshold = cfg.divergence_factor * (abs(init_loss) + d / nbeta)
     diverged, div_step, reason = False, None, None
     checked = 0
@@ -507,7 +560,7 @@ def _run_attempt(
                 step_size = min(new if t == freeze_at else max(new, step_size / 4), step_size)
                 history.append((t, step_size))
             if v is not None and v.dtype != WARM_START_DTYPE:  # just measured
-                v = None if t >= last_measurement else v.to(WARM_START_DTYPE)
+                v = None if t >= schedule.last_measurement else v.to(WARM_START_DTYPE)
             if t == freeze_at:
                 # "rmsprop-burnin": the RMSProp diagonal stops adapting; the draws use a
                 # constant A.
