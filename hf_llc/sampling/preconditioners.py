@@ -206,13 +206,17 @@ class RMSPropPreconditioner(Preconditioner):
 
         self._finish_update(total([sweep(sl) for sl in spans(grad)]))
 
+    def _inverse(self, R: Tensor) -> Tensor:
+        """1/A = (R + shift)·norm on a chunk of R (before freezing), in a fresh tensor."""
+        return (R + self.shift).mul_(self.norm)
+
     def _factor(self, sl: slice | None, sqrt: bool) -> Tensor:
         """A (or √A) on the chunk ``sl``, in a fresh chunk-sized tensor."""
         R = part(self.R, sl)
         if self.frozen:  # R holds √A
             return R.clone() if sqrt else R.square()
-        denom = (R + self.shift).mul_(self.norm)
-        return denom.rsqrt_() if sqrt else denom.reciprocal_()
+        inverse = self._inverse(R)
+        return inverse.rsqrt_() if sqrt else inverse.reciprocal_()
 
     def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
         if self.frozen and sqrt:
@@ -233,7 +237,7 @@ class RMSPropPreconditioner(Preconditioner):
             else:
                 w.addcmul_(b, R, value=coef)
             return
-        denom = (R + self.shift).mul_(self.norm)  # 1/A
+        denom = self._inverse(R)
         if sqrt:
             denom.sqrt_()
         if isinstance(coef, Tensor):
