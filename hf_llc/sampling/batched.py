@@ -53,7 +53,7 @@ from .chain import (
     run_chain,
 )
 from .config import SamplerConfig
-from .preconditioners import DiagonalPreconditioner, Preconditioner, RMSPropPreconditioner
+from .preconditioners import Preconditioner, make_preconditioner
 from .sgld import (
     StepCoefficients,
     langevin_update_,
@@ -278,14 +278,8 @@ def run_chains_batched(
     gens = [chain_generator(cfg.seed, c, device) for c in chains]
     batchers = [EpochBatcher(problem.num_samples, cfg.batch_size, g) for g in gens]
 
-    if isinstance(cfg.preconditioner, str) and cfg.preconditioner.startswith("rmsprop"):
-        precond: Preconditioner = RMSPropPreconditioner(
-            w_star.expand(C, d), cfg.rmsprop_decay, cfg.rmsprop_eps
-        )
-    elif precond_diagonal is not None:
-        precond = DiagonalPreconditioner(precond_diagonal)  # (d,): shared by every chain
-    else:
-        precond = Preconditioner()
+    # A user diagonal is (d,), shared by every chain; adaptive ones keep a row per chain.
+    precond = make_preconditioner(cfg, w_star.expand(C, d), nbeta=nbeta, diagonal=precond_diagonal)
 
     W = w_star.expand(C, d).clone()
     total = cfg.num_steps
@@ -315,6 +309,12 @@ def run_chains_batched(
             if active[i]:
                 idx[i] = batchers[i].next()
         batch = stack_batches(problem, idx)
+        if t in schedule.refresh_at:  # a windowed A is renewed before ε is measured
+            if t == freeze_at:
+                adapting_precond = False
+                precond.freeze()
+            else:
+                precond.refresh()
         curvature_now = adaptive and (t == 0 or t in adapt_at or t == freeze_at)
         for i in range(C) if curvature_now else ():
             if not active[i]:
@@ -337,9 +337,13 @@ def run_chains_batched(
                     precond_sqrt=row.A_sqrt,
                     v0=vs[i],
                     iters=cfg.curvature_iters,
+                    metric=row.metric,
                 )
                 new = cfg.step_scale / max(lam, 1e-12)
-                steps[i] = min(new if t == freeze_at else max(new, steps[i] / 4), steps[i])
+                if t in schedule.refresh_at:  # A changed scale: the old ε no longer applies
+                    steps[i] = new
+                else:
+                    steps[i] = min(new if t == freeze_at else max(new, steps[i] / 4), steps[i])
                 histories[i].append((t, steps[i]))
             vs[i] = None if t >= schedule.last_measurement else vs[i].to(WARM_START_DTYPE)
         if t == freeze_at:
@@ -372,7 +376,7 @@ def run_chains_batched(
             for i in range(C):
                 if not active[i]:
                     continue
-                kw = dict(nbeta=nbeta, localization=cfg.localization)
+                kw = dict(nbeta=nbeta, localization=cfg.localization, metric=precond.row(i).metric)
                 u_old = potential(L_old[i], W_old[i], w_star, **kw)
                 u_new = potential(L_new[i], W[i], w_star, **kw)
                 gu_old = potential_grad(G_old[i], W_old[i], w_star, **kw)

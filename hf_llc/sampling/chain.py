@@ -18,11 +18,7 @@ import torch
 from torch import Tensor
 
 from .config import SamplerConfig
-from .preconditioners import (
-    DiagonalPreconditioner,
-    Preconditioner,
-    RMSPropPreconditioner,
-)
+from .preconditioners import make_preconditioner
 from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
 
 
@@ -194,8 +190,11 @@ def max_curvature(
     precond_sqrt: Tensor | None,
     v0: Tensor,
     iters: int,
+    metric: Tensor | None = None,
 ) -> tuple[float, Tensor]:
     """Largest eigenvalue of √A·∇²U(w)·√A on one minibatch, by power iteration.
+
+    ∇²U = nβ·∇²L_B + γ·M, with M the localizer's metric (``metric``; identity if ``None``).
 
     Hessian-vector products use double backward; models that do not support it fall back to
     a forward difference of gradients. Returns (eigenvalue, eigenvector) so later estimates
@@ -223,7 +222,7 @@ def max_curvature(
     lam = 0.0
     for _ in range(iters):
         u = v if precond_sqrt is None else v * precond_sqrt
-        z = hvp(u).detach() * nbeta + localization * u
+        z = hvp(u).detach() * nbeta + localization * (u if metric is None else metric * u)
         if precond_sqrt is not None:
             z = z * precond_sqrt
         lam = float(torch.dot(v, z))
@@ -247,13 +246,16 @@ class Schedule:
     ``adaptive``: ε is measured from the curvature (``step_size="curvature"``), at step 0, at
     the steps ``adapt_at`` during burn-in and, with ``"rmsprop-burnin"``, at ``freeze_at``
     (the step at which the RMSProp diagonal stops adapting, ``None`` otherwise);
-    ``last_measurement`` is the last of those steps.
+    ``last_measurement`` is the last of those steps. ``refresh_at``: the steps at which a
+    windowed preconditioner (``"fisher-burnin"``) re-estimates A before the step size is
+    measured afresh (the last one is ``freeze_at``).
     """
 
     adaptive: bool
     adapt_at: frozenset[int]
     freeze_at: int | None
     last_measurement: int
+    refresh_at: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, cfg: SamplerConfig) -> Schedule:
@@ -264,10 +266,20 @@ class Schedule:
             adapt_at = frozenset(
                 every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
             )
-        # "rmsprop-burnin": adapt A during burn-in only; the draws then sample with a constant A.
-        freeze_at = cfg.num_burnin if cfg.preconditioner == "rmsprop-burnin" else None
+        # "…-burnin": adapt A during burn-in only; the draws then sample with a constant A.
+        burnin_only = cfg.preconditioner in ("rmsprop-burnin", "fisher-burnin")
+        freeze_at = cfg.num_burnin if burnin_only else None
+        refresh_at: frozenset[int] = frozenset()
+        if cfg.preconditioner == "fisher-burnin":
+            # A is re-estimated from windows of the burn-in (the adaptation grid, whatever the
+            # step-size mode), the last time at the freeze.
+            every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
+            grid = range(1, cfg.num_adaptations + 1) if cfg.num_burnin else ()
+            refresh_at = frozenset(every * k for k in grid if every * k < cfg.num_burnin)
+            refresh_at |= {cfg.num_burnin}
+            adapt_at = refresh_at - {cfg.num_burnin} if adaptive else frozenset()
         last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
-        return cls(adaptive, adapt_at, freeze_at, last)
+        return cls(adaptive, adapt_at, freeze_at, last, refresh_at)
 
     def warm_start(self, gen: torch.Generator, like: Tensor) -> Tensor | None:
         """The first power-iteration vector (drawn from the chain's generator), or ``None``."""
@@ -289,6 +301,7 @@ def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, 
         localization=cfg.localization,
         precond_sqrt=precond.A_sqrt,
         iters=cfg.curvature_iters,
+        metric=precond.metric,
     )
     lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
@@ -456,12 +469,7 @@ def _run_attempt(
     batcher = EpochBatcher(problem.num_samples, cfg.batch_size, gen)
     d = w_star.numel()
 
-    if isinstance(cfg.preconditioner, str) and cfg.preconditioner.startswith("rmsprop"):
-        precond: Preconditioner = RMSPropPreconditioner(w_star, cfg.rmsprop_decay, cfg.rmsprop_eps)
-    elif precond_diagonal is not None:
-        precond = DiagonalPreconditioner(precond_diagonal)
-    else:
-        precond = Preconditioner()
+    precond = make_preconditioner(cfg, w_star, nbeta=nbeta, diagonal=precond_diagonal)
 
     # The chain's state: w, the gradient buffer (which also takes the drift and the noise) and
     # the preconditioner's; w* is shared.
@@ -536,6 +544,12 @@ def _run_attempt(
         for t in range(first_step, total):
             idx = batcher.next()
             batch = problem.batch(idx)
+            if t in schedule.refresh_at:  # a windowed A is renewed before ε is measured
+                if t == freeze_at:
+                    adapting_precond = False
+                    precond.freeze()
+                else:
+                    precond.refresh()
             if adaptive and t == 0:
                 step_size, v = _initial_step_size(
                     problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
@@ -555,9 +569,13 @@ def _run_attempt(
                     precond_sqrt=precond.A_sqrt,
                     v0=v,
                     iters=cfg.curvature_iters,
+                    metric=precond.metric,
                 )
                 new = step_scale / max(lam, 1e-12)
-                step_size = min(new if t == freeze_at else max(new, step_size / 4), step_size)
+                if t in schedule.refresh_at:  # A changed scale: the old ε no longer applies
+                    step_size = new
+                else:
+                    step_size = min(new if t == freeze_at else max(new, step_size / 4), step_size)
                 history.append((t, step_size))
             if v is not None and v.dtype != WARM_START_DTYPE:  # just measured
                 v = None if t >= schedule.last_measurement else v.to(WARM_START_DTYPE)
@@ -577,12 +595,9 @@ def _run_attempt(
             draw = t - cfg.num_burnin
             if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
                 w_old = w.clone()
-                u_old = potential(
-                    loss.detach(), w_old, w_star, nbeta=nbeta, localization=cfg.localization
-                )
-                gu_old = potential_grad(
-                    g, w_old, w_star, nbeta=nbeta, localization=cfg.localization
-                )
+                ukw = dict(nbeta=nbeta, localization=cfg.localization, metric=precond.metric)
+                u_old = potential(loss.detach(), w_old, w_star, **ukw)
+                gu_old = potential_grad(g, w_old, w_star, **ukw)
             sgld_step_(
                 w,
                 g,
@@ -596,12 +611,8 @@ def _run_attempt(
             )
             if mala is not None and draw >= 0 and draw % cfg.draw_every == 0:
                 _, _, loss_new, g_new = _grad(problem, w, batch)
-                u_new = potential(
-                    loss_new.detach(), w, w_star, nbeta=nbeta, localization=cfg.localization
-                )
-                gu_new = potential_grad(
-                    g_new, w, w_star, nbeta=nbeta, localization=cfg.localization
-                )
+                u_new = potential(loss_new.detach(), w, w_star, **ukw)
+                gu_new = potential_grad(g_new, w, w_star, **ukw)
                 mala[draw // cfg.draw_every] = mala_acceptance(
                     w_old, w, u_old, u_new, gu_old, gu_new, step_size=step_size, precond=precond.A
                 )

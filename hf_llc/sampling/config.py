@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PRECONDITIONERS = ("identity", "rmsprop", "rmsprop-burnin")
+PRECONDITIONERS = ("fisher-burnin", "identity", "rmsprop", "rmsprop-burnin")
 CHAIN_MODES = ("auto", "batched", "sequential")
 STEP_SIZE_MODES = ("curvature", "auto")
 
@@ -95,9 +95,10 @@ class SamplerConfig:
     num_burnin: int = 2000
     num_draws: int = 3000
     draw_every: int = 1
-    preconditioner: Any = "rmsprop-burnin"
+    preconditioner: Any = "fisher-burnin"
     rmsprop_decay: float = 0.99
     rmsprop_eps: float = 0.1
+    fisher_damping: float = 1e-4
     seed: int = 0
     mala: bool = False
     init_loss_samples: int | None = None
@@ -160,6 +161,7 @@ class SamplerConfig:
         if not 0.0 <= self.rmsprop_decay < 1.0:
             raise ValueError(f"rmsprop_decay must be in [0, 1), got {self.rmsprop_decay}.")
         _positive_finite("rmsprop_eps", self.rmsprop_eps)
+        _positive_finite("fisher_damping", self.fisher_damping)
         if self.chain_mode not in CHAIN_MODES:
             raise ValueError(
                 f"chain_mode={self.chain_mode!r} is not known: use one of {CHAIN_MODES}."

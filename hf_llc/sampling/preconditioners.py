@@ -32,6 +32,11 @@ class Preconditioner:
     name = "identity"
     #: Whether :meth:`update_` changes A (RMSProp); fixed preconditioners ignore it.
     adaptive = False
+    #: Whether A is re-estimated at fixed steps by :meth:`refresh` (then the step size is
+    #: re-measured right after, free to grow or shrink, since A's scale changed).
+    refreshes = False
+    #: The localizer's metric M in (γ/2)(w − w*)ᵀM(w − w*): ``None`` for the Euclidean one.
+    metric: Tensor | None = None
 
     @property
     def A(self) -> Tensor | None:  # noqa: N802 - the paper's name
@@ -89,6 +94,9 @@ class Preconditioner:
         """:meth:`drift_` then :meth:`descend_`: ``w ← w + coef·A·∇U(w)``, ``grad`` consumed."""
         self.drift_(grad, w, w_star, nbeta=nbeta, localization=localization, adapt=adapt)
         self.descend_(w, grad, coef)
+
+    def refresh(self) -> None:
+        """Re-estimate A from what was accumulated since the last refresh (``refreshes``)."""
 
     def freeze(self) -> None:
         """Stop adapting: A stays as it is from now on (no-op for fixed preconditioners)."""
@@ -306,3 +314,212 @@ class RMSPropPreconditioner(Preconditioner):
             torch.sqrt(state["V"].to(self.R), out=self.R)
             if self._initialised:
                 self._finish_update(self.R.sum(dim=-1, keepdim=True))
+
+
+class FisherPreconditioner(Preconditioner):
+    r"""The inverse of a squared-gradient (empirical Fisher) diagonal, re-estimated over windows
+    of the burn-in and then frozen: the invariant default (``"fisher-burnin"``).
+
+    Over a window of steps it accumulates F̂ = mean_t (nβ·∇L_{B_t}(w_t))², and at each
+    :meth:`refresh` sets
+
+        A = 1 / (F̂ + δ·mean(F̂)),
+
+    fixed until the next refresh (:meth:`freeze` is the last one). Before the first refresh
+    A ≡ 1/nβ. Under a reparametrization w → D·w (D diagonal) the gradient goes to D⁻¹·g, so
+    F̂ → D⁻²·F̂ and A → D·A·D: exactly the transformation that makes the SGLD chain
+    equivariant (RMSProp's 1/√V only goes to D·A). At equilibrium E[(∂ᵢU)²] = E[∂ᵢᵢU], so F̂ is a
+    posterior-averaged curvature diagonal (plus minibatch noise, which scales the same way).
+    The damping δ (``fisher_damping``) is relative to the mean, so it only touches
+    coordinates whose F̂ is ~1/δ below the mean (in practice: coordinates the loss ignores).
+
+    The localizer is measured in the same metric,
+    (γ/2)·(w − w*)ᵀ·M·(w − w*) with M = A⁻¹/nβ = (F̂ + δ·mean F̂)/nβ (≈ the curvature diagonal
+    of L), so it is invariant too, and its preconditioned drift A·γ·M·(w − w*) is just
+    (γ/nβ)·(w − w*).
+
+    ``like`` is one chain's flat parameters (d,) or a stack (chains × d). State: ``S`` (the
+    window's sum of squared gradients, fp32) and ``A`` in bf16 during burn-in (A is any fixed
+    positive diagonal, so rounding it changes neither the target nor the localizer's
+    invariance); once frozen, ``S`` holds √A in fp32 and the bf16 copy is dropped.
+    """
+
+    name = "fisher"
+    adaptive = True
+    #: The most A may grow at one refresh. A window at the previous A underestimates F̂ in the
+    #: directions that were slow at it (they barely moved), so the fixed point is reached by
+    #: bounded steps; A ← min(new, GROWTH·old) keeps A ↦ D·A·D (old A is equivariant too).
+    GROWTH = 10.0
+    #: A is re-estimated at fixed steps (:meth:`refresh`), not continuously.
+    refreshes = True
+
+    def __init__(self, like: Tensor, nbeta: float, damping: float):
+        self.nbeta = float(nbeta)
+        self.damping = float(damping)
+        self.S = torch.zeros_like(like)
+        self.A_bf16: Tensor | None = torch.full_like(like, 1.0 / self.nbeta, dtype=torch.bfloat16)
+        self.count = 0
+        self.frozen = False
+
+    @property
+    def localizer_coef(self) -> float:
+        """γ' in the preconditioned localizer drift A·γ·M·(w − w*) = γ'·(w − w*), per unit γ."""
+        return 1.0 / self.nbeta
+
+    # -------------------------------------------------------------------- the hot path
+
+    def _chunk_A(self, sl) -> Tensor:
+        """A on a chunk: a bf16 view before freezing, a fresh fp32 chunk after."""
+        if self.frozen:
+            return part(self.S, sl).square()
+        return part(self.A_bf16, sl)
+
+    def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
+        if self.frozen and sqrt:
+            return buf.mul_(self.S)
+        for sl in spans(buf):
+            a = self._chunk_A(sl)
+            part(buf, sl).mul_(a.float().sqrt_() if sqrt else a)
+        return buf
+
+    def update_(self, drift: Tensor) -> None:
+        """Accumulate nβ·∇L_B squared (``drift`` must hold nβ·∇L_B, not ∇U)."""
+        if self.frozen:
+            raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
+        self.S.addcmul_(drift, drift)
+        self.count += 1
+
+    def drift_(self, grad, w, w_star, *, nbeta, localization, adapt=False) -> None:
+        """``grad ← ∇U = nβ·grad + γ·M·(w − w*)``, M = 1/(nβ·A); with ``adapt`` the squared
+        nβ·grad first enters the window's sum."""
+        if adapt and self.frozen:
+            raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
+        for sl in spans(grad):
+            g = part(grad, sl).mul_(nbeta)
+            if adapt:
+                part(self.S, sl).addcmul_(g, g)
+            if localization:
+                g.add_(
+                    torch.sub(part(w, sl), part(w_star, sl)).div_(self._chunk_A(sl)),
+                    alpha=localization / nbeta,
+                )
+        if adapt:
+            self.count += 1
+
+    def descend_(self, w, buf, coef, *, sqrt=False) -> None:
+        axpy_(w, self.scale_(buf, sqrt=sqrt), coef)
+
+    def drift_descend_(self, w, grad, w_star, *, nbeta, localization, coef, adapt=False):
+        """``w ← w + coef·(A·nβ·grad + (γ/nβ)·(w − w*))`` in one sweep (``grad`` consumed)."""
+        if adapt and self.frozen:
+            raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
+        for sl in spans(grad):
+            g, wc = part(grad, sl).mul_(nbeta), part(w, sl)
+            if adapt:
+                part(self.S, sl).addcmul_(g, g)
+            g.mul_(self._chunk_A(sl))
+            if localization:
+                g.add_(torch.sub(wc, part(w_star, sl)), alpha=localization / nbeta)
+            axpy_(wc, g, coef)
+        if adapt:
+            self.count += 1
+
+    # ---------------------------------------------------------------- window boundaries
+
+    def _new_inverse(self):
+        """Per chain (mean F̂ over the window, whether the window saw any gradient)."""
+        mean = self.S.sum(dim=-1, keepdim=True).div_(max(self.count, 1) * self.S.shape[-1])
+        return mean, mean > 0
+
+    def refresh(self) -> None:
+        """A ← 1/(F̂ + δ·mean F̂) from the window since the last refresh; a new window starts.
+        A chain whose window saw only zero gradients keeps its A."""
+        if self.frozen:
+            raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
+        if self.count:
+            mean, seen = self._new_inverse()
+            shift = mean * self.damping
+            for sl in spans(self.S):
+                new = part(self.S, sl).div(self.count).add_(shift).reciprocal_()
+                a = part(self.A_bf16, sl)
+                old = a.float()
+                a.copy_(torch.where(seen, torch.minimum(new, old.mul_(self.GROWTH)), a.float()))
+        self.S.zero_()
+        self.count = 0
+
+    def freeze(self) -> None:
+        """The last refresh: S ← √A (fp32), the bf16 copy dropped; A is constant from now on."""
+        if self.frozen:
+            return
+        if self.count:
+            mean, seen = self._new_inverse()
+            shift = mean * self.damping
+            for sl in spans(self.S):
+                s = part(self.S, sl)
+                old = part(self.A_bf16, sl).float()
+                s.div_(self.count).add_(shift).reciprocal_()
+                s.copy_(torch.where(seen, torch.minimum(s, old * self.GROWTH), old)).sqrt_()
+        else:
+            self.S.copy_(self.A_bf16).sqrt_()
+        self.A_bf16 = None
+        self.count = 0
+        self.frozen = True
+
+    # -------------------------------------------------------------- off the hot path
+
+    @property
+    def A(self) -> Tensor:  # noqa: N802
+        return self.S.square() if self.frozen else self.A_bf16.float()
+
+    @property
+    def A_sqrt(self) -> Tensor:  # noqa: N802
+        return self.S.clone() if self.frozen else self.A_bf16.float().sqrt_()
+
+    @property
+    def metric(self) -> Tensor:
+        """M = 1/(nβ·A), the localizer's metric (allocates)."""
+        return self.A.mul_(self.nbeta).reciprocal_()
+
+    def row(self, i: int) -> FisherPreconditioner:
+        if self.S.ndim == 1:
+            return self
+        view = FisherPreconditioner.__new__(FisherPreconditioner)
+        view.nbeta, view.damping, view.count, view.frozen = (
+            self.nbeta,
+            self.damping,
+            self.count,
+            self.frozen,
+        )
+        view.S = self.S[i]
+        view.A_bf16 = None if self.A_bf16 is None else self.A_bf16[i]
+        return view
+
+    def state_dict(self) -> dict:
+        state = {"S": self.S, "count": self.count, "frozen": self.frozen}
+        if self.A_bf16 is not None:
+            state["A_bf16"] = self.A_bf16
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.S.copy_(state["S"])
+        self.count = int(state["count"])
+        self.frozen = bool(state["frozen"])
+        if self.frozen:
+            self.A_bf16 = None
+        else:
+            self.A_bf16.copy_(state["A_bf16"])
+
+
+def make_preconditioner(
+    cfg, like: Tensor, *, nbeta: float, diagonal: Tensor | None = None
+) -> Preconditioner:
+    """The preconditioner ``cfg.preconditioner`` names, for one chain (``like`` (d,)) or a stack
+    (chains × d); ``diagonal`` is a user-given A (shared by every chain)."""
+    name = cfg.preconditioner
+    if isinstance(name, str) and name.startswith("rmsprop"):
+        return RMSPropPreconditioner(like, cfg.rmsprop_decay, cfg.rmsprop_eps)
+    if isinstance(name, str) and name.startswith("fisher"):
+        return FisherPreconditioner(like, nbeta, cfg.fisher_damping)
+    if diagonal is not None:
+        return DiagonalPreconditioner(diagonal)
+    return Preconditioner()

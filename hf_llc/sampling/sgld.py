@@ -130,15 +130,37 @@ def sgld_step_(
 
 
 def potential_grad(
-    grad: Tensor, w: Tensor, w_star: Tensor, *, nbeta: float, localization: float
+    grad: Tensor,
+    w: Tensor,
+    w_star: Tensor,
+    *,
+    nbeta: float,
+    localization: float,
+    metric: Tensor | None = None,
 ) -> Tensor:
-    """∇U(w) = nβ·∇L_B(w) + γ·(w − w*) (allocates; used off the hot path)."""
-    return torch.add(grad * nbeta, w - w_star, alpha=localization)
+    """∇U(w) = nβ·∇L_B(w) + γ·M·(w − w*), M the localizer's diagonal metric (identity when
+    ``metric`` is ``None``); allocates, used off the hot path."""
+    delta = w - w_star
+    if metric is not None:
+        delta = delta * metric
+    return torch.add(grad * nbeta, delta, alpha=localization)
 
 
-def potential(loss: Tensor, w: Tensor, w_star: Tensor, *, nbeta: float, localization: float):
-    """U(w) = nβ·L_B(w) + (γ/2)·‖w − w*‖² (a 0-d tensor)."""
-    return loss * nbeta + 0.5 * localization * torch.sum((w - w_star) ** 2)
+def potential(
+    loss: Tensor,
+    w: Tensor,
+    w_star: Tensor,
+    *,
+    nbeta: float,
+    localization: float,
+    metric: Tensor | None = None,
+):
+    """U(w) = nβ·L_B(w) + (γ/2)·(w − w*)ᵀM(w − w*) (a 0-d tensor; M = I when ``metric`` is
+    ``None``)."""
+    sq = (w - w_star) ** 2
+    if metric is not None:
+        sq = sq * metric
+    return loss * nbeta + 0.5 * localization * torch.sum(sq)
 
 
 def mala_acceptance(
