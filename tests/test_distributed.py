@@ -199,13 +199,15 @@ def _live_storages(min_bytes: int = 0) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("mode", ["sequential", "batched"])
-@pytest.mark.parametrize("preconditioner", ["identity", "rmsprop-burnin"])
+@pytest.mark.parametrize("preconditioner", ["identity", "rmsprop-burnin", "fisher-burnin"])
 def test_sampler_state_is_parameters_gradient_and_preconditioner(monkeypatch, mode, preconditioner):
     """At every SGLD step the sampler holds, per chain, the parameters and the gradient (whose
-    buffer also takes the drift and the noise), plus RMSProp's R = √V; w* once for all
-    chains; and, until the last step-size measurement, the power-iteration warm start in bf16
-    (half a vector). Counted exactly: every live parameter-sized tensor storage allocated since
-    before the estimate (the model's own parameters are not counted)."""
+    buffer also takes the drift and the noise), plus RMSProp's R = √V, or the Fisher
+    diagonal's window sum S and its current A in bf16 during burn-in (then √A in S's place);
+    w* once for all chains; and, until the last step-size measurement, the power-iteration
+    warm start in bf16 (half a vector). Counted exactly: every live parameter-sized tensor
+    storage allocated since before the estimate (the model's own parameters are not
+    counted)."""
     model, data, _ = make_dln_problem([600, 600], construction="full_rank", num_samples=256)
     d = model.num_parameters()
     chains = 3
@@ -234,12 +236,13 @@ def test_sampler_state_is_parameters_gradient_and_preconditioner(monkeypatch, mo
     )
     estimate_llc(model, data, cfg, progress=False)
     per_chain = 2 if preconditioner == "identity" else 3
+    burnin = 0.5 if preconditioner == "fisher-burnin" else 0.0  # A in bf16 until the freeze
     warm = 0.5  # the bf16 power-iteration vector, until the last measurement
     if mode == "sequential":  # one chain at a time
         assert len(seen) == chains * cfg.num_steps
-        assert max(seen) == per_chain + 1 + warm  # + w*
+        assert max(seen) == per_chain + burnin + 1 + warm  # + w*
         assert seen[-1] == per_chain + 1  # after the last measurement
     else:
         assert len(seen) == cfg.num_steps
-        assert max(seen) == chains * (per_chain + warm) + 1
+        assert max(seen) == chains * (per_chain + burnin + warm) + 1
         assert seen[-1] == chains * per_chain + 1

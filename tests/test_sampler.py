@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 import hf_llc.sampling._ops as ops_mod
-import hf_llc.sampling.chain as chain_mod
+import hf_llc.sampling.preconditioners as precond_mod
 from hf_llc import SamplerConfig, estimate_llc
 from hf_llc.estimator import FlatParameters, ModelLoss, TensorBatches
 from hf_llc.sampling import (
     DiagonalPreconditioner,
+    FisherPreconditioner,
     RMSPropPreconditioner,
     chain_seed,
     mala_acceptance,
@@ -122,9 +123,11 @@ def _expected_llc_and_se(nbeta, P, hs, num_draws_total):
     """E[λ̂] = nβ·Σ_j σ_j²/2 and the standard error of the mean over all draws.
 
     λ̂ averages nβ·½Σ_j e_j² over the draws; Var(½e_j²) = σ_j⁴/2, inflated by τ²(ρ_j).
+    ``P`` is the potential's precision, one number or one per direction.
     """
     mean, var = 0.0, 0.0
-    for h in hs:
+    Ps = P if isinstance(P, (list, tuple)) else [P] * len(hs)
+    for h, P in zip(hs, Ps):
         s2 = _ar1_var(h, P)
         mean += nbeta * s2 / 2
         var += nbeta**2 * s2**2 / 2 * _tau_sq(1 - h / 2)
@@ -231,20 +234,23 @@ def test_regular_model_curvature_identity_is_k_over_2_with_known_bias():
     assert abs(result.llc_mean - K / 2) <= K / 2 * (0.075 / (1 - 0.075) + gamma / P) + 4 * se
 
 
-def test_regular_model_default_preconditioner(monkeypatch):
-    # Default recipe ("curvature" + "rmsprop-burnin"). The frozen A of each chain is captured,
-    # so the exact expectation Σ_j nβ/(2P(1 − εA_jP/4)) is known per chain (the few steps after
-    # the freeze during which the variance relaxes to the new A are negligible: ≈ 4 of 5000).
-    made: list[RMSPropPreconditioner] = []
+@pytest.mark.parametrize("name", ["fisher-burnin", "rmsprop-burnin"])
+def test_regular_model_default_preconditioner(monkeypatch, name):
+    # The default recipe ("curvature" + "fisher-burnin") and the previous one (RMSProp). The
+    # frozen A of each chain is captured, so the exact expectation Σ_j nβ/(2P_j(1 − εA_jP_j/4))
+    # is known per chain (the few steps after the freeze during which the variance relaxes to
+    # the new A are negligible: ≈ 4 of 5000). P_j = nβ + γ·M_j, with M_j = 1/(nβA_j) for the
+    # Fisher diagonal's localizer and M = I for RMSProp's.
+    made: list = []
+    cls = {"fisher-burnin": FisherPreconditioner, "rmsprop-burnin": RMSPropPreconditioner}[name]
 
-    class Recording(RMSPropPreconditioner):
+    class Recording(cls):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             made.append(self)
 
-    monkeypatch.setattr(chain_mod, "RMSPropPreconditioner", Recording)
+    monkeypatch.setattr(precond_mod, cls.__name__, Recording)
     nbeta, gamma = 1000.0, 1.0
-    P = nbeta + gamma
     chains, draws = 2, 5000
     cfg = SamplerConfig(
         batch_size=N,
@@ -253,26 +259,32 @@ def test_regular_model_default_preconditioner(monkeypatch):
         num_chains=chains,
         num_burnin=300,
         num_draws=draws,
+        preconditioner=name,
         # The recorder patches the sequential chain; batched chains are pinned to it by
         # test_batched_chains_match_sequential_chains (tests/test_batched.py).
         chain_mode="sequential",
     )
-    assert cfg.preconditioner == "rmsprop-burnin" and cfg.step_size == "curvature"
+    assert cfg.step_size == "curvature"
+    assert SamplerConfig().preconditioner == "fisher-burnin"
     result = _estimate(Quadratic(XBAR), cfg)
     assert len(made) == chains and not result.diagnostics["divergences"]
 
-    expected, var, h_max = 0.0, 0.0, 0.0
+    expected, var, h_max, loc_max = 0.0, 0.0, 0.0, 0.0
     for pre, eps in zip(made, result.diagnostics["step_size_per_chain"]):
-        hs = (eps * pre.A.double() * P).tolist()
+        A = pre.A.double()
+        M = 1 / (nbeta * A) if name == "fisher-burnin" else torch.ones_like(A)
+        Ps = (nbeta + gamma * M).tolist()
+        hs = (eps * A * (nbeta + gamma * M)).tolist()
         assert all(0 < h < 2 for h in hs)  # stable and not overdamped
         h_max = max(h_max, *hs)
-        m, se = _expected_llc_and_se(nbeta, P, hs, draws)
+        loc_max = max(loc_max, float(gamma * M.max()) / nbeta)
+        m, se = _expected_llc_and_se(nbeta, Ps, hs, draws)
         expected += m / chains
         var += se**2 / chains**2
     se = math.sqrt(var)
     assert abs(result.llc_mean - expected) <= 4 * se
-    # ≈ k/2: within the largest per-direction discretisation inflation plus γ/P, plus 4 SE.
-    assert abs(result.llc_mean - K / 2) <= K / 2 * (h_max / 4 / (1 - h_max / 4) + gamma / P) + (
+    # ≈ k/2: within the largest per-direction discretisation inflation plus γM/nβ, plus 4 SE.
+    assert abs(result.llc_mean - K / 2) <= K / 2 * (h_max / 4 / (1 - h_max / 4) + loc_max) + (
         4 * se
     )
 

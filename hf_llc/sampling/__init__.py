@@ -11,7 +11,13 @@ from .chain import (
     run_chain,
 )
 from .config import SamplerConfig
-from .preconditioners import DiagonalPreconditioner, Preconditioner, RMSPropPreconditioner
+from .preconditioners import (
+    DiagonalPreconditioner,
+    FisherPreconditioner,
+    Preconditioner,
+    RMSPropPreconditioner,
+    make_preconditioner,
+)
 from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
 
 __all__ = [
@@ -20,11 +26,13 @@ __all__ = [
     "ChainState",
     "DiagonalPreconditioner",
     "EpochBatcher",
+    "FisherPreconditioner",
     "Preconditioner",
     "RMSPropPreconditioner",
     "SamplerConfig",
     "chain_generator",
     "chain_seed",
+    "make_preconditioner",
     "mala_acceptance",
     "max_curvature",
     "potential",

@@ -279,7 +279,13 @@ def run_chains_batched(
     batchers = [EpochBatcher(problem.num_samples, cfg.batch_size, g) for g in gens]
 
     # A user diagonal is (d,), shared by every chain; adaptive ones keep a row per chain.
-    precond = make_preconditioner(cfg, w_star.expand(C, d), nbeta=nbeta, diagonal=precond_diagonal)
+    precond = make_preconditioner(
+        cfg,
+        w_star.expand(C, d),
+        nbeta=nbeta,
+        diagonal=precond_diagonal,
+        segments=getattr(problem, "segments", None),
+    )
 
     W = w_star.expand(C, d).clone()
     total = cfg.num_steps

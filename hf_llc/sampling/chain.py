@@ -25,7 +25,9 @@ from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
 class LossProblem(Protocol):
     """What a chain needs. ``bind(w)`` is optional: a context manager yielding a fast
     ``step(batch) -> (per-sample or mean loss, mean loss, flat gradient)`` evaluated at the
-    chain's own buffer ``w`` (or ``None``); without it every step goes through ``loss``."""
+    chain's own buffer ``w`` (or ``None``); without it every step goes through ``loss``.
+    ``segments`` is optional too: the sizes of the parameter tensors in the flat vector, in
+    order (per-tensor quantities such as the Fisher diagonal's damping use it)."""
 
     num_samples: int
 
@@ -469,7 +471,13 @@ def _run_attempt(
     batcher = EpochBatcher(problem.num_samples, cfg.batch_size, gen)
     d = w_star.numel()
 
-    precond = make_preconditioner(cfg, w_star, nbeta=nbeta, diagonal=precond_diagonal)
+    precond = make_preconditioner(
+        cfg,
+        w_star,
+        nbeta=nbeta,
+        diagonal=precond_diagonal,
+        segments=getattr(problem, "segments", None),
+    )
 
     # The chain's state: w, the gradient buffer (which also takes the drift and the noise) and
     # the preconditioner's; w* is shared.

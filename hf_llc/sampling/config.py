@@ -38,7 +38,11 @@ class SamplerConfig:
             inflation in the stiffest directions for three times faster mixing than c = 0.1,
             which on deep linear networks gave the smaller total error.
         localization: γ, strength of the Gaussian localization (γ/2)‖w − w*‖². Keep it weak
-            relative to nβ times the curvature: strong localization biases λ̂ low.
+            relative to nβ times the curvature: strong localization biases λ̂ low. With the
+            ``"fisher-burnin"`` preconditioner the localizer is measured in its metric,
+            (γ/2)·(w − w*)ᵀ·M·(w − w*) with M = A⁻¹/nβ ≈ the curvature diagonal of L (see
+            :class:`~hf_llc.sampling.preconditioners.FisherPreconditioner`), so that it is
+            invariant to rescalings too; it equals the Euclidean one where that diagonal is 1.
         nbeta: nβ, the inverse temperature times n. ``None`` (default) uses n / log n with
             n the number of samples in the dataset (never the batch size).
         batch_size: m, the minibatch size of each SGLD step.
@@ -46,17 +50,24 @@ class SamplerConfig:
         num_burnin: steps per chain before the first draw; never part of the estimate.
         num_draws: draws per chain that enter the estimate.
         draw_every: steps between consecutive draws (thinning).
-        preconditioner: the diagonal A. ``"rmsprop-burnin"`` (default): the pSGLD RMSProp
-            diagonal is learned during burn-in and then held fixed, so the draws are SGLD with a
-            constant preconditioner, which leaves the target posterior unchanged while evening
-            out the curvature (on deep linear networks it mixes far faster than identity, and
-            without the upward bias of always-adapting pSGLD). ``"identity"``: plain SGLD.
+        preconditioner: the diagonal A. ``"fisher-burnin"`` (default): A = 1/(F̂ + δ·mean F̂),
+            F̂ the mean squared stochastic gradient of nβ·L over windows of the burn-in (re-
+            estimated at each step-size adaptation, then frozen for the draws, so the draws are
+            SGLD with a constant A and the target is unchanged). Under a reparametrization
+            w → D·w it becomes D·A·D, which makes the chain, and so λ̂, invariant to the
+            rescaling symmetries of the model (per layer, per unit) without being told them.
+            ``"rmsprop-burnin"`` (the previous default): the pSGLD RMSProp diagonal learned
+            during burn-in and then held fixed; it evens out the curvature but is not invariant
+            (A ∝ 1/√V goes only to D·A). ``"identity"``: plain SGLD.
             ``"rmsprop"``: pSGLD (Li et al. 2016) adapting at every step; without its Γ
             correction term it reads ≈ 10% high on deep linear networks. Or a user-given
             positive per-parameter diagonal (a dict name → tensor shaped like the parameter,
             or one flat tensor in ``named_parameters`` order).
         rmsprop_decay: α of the pSGLD running average V ← αV + (1 − α)g².
         rmsprop_eps: δ in A ∝ 1 / (δ·mean(√V) + √V), relative damping of pSGLD.
+        fisher_damping: δ in A = 1/(F̂ + δ·mean F̂) of ``"fisher-burnin"``, the mean taken over
+            each parameter tensor (so the damping is invariant to per-tensor rescaling); it only
+            matters for coordinates ~1/δ below their tensor's mean.
         seed: base seed; chain c uses one ``torch.Generator`` seeded from (seed, c) for both its
             data order and its noise, so its result does not depend on the other chains.
         mala: record the Metropolis-adjusted Langevin acceptance probability of every proposal

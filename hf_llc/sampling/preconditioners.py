@@ -330,8 +330,9 @@ class FisherPreconditioner(Preconditioner):
     F̂ → D⁻²·F̂ and A → D·A·D: exactly the transformation that makes the SGLD chain
     equivariant (RMSProp's 1/√V only goes to D·A). At equilibrium E[(∂ᵢU)²] = E[∂ᵢᵢU], so F̂ is a
     posterior-averaged curvature diagonal (plus minibatch noise, which scales the same way).
-    The damping δ (``fisher_damping``) is relative to the mean, so it only touches
-    coordinates whose F̂ is ~1/δ below the mean (in practice: coordinates the loss ignores).
+    The damping δ (``fisher_damping``) is relative to the mean of F̂ over each parameter tensor,
+    so it is equivariant to per-tensor rescaling and only touches coordinates whose F̂ is ~1/δ
+    below their tensor's mean (in practice: coordinates the loss ignores).
 
     The localizer is measured in the same metric,
     (γ/2)·(w − w*)ᵀ·M·(w − w*) with M = A⁻¹/nβ = (F̂ + δ·mean F̂)/nβ (≈ the curvature diagonal
@@ -353,9 +354,15 @@ class FisherPreconditioner(Preconditioner):
     #: A is re-estimated at fixed steps (:meth:`refresh`), not continuously.
     refreshes = True
 
-    def __init__(self, like: Tensor, nbeta: float, damping: float):
+    def __init__(
+        self, like: Tensor, nbeta: float, damping: float, segments: list[int] | None = None
+    ):
         self.nbeta = float(nbeta)
         self.damping = float(damping)
+        d = like.shape[-1]
+        self.segments = list(segments) if segments else [d]
+        if sum(self.segments) != d:
+            raise ValueError(f"segments sum to {sum(self.segments)}, not to the {d} parameters.")
         self.S = torch.zeros_like(like)
         self.A_bf16: Tensor | None = torch.full_like(like, 1.0 / self.nbeta, dtype=torch.bfloat16)
         self.count = 0
@@ -426,20 +433,28 @@ class FisherPreconditioner(Preconditioner):
 
     # ---------------------------------------------------------------- window boundaries
 
-    def _new_inverse(self):
-        """Per chain (mean F̂ over the window, whether the window saw any gradient)."""
-        mean = self.S.sum(dim=-1, keepdim=True).div_(max(self.count, 1) * self.S.shape[-1])
-        return mean, mean > 0
+    def _pieces(self):
+        """(chunk slice, the shift δ·mean F̂ of its tensor per chain, whether that tensor saw
+        any gradient) over the whole vector: each parameter tensor cut into chunks."""
+        start = 0
+        for size in self.segments:
+            seg = slice(start, start + size)
+            mean = self.S[..., seg].sum(dim=-1, keepdim=True).div_(self.count * size)
+            shift, seen = mean * self.damping, mean > 0
+            for sub in spans(self.S[..., seg]):
+                sl = seg if sub is None else slice(start + sub.start, start + sub.stop)
+                yield sl, shift, seen
+            start += size
 
     def refresh(self) -> None:
-        """A ← 1/(F̂ + δ·mean F̂) from the window since the last refresh; a new window starts.
-        A chain whose window saw only zero gradients keeps its A."""
+        """A ← 1/(F̂ + δ·mean F̂) from the window since the last refresh, the mean taken over
+        each parameter tensor (so the damping is equivariant to per-tensor rescaling); A grows
+        at most ``GROWTH``-fold, and a tensor whose window saw only zero gradients keeps its A.
+        A new window starts."""
         if self.frozen:
             raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
         if self.count:
-            mean, seen = self._new_inverse()
-            shift = mean * self.damping
-            for sl in spans(self.S):
+            for sl, shift, seen in self._pieces():
                 new = part(self.S, sl).div(self.count).add_(shift).reciprocal_()
                 a = part(self.A_bf16, sl)
                 old = a.float()
@@ -452,9 +467,7 @@ class FisherPreconditioner(Preconditioner):
         if self.frozen:
             return
         if self.count:
-            mean, seen = self._new_inverse()
-            shift = mean * self.damping
-            for sl in spans(self.S):
+            for sl, shift, seen in self._pieces():
                 s = part(self.S, sl)
                 old = part(self.A_bf16, sl).float()
                 s.div_(self.count).add_(shift).reciprocal_()
@@ -469,11 +482,11 @@ class FisherPreconditioner(Preconditioner):
 
     @property
     def A(self) -> Tensor:  # noqa: N802
-        return self.S.square() if self.frozen else self.A_bf16.float()
+        return self.S.square() if self.frozen else self.A_bf16.to(self.S.dtype)
 
     @property
     def A_sqrt(self) -> Tensor:  # noqa: N802
-        return self.S.clone() if self.frozen else self.A_bf16.float().sqrt_()
+        return self.S.clone() if self.frozen else self.A_bf16.to(self.S.dtype).sqrt_()
 
     @property
     def metric(self) -> Tensor:
@@ -484,11 +497,12 @@ class FisherPreconditioner(Preconditioner):
         if self.S.ndim == 1:
             return self
         view = FisherPreconditioner.__new__(FisherPreconditioner)
-        view.nbeta, view.damping, view.count, view.frozen = (
+        view.nbeta, view.damping, view.count, view.frozen, view.segments = (
             self.nbeta,
             self.damping,
             self.count,
             self.frozen,
+            self.segments,
         )
         view.S = self.S[i]
         view.A_bf16 = None if self.A_bf16 is None else self.A_bf16[i]
@@ -511,15 +525,21 @@ class FisherPreconditioner(Preconditioner):
 
 
 def make_preconditioner(
-    cfg, like: Tensor, *, nbeta: float, diagonal: Tensor | None = None
+    cfg,
+    like: Tensor,
+    *,
+    nbeta: float,
+    diagonal: Tensor | None = None,
+    segments: list[int] | None = None,
 ) -> Preconditioner:
     """The preconditioner ``cfg.preconditioner`` names, for one chain (``like`` (d,)) or a stack
-    (chains × d); ``diagonal`` is a user-given A (shared by every chain)."""
+    (chains × d); ``diagonal`` is a user-given A (shared by every chain); ``segments`` the sizes
+    of the parameter tensors in the flat vector (the Fisher diagonal's damping is per tensor)."""
     name = cfg.preconditioner
     if isinstance(name, str) and name.startswith("rmsprop"):
         return RMSPropPreconditioner(like, cfg.rmsprop_decay, cfg.rmsprop_eps)
     if isinstance(name, str) and name.startswith("fisher"):
-        return FisherPreconditioner(like, nbeta, cfg.fisher_damping)
+        return FisherPreconditioner(like, nbeta, cfg.fisher_damping, segments)
     if diagonal is not None:
         return DiagonalPreconditioner(diagonal)
     return Preconditioner()
