@@ -106,15 +106,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--preconditioners",
         nargs="+",
-        default=["identity", "rmsprop-burnin"],
-        choices=["identity", "rmsprop", "rmsprop-burnin"],
+        default=["identity", "fisher-burnin", "rmsprop-burnin"],
+        choices=["identity", "fisher-burnin", "rmsprop", "rmsprop-burnin"],
     )
     p.add_argument(
         "--burnin-fraction",
         type=float,
         default=0.4,
         help="share of the timed steps that are burn-in (the library default is 2000/5000); "
-        "only matters for rmsprop-burnin, whose diagonal adapts during burn-in only",
+        "only matters for the *-burnin preconditioners, whose diagonal adapts during burn-in "
+        "only",
     )
     p.add_argument(
         "--threads",

@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--num-samples", type=int, default=None, help="n (default 100000)")
     v.add_argument("--seed", type=int, default=0, help="seed of the teacher problem")
+    v.add_argument(
+        "--rescale",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="move each teacher along its rescaling symmetries (per-layer and per-unit factors "
+        "in [0.1, 10], drawn from SEED): the same function and λ, a test of invariance",
+    )
     v.add_argument("--input-distribution", choices=["normal", "uniform"], default="normal")
     v.add_argument(
         "--loss-type",
@@ -289,6 +297,7 @@ def _validate(args: argparse.Namespace) -> int:
         input_distribution=args.input_distribution,
         loss_type=args.loss_type,
         mixed_precision=args.mixed_precision,
+        rescale=args.rescale,
         jobs=args.jobs,
         on_result=report,
     )

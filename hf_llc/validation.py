@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
+import numpy as np
+
 from .sampling import SamplerConfig
 
 DEFAULT_NUM_SAMPLES = 100_000
@@ -79,10 +81,15 @@ def run_case(
     loss_type: str = "gaussian_nll",
     mixed_precision: str | None = None,
     progress: bool = False,
+    rescale: int | None = None,
 ) -> dict:
-    """Estimate the LLC of one DLN case and compare it with theory; returns a JSON-ready dict."""
+    """Estimate the LLC of one DLN case and compare it with theory; returns a JSON-ready dict.
+
+    ``rescale``: a seed; the teacher is then moved along its rescaling symmetries
+    (:func:`hf_llc.models.dln.rescale_dln`, factors in [0.1, 10] per layer and per hidden unit,
+    drawn from (seed, case)), which keeps the function and λ exactly."""
     from .estimator import estimate_llc
-    from .models.dln import dln_truth, make_dln_problem
+    from .models.dln import dln_truth, make_dln_problem, rescale_dln
 
     cfg = config if config is not None else SamplerConfig()
     truth = dln_truth(list(case.widths), case.rank, case.construction)
@@ -96,6 +103,8 @@ def run_case(
         input_distribution=input_distribution,
         loss_type=loss_type,
     )
+    if rescale is not None:
+        rescale_dln(model, _case_seed(rescale, case))
     # Per-sample losses: exact L_n(w*) from the cache, and the paired estimator alongside.
     result = estimate_llc(
         model,
@@ -118,6 +127,7 @@ def run_case(
         "num_samples": num_samples,
         "seed": seed,
         "loss_type": loss_type,
+        "rescale": rescale,
         "mixed_precision": result.diagnostics["mixed_precision"],
         "num_processes": result.diagnostics["num_processes"],
         "lambda_theory": theory,
@@ -139,6 +149,17 @@ def run_case(
         "verdict_reasons": result.verdict_reasons,
         "seconds": seconds,
     }
+
+
+def _case_seed(seed: int, case: ValidationCase) -> int:
+    """A seed of its own for each case of a suite, from (seed, widths, rank, construction)."""
+    key = [
+        int(seed),
+        *case.widths,
+        case.rank,
+        ("origin", "aligned", "full_rank").index(case.construction),
+    ]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def per_sample_loss_fn(model) -> Callable:
@@ -169,7 +190,7 @@ def run_suite(
     """Run ``cases`` (in ``jobs`` worker processes; default: one per CPU core) and summarise.
 
     ``case_kwargs`` (``num_samples``, ``seed``, ``input_distribution``, ``loss_type``,
-    ``mixed_precision``) go to :func:`run_case` for every case alike. Returns
+    ``mixed_precision``, ``rescale``) go to :func:`run_case` for every case alike. Returns
     ``{"cases": [...], "summary": {...}}`` with the cases in their given order.
     """
     cfg = config if config is not None else SamplerConfig()

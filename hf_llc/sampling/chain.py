@@ -273,13 +273,19 @@ class Schedule:
         freeze_at = cfg.num_burnin if burnin_only else None
         refresh_at: frozenset[int] = frozenset()
         if cfg.preconditioner == "fisher-burnin":
-            # A is re-estimated from windows of the burn-in (the adaptation grid, whatever the
-            # step-size mode), the last time at the freeze.
+            # A is re-estimated from windows of the burn-in at the first half of the adaptation
+            # grid and frozen at the next grid point (whatever the step-size mode); the rest of
+            # the burn-in runs with the final A, and ε is re-measured there (it may only shrink)
+            # at the remaining grid points and at the end, so that it is stable at several
+            # points the chain visits, not only where A was set.
             every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
-            grid = range(1, cfg.num_adaptations + 1) if cfg.num_burnin else ()
-            refresh_at = frozenset(every * k for k in grid if every * k < cfg.num_burnin)
-            refresh_at |= {cfg.num_burnin}
-            adapt_at = refresh_at - {cfg.num_burnin} if adaptive else frozenset()
+            grid = sorted(
+                every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
+            )
+            cut = len(grid) // 2
+            freeze_at = grid[cut] if cut < len(grid) else cfg.num_burnin
+            refresh_at = frozenset([*grid[:cut], freeze_at])
+            adapt_at = frozenset([*grid, cfg.num_burnin]) - {0} if adaptive else frozenset()
         last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
         return cls(adaptive, adapt_at, freeze_at, last, refresh_at)
 

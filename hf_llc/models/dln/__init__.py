@@ -8,7 +8,8 @@ re-registers the current classes.
 Exports:
     DLNConfig, DLNModel: the architecture (see :mod:`.configuration_dln`, :mod:`.modeling_dln`).
     make_dln_problem, DLNProblem, dln_truth, DLNTruth: teacher problems with a known λ
-        (see :mod:`.data`).
+        (see :mod:`.data`); rescale_dln: the same function at another point of its
+        rescaling symmetries.
     dln_learning_coefficient: Aoyagi's exact λ and multiplicity (see :mod:`.theory`).
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModel
 
 from .configuration_dln import DLNConfig
-from .data import DLNProblem, DLNTruth, dln_truth, make_dln_problem
+from .data import DLNProblem, DLNTruth, dln_truth, make_dln_problem, rescale_dln
 from .modeling_dln import DLNModel, DLNOutput, DLNPreTrainedModel
 from .theory import dln_learning_coefficient
 
@@ -47,4 +48,5 @@ __all__ = [
     "dln_learning_coefficient",
     "dln_truth",
     "make_dln_problem",
+    "rescale_dln",
 ]

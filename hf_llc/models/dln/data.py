@@ -368,3 +368,38 @@ __all__ = [
     "dln_truth",
     "make_dln_problem",
 ]
+
+
+def rescale_dln(model: DLNModel, seed: int, low: float = 0.1, high: float = 10.0) -> DLNModel:
+    """Move a DLN along its rescaling symmetries, in place: the function, and so the learning
+    coefficient, stay exactly the same.
+
+    Layer l is multiplied by a_l, with log a_l drawn uniformly from [log ``low``, log ``high``]
+    and then centred so that ∏ a_l = 1; then every hidden unit j between layers l and l + 1 gets
+    a factor α_j (log-uniform in [``low``, ``high``]) on its incoming row of W_l and 1/α_j on its
+    outgoing column of W_{l+1}. The draws come from ``numpy.random.default_rng(seed)``.
+    Returns ``model``.
+
+    The local learning coefficient is invariant under these linear symmetries, but a sampler
+    is not unless its preconditioner and localizer transform with them: this is the test bed
+    for that (``hf-llc validate --rescale SEED``).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    if not (0 < low <= high and math.isfinite(high)):
+        raise ValueError(f"need 0 < low <= high < inf, got low={low!r}, high={high!r}.")
+    rng = np.random.default_rng(int(seed))
+    layers = list(model.layers)
+    span = (math.log(low), math.log(high))
+    logs = rng.uniform(*span, size=len(layers))
+    logs -= logs.mean()
+    with torch.no_grad():
+        for layer, a in zip(layers, np.exp(logs)):
+            layer.weight.mul_(float(a))
+        for i in range(len(layers) - 1):
+            units = layers[i].weight.shape[0]
+            alpha = torch.tensor(np.exp(rng.uniform(*span, size=units)), dtype=torch.float64)
+            w_in, w_out = layers[i].weight, layers[i + 1].weight
+            w_in.copy_((w_in.double() * alpha[:, None]).to(w_in.dtype))
+            w_out.copy_((w_out.double() / alpha[None, :]).to(w_out.dtype))
+    return model
