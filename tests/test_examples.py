@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -33,3 +35,20 @@ def test_log_spaced_steps():
     steps = example.log_spaced_steps(1000, 3)
     assert steps[:2] == [0, 1] and steps[-1] == 1000
     assert steps == sorted(set(steps))
+
+
+def test_rescaling_invariance_example_quick(tmp_path):
+    example = _load("rescaling_invariance")
+    data = example.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "rescaling_invariance.json").read_text())
+    assert len(saved["rows"]) == len(data["alphas"]) * len(example.RECIPES)
+    assert set(saved["spread"]) == set(example.RECIPES)
+    # The hand-built diagonal with γ = 0 is exactly invariant: the chain at α is the chain at
+    # any other α in rescaled coordinates, so λ̂ agrees to float rounding.
+    hand = [r["llc_mean"] for r in saved["rows"] if r["recipe"].startswith("hand")]
+    assert max(hand) - min(hand) <= 1e-3 * abs(hand[0])
+    assert (tmp_path / "rescaling_invariance.png").stat().st_size > 0
+    # The rescaled teacher computes the teacher's function.
+    teacher = example.make_teacher()
+    x = example.make_data(teacher, 64)["inputs"]
+    torch.testing.assert_close(example.rescaled(teacher, 37.0)(x), teacher(x), rtol=1e-5, atol=1e-5)

@@ -135,3 +135,34 @@ def test_rescaled_deep_linear_networks_match_theory_at_the_defaults():
         errors.append(abs(result.llc_mean - float(lam)) / float(lam))
     assert np.median(errors) <= 0.05, errors
     assert max(errors) <= 0.15, errors
+
+
+def _relu_example():
+    """``examples/rescaling_invariance.py`` as a module (its teacher, data and rescaling)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "rescaling_invariance.py"
+    spec = importlib.util.spec_from_file_location("rescaling_invariance", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_relu_network_estimate_does_not_depend_on_layer_rescaling_at_the_defaults():
+    # The ReLU 10-20-10 of examples/rescaling_invariance.py at α = 10⁻²…10² (one function), at
+    # the defaults (4 chains × 3,000 draws). Each λ̂ has a standard error of ≈ 1–3% of ~165,
+    # so "every α within ±5% of their mean" (the issue's bar) holds for an invariant recipe,
+    # while the previous default read ≈ 30–65% apart across α.
+    torch.set_num_threads(1)
+    ex = _relu_example()
+    teacher = ex.make_teacher()
+    data = ex.make_data(teacher, 10_000)
+    values = []
+    for alpha in ex.ALPHAS:
+        net = ex.rescaled(teacher, alpha)
+        result = estimate_llc(net, data, SamplerConfig(), loss_fn=ex.gaussian_nll, progress=False)
+        values.append(result.llc_mean)
+    mean = float(np.mean(values))
+    assert max(abs(v - mean) for v in values) <= 0.05 * mean, values

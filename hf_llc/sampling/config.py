@@ -26,8 +26,10 @@ class SamplerConfig:
             power iteration with Hessian-vector products, first at w* (with a probe at the scale
             of one step, so that a flat w* such as the origin of a deep linear network does not
             yield a huge step), then re-estimated during burn-in at the chain's current point,
-            where ε may only shrink (it must be stable wherever the chain goes). ε is fixed
-            during the draws, so the draws are an ordinary constant-step SGLD chain.
+            where ε may only shrink (it must be stable wherever the chain goes). With
+            ``"fisher-burnin"``, ε is measured afresh each time A is re-estimated (A's scale
+            changes), and after A is frozen (half-way through the burn-in) it may only shrink.
+            ε is fixed during the draws, so the draws are an ordinary constant-step SGLD chain.
             ``"auto"``: before the real chains, short pilot chains over a grid of fixed ε
             around the curvature step choose the largest ε that is stable, flat and has MALA
             acceptance ≥ 0.9; the chains then use that fixed ε (see
@@ -52,7 +54,7 @@ class SamplerConfig:
         draw_every: steps between consecutive draws (thinning).
         preconditioner: the diagonal A. ``"fisher-burnin"`` (default): A = 1/(F̂ + δ·mean F̂),
             F̂ the mean squared stochastic gradient of nβ·L over windows of the burn-in (re-
-            estimated at each step-size adaptation, then frozen for the draws, so the draws are
+            estimated at the first half of the adaptation steps, then frozen, so the draws are
             SGLD with a constant A and the target is unchanged). Under a reparametrization
             w → D·w it becomes D·A·D, which makes the chain, and so λ̂, invariant to the
             rescaling symmetries of the model (per layer, per unit) without being told them.
