@@ -147,7 +147,10 @@ class TensorBatches:
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in out.items()}
 
 
-def _columns_from_dataset(dataset: Any, dropped: dict[str, str]) -> dict[str, Tensor]:
+def _columns_from_dataset(dataset: Any, dropped: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """Numeric fixed-shape columns as tensors; the others are recorded in ``dropped``
+    (name → why) when given."""
+    dropped = {} if dropped is None else dropped
     if not hasattr(dataset, "with_format"):
         raise ValueError(
             "dataset is not a datasets.Dataset or dict of tensors; pass collate_fn to batch it."
