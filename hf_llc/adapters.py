@@ -268,6 +268,13 @@ def _pad_columns(
             continue
         values = dataset[name]
         first = values[0]
+        if isinstance(first, (list, tuple)) and kind == "sequence-classification":
+            raise ValueError(
+                f"column {name!r} holds a list per row ({list(first)[:5]!r}), but the default "
+                "sequence-classification loss takes one class id (or one regression target) "
+                "per row: for multi-label targets pass loss_fn=... (e.g. binary cross-entropy "
+                "on outputs.logits)."
+            )
         if isinstance(first, (list, tuple)):  # token-level labels: pad with -100
             if kind not in ("causal-lm", "masked-lm"):  # those make their own labels
                 checks.check_token_label_lengths(ids, values, name)

@@ -262,7 +262,7 @@ def _vocab_size(model: nn.Module) -> tuple[str, int] | None:
     getter = getattr(model, "get_input_embeddings", None)
     try:
         embedding = getter() if getter is not None else None
-    except (NotImplementedError, AttributeError):
+    except Exception:  # not every model has (or implements) input embeddings
         embedding = None
     if isinstance(embedding, nn.Embedding):
         return "input embeddings", embedding.num_embeddings

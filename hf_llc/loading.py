@@ -288,6 +288,12 @@ def _load_error(path: str, is_local: bool, exc: Exception) -> ValueError:
             f"the weights file {where} is corrupt or truncated ({detail}); re-save the "
             "model (save_pretrained) or download it again."
         )
+    index = os.path.join(path, _SAFE_WEIGHTS[1])
+    if isinstance(exc, json.JSONDecodeError) and is_local and os.path.isfile(index):
+        return ValueError(
+            f"the weights index {index} is not valid JSON ({detail}); re-save the model "
+            "(save_pretrained) or download it again."
+        )
     cfg_file = os.path.join(path, "config.json") if is_local else f"{path}/config.json"
     return ValueError(
         f"could not build the model from {cfg_file} ({detail}): a value there has the wrong "

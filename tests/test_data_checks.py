@@ -213,6 +213,23 @@ API_CASES = [
         r"token id 24 at row 9, position 3 .*BertForTokenClassification has 24 token ids",
     ),
     ApiCase(
+        "token-type-beyond-type-vocabulary",
+        lambda: _run(
+            _tagger(),
+            Dataset.from_dict(
+                {"input_ids": _ids(), "token_type_ids": [[0, 0, 1, 1]] * 6 + [[0, 2, 0, 0]] * 2}
+            ),
+        ),
+        ValueError,
+        r"column 'token_type_ids' has token type 2 at row 6, position 1 .*type_vocab_size=2",
+    ),
+    ApiCase(
+        "list-labels-for-a-sequence-classifier",
+        lambda: _classify({"label": [[0, 1]] * 16}),
+        ValueError,
+        r"column 'label' holds a list per row \(\[0, 1\]\).*pass loss_fn=",
+    ),
+    ApiCase(
         "class-label-beyond-num-labels",
         lambda: _classify({"label": [0, 1, 1, 5] + [0] * 12}),
         ValueError,
