@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -623,12 +624,16 @@ def check_inputs(
         num_samples=num_samples,
     )
     _check_sizes(cfg, data.num_samples)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (requires_grad=True) to sample.")
     was_training = model.training
     model.eval()
     try:
+        # The loss at w* is the model's own forward: no flat copy of the weights is needed
+        # (for a large model it would be a second copy in memory).
         problem = ModelLoss(
             model,
-            FlatParameters(model),
+            SimpleNamespace(params=[]),
             data,
             loss_fn,
             model_loss_fn=model_loss_fn,
