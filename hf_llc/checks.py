@@ -211,20 +211,19 @@ def why_not_a_tensor(values: Any) -> str:
 
 def check_text_values(dataset: Any, text_column: str) -> None:
     """Every value of the raw-text column must be a string (not None, a list, a number)."""
-    features = getattr(dataset, "features", None) or {}
-    feature = features.get(text_column)
-    if feature is not None and getattr(feature, "dtype", None) is None:
-        raise ValueError(
-            f"text_column={text_column!r} holds {type(feature).__name__} values "
-            f"({feature}), not text: pass the name of a string column as text_column (CLI: "
-            "--text-column), or join the pieces into one string per row first."
-        )
     for i, value in enumerate(dataset[text_column]):
         if not isinstance(value, str):
+            kind = type(value).__name__
+            fix = (
+                "join the pieces into one string per row"
+                if isinstance(value, (list, tuple))
+                else "drop or fill such rows (e.g. dataset.filter(lambda r: "
+                f"isinstance(r[{text_column!r}], str)))"
+            )
             raise ValueError(
-                f"text_column={text_column!r}: row {i} holds {value!r:.60} "
-                f"({type(value).__name__}), not a string: drop or fill such rows (e.g. "
-                f"dataset.filter(lambda r: isinstance(r[{text_column!r}], str)))."
+                f"text_column={text_column!r}: row {i} holds {value!r:.60} ({kind}), not a "
+                f"string: {fix}, or pass the name of another column as text_column (CLI: "
+                "--text-column)."
             )
 
 

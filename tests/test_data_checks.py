@@ -298,7 +298,8 @@ API_CASES = [
             tokenizer=word_tokenizer(),
         ),
         ValueError,
-        r"text_column='text' holds List values .*not text",
+        r"text_column='text': row 0 holds \['the', .*\(list\), not a string: join the "
+        r"pieces",
     ),
     ApiCase(
         "float-input-ids-dataset",
@@ -540,6 +541,7 @@ class Env:
     root: Path
     gpt2: Path  # tiny GPT-2 checkpoint with its tokenizer
     classifier: Path  # tiny BERT sequence classifier (2 labels) with its tokenizer
+    tagger: Path  # tiny BERT token classifier (3 labels) with its tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -553,7 +555,12 @@ def env(tmp_path_factory) -> Env:
     model.config.architectures = ["BertForSequenceClassification"]
     model.save_pretrained(classifier)
     word_tokenizer().save_pretrained(classifier)
-    return Env(root, gpt2, classifier)
+    tagger = root / "tagger"
+    model = _tagger()
+    model.config.architectures = ["BertForTokenClassification"]
+    model.save_pretrained(tagger)
+    word_tokenizer().save_pretrained(tagger)
+    return Env(root, gpt2, classifier, tagger)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -604,6 +611,12 @@ def _broken_tokenizer(env, tmp):
     model = _copy(env.gpt2, tmp / "model")
     (model / "tokenizer.json").write_text("{not a tokenizer")
     return _estimate(model, _jsonl(tmp, _text_rows()))
+
+
+def _tokenizer_config(env, tmp, text: str) -> Path:
+    model = _copy(env.gpt2, tmp / "model")
+    (model / "tokenizer_config.json").write_text(text)
+    return model
 
 
 CLI_CASES = [
@@ -680,6 +693,44 @@ CLI_CASES = [
         "text-value-null",
         lambda env, tmp: _estimate(env.gpt2, _jsonl(tmp, _text_rows(5) + [{"text": None}])),
         r"text_column='text': row 5 holds None",
+    ),
+    (
+        "text-value-a-number-among-strings",
+        lambda env, tmp: _estimate(
+            env.gpt2, _jsonl(tmp, _text_rows(3) + [{"text": 5}] + _text_rows(12))
+        ),
+        r"text_column='text': row 3 holds 5 \(int\), not a string",
+    ),
+    (
+        "token-labels-misaligned",
+        lambda env, tmp: _estimate(
+            env.tagger, _jsonl(tmp, [{"input_ids": [3, 4, 5], "labels": [0, 1]}] * 16)
+        ),
+        r"column 'labels': row 0 has 2 token labels but 3 input_ids",
+    ),
+    (
+        "token-label-beyond-num-labels",
+        lambda env, tmp: _estimate(
+            env.tagger, _jsonl(tmp, [{"input_ids": [3, 4, 5], "labels": [0, 1, 9]}] * 16)
+        ),
+        r"column 'labels' has class 9 at row 0, position 2 .*num_labels=3",
+    ),
+    (
+        "negative-token-id",
+        lambda env, tmp: _estimate(
+            env.gpt2, _jsonl(tmp, [{"input_ids": r} for r in _ids(16, bad=(3, 2, -5))])
+        ),
+        r"column 'input_ids' has token id -5 at row 3, position 2",
+    ),
+    (
+        "config-json-with-bom",
+        lambda env, tmp: _config(env, tmp, text="\ufeff" + (env.gpt2 / "config.json").read_text()),
+        r"config\.json is not valid JSON \(Unexpected UTF-8 BOM",
+    ),
+    (
+        "tokenizer-config-malformed",
+        lambda env, tmp: _estimate(_tokenizer_config(env, tmp, "{bad"), _jsonl(tmp, _text_rows())),
+        r"the tokenizer in .*tokenizer_config\.json.*could not be loaded \(JSONDecodeError",
     ),
     (
         "step-size-overflows-float32",
