@@ -338,7 +338,7 @@ def _import_function(spec: str, flag: str):
             if os.getcwd() not in sys.path:  # console scripts do not put the cwd on sys.path
                 sys.path.insert(0, os.getcwd())
             module = importlib.import_module(module_name)
-    except ImportError as err:
+    except (ImportError, SyntaxError) as err:  # missing, or not valid Python
         raise ValueError(f"{flag}: cannot import {module_name!r} ({err}).") from err
     fn = getattr(module, attr, None)
     if not callable(fn):

@@ -613,6 +613,12 @@ def _broken_tokenizer(env, tmp):
     return _estimate(model, _jsonl(tmp, _text_rows()))
 
 
+def _python(tmp: Path, source: str) -> Path:
+    path = tmp / "losses.py"
+    path.write_text(source)
+    return path
+
+
 def _tokenizer_config(env, tmp, text: str) -> Path:
     model = _copy(env.gpt2, tmp / "model")
     (model / "tokenizer_config.json").write_text(text)
@@ -731,6 +737,13 @@ CLI_CASES = [
         "tokenizer-config-malformed",
         lambda env, tmp: _estimate(_tokenizer_config(env, tmp, "{bad"), _jsonl(tmp, _text_rows())),
         r"the tokenizer in .*tokenizer_config\.json.*could not be loaded \(JSONDecodeError",
+    ),
+    (
+        "loss-fn-file-with-a-syntax-error",
+        lambda env, tmp: _estimate(
+            env.gpt2, _jsonl(tmp, _text_rows()), "--loss-fn", f"{_python(tmp, 'def f(:')}:f"
+        ),
+        r"--loss-fn: cannot import '.*losses\.py' \(invalid syntax",
     ),
     (
         "step-size-overflows-float32",
