@@ -22,7 +22,7 @@ What the adapter decides, once, before sampling:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -61,6 +61,8 @@ class PreparedData:
     dataset: Any
     kind: str
     tokens_per_sample: float | None  # T̄ for token-level losses
+    # Columns left out because they are not numeric of one fixed shape: name → why.
+    dropped: dict[str, str] = field(default_factory=dict)
 
 
 def prepare_dataset(
@@ -78,8 +80,10 @@ def prepare_dataset(
     dataset = _materialize(dataset, num_samples)
     checks.check_not_empty(dataset)
     if isinstance(dataset, Mapping):
+        checks.check_label_columns(dataset)
         return PreparedData(None, dataset, kind, None)
     names = list(getattr(dataset, "column_names", None) or [])
+    checks.check_label_columns(names)
     if text_column is not None and text_column not in names:
         raise ValueError(
             f"text_column={text_column!r} is not a column of the dataset (columns: {names}); "
@@ -94,6 +98,7 @@ def prepare_dataset(
                 "the checkpoint's own tokenizer)."
             )
         checks.check_text_column(dataset, text_column)
+        checks.check_text_values(dataset, text_column)
         dataset = _tokenize(dataset, tokenizer, text_column, max_length)
         names = list(dataset.column_names)
     checks.check_model_columns(kind, names)
@@ -101,7 +106,8 @@ def prepare_dataset(
         return PreparedData(None, dataset, kind, None)
 
     pad_id = _pad_id(tokenizer, model)
-    columns = _pad_columns(dataset, pad_id, max_length)
+    dropped: dict[str, str] = {}
+    columns = _pad_columns(dataset, pad_id, max_length, kind, dropped)
     mask = columns["attention_mask"]
     if kind == "causal-lm":
         labels = columns["input_ids"].masked_fill(mask == 0, -100)
@@ -120,7 +126,7 @@ def prepare_dataset(
                 "texts are longer than one token."
             )
         tokens = total / len(targets)
-    return PreparedData(columns, dataset, kind, tokens)
+    return PreparedData(columns, dataset, kind, tokens, dropped)
 
 
 def default_loss_fn(model: nn.Module, prepared: PreparedData) -> Callable | None:
@@ -214,8 +220,19 @@ def _pad_id(tokenizer, model) -> int:
     return 0
 
 
-def _pad_columns(dataset, pad_id: int, max_length: int | None) -> dict[str, Tensor]:
+def _pad_columns(
+    dataset, pad_id: int, max_length: int | None, kind: str, dropped: dict[str, str]
+) -> dict[str, Tensor]:
+    """Pad the token columns to one width; other numeric columns travel along (the others
+    are recorded in ``dropped`` with the reason)."""
     ids = [list(x) for x in dataset["input_ids"]]
+    first_id = next((row[0] for row in ids if row), 0)
+    if not isinstance(first_id, int):  # arrow columns hold one type: the first row tells
+        raise ValueError(
+            f"column 'input_ids' holds {type(first_id).__name__} values ({first_id!r}), but "
+            "token ids must be integers: cast the column (e.g. "
+            "dataset.cast_column('input_ids', Sequence(Value('int64'))))."
+        )
     width = max(len(x) for x in ids)
     if max_length is not None:
         width = min(width, max_length)
@@ -247,16 +264,34 @@ def _pad_columns(dataset, pad_id: int, max_length: int | None) -> dict[str, Tens
             try:
                 columns[target] = torch.as_tensor(dataset.with_format("torch")[name][:])
             except (TypeError, ValueError, RuntimeError):
-                pass
+                dropped[name] = checks.why_not_a_tensor(dataset[name])
             continue
         values = dataset[name]
         first = values[0]
+        if isinstance(first, (list, tuple)) and kind == "sequence-classification":
+            raise ValueError(
+                f"column {name!r} holds a list per row ({list(first)[:5]!r}), but the default "
+                "sequence-classification loss takes one class id (or one regression target) "
+                "per row: for multi-label targets pass loss_fn=... (e.g. binary cross-entropy "
+                "on outputs.logits)."
+            )
         if isinstance(first, (list, tuple)):  # token-level labels: pad with -100
-            lab = torch.full((n, width), -100, dtype=torch.long)
+            if kind not in ("causal-lm", "masked-lm"):  # those make their own labels
+                checks.check_token_label_lengths(ids, values, name)
+            # float64 holds every integer label exactly; fractions are refused, never cut.
+            lab = torch.full((n, width), -100, dtype=torch.float64)
             for i, row in enumerate(values):
                 row = list(row)[:width]
-                lab[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            columns["labels"] = lab
+                lab[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+            fractional = lab != lab.round()
+            if fractional.any():
+                row = int(fractional.any(dim=1).nonzero()[0])
+                raise ValueError(
+                    f"column {name!r} holds non-integer token labels (row {row}: "
+                    f"{lab[fractional][0].item()}): token labels are class ids (or -100); map "
+                    "them to integers."
+                )
+            columns["labels"] = lab.long()
         else:
             checks.check_label_values(values, name)
             columns["labels"] = torch.as_tensor(list(values))

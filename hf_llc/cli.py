@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampler_arguments(c)
+    for command in (v, e, c):
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            help="on an error, show the Python traceback instead of one error: line",
+        )
     return parser
 
 
@@ -341,7 +347,7 @@ def _import_function(spec: str, flag: str):
             if os.getcwd() not in sys.path:  # console scripts do not put the cwd on sys.path
                 sys.path.insert(0, os.getcwd())
             module = importlib.import_module(module_name)
-    except ImportError as err:
+    except (ImportError, SyntaxError) as err:  # missing, or not valid Python
         raise ValueError(f"{flag}: cannot import {module_name!r} ({err}).") from err
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -381,7 +387,13 @@ def load_data(name: str, *, config: str | None = None, split: str = "train"):
     if path.is_dir() and (
         (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
     ):
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as err:  # a damaged save_to_disk folder: arrow and json errors
+            raise ValueError(
+                f"--dataset {name}: could not read the save_to_disk folder "
+                f"({type(err).__name__}: {err}); save it again with dataset.save_to_disk."
+            ) from err
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise ValueError(f"--split {split!r} not in {name} (splits: {list(loaded)}).")
@@ -430,6 +442,38 @@ def _check_outputs(args: argparse.Namespace) -> None:
         read_llc_from_model_card(args.model)  # a malformed card fails now, not after sampling
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def load_tokenizer(model: str, revision: str | None, trust_remote_code: bool):
+    """The checkpoint's tokenizer, or ``None`` when it has none (raw text then gives a clear
+    error). A local folder whose tokenizer files fail to load is an error naming them."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as err:  # OSError when absent; anything from a corrupt file
+        files = [f for f in TOKENIZER_FILES if (Path(model) / f).is_file()]
+        if not files:
+            return None  # not every checkpoint has one
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise ValueError(
+            f"the tokenizer in {model} ({', '.join(files)}) could not be loaded ({detail}); "
+            "fix or re-save it (tokenizer.save_pretrained), or remove the tokenizer files if "
+            "the dataset is already tokenized (input_ids)."
+        ) from err
+
+
 def load_inputs(args: argparse.Namespace) -> tuple:
     """(model, data, estimate_llc keyword arguments) from the checkpoint flags."""
     from .loading import load_checkpoint
@@ -446,15 +490,7 @@ def load_inputs(args: argparse.Namespace) -> tuple:
         allow_pickle=args.allow_pickle,
         allow_missing_weights=args.allow_missing_weights,
     )
-    tokenizer = None
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
-        )
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # not every checkpoint has one; raw text then gives a clear error
+    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
     data = load_data(args.dataset, config=args.dataset_config, split=args.split)
     kwargs = dict(
         loss_fn=loss_fn,
@@ -631,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "calibrate":
             return _calibrate(args)
     except (ValueError, OSError) as err:
+        if args.debug:
+            raise
         message = " ".join(str(err).split())  # one line, even for wrapped library errors
         parser.exit(2, f"hf-llc {args.command}: error: {message}\n")
     return 1

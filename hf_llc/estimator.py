@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from .adapters import LABEL_ALIASES, default_loss_fn, prepare_dataset
+from .adapters import LABEL_ALIASES, default_loss_fn, model_kind, prepare_dataset
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
 from .checkpoint import (
     PARTIAL_RESULT,
@@ -111,6 +112,11 @@ class TensorBatches:
         self.collate_fn = collate_fn
         self.columns: dict[str, Tensor] | None = None
         self.dataset = dataset
+        # Columns left out (text, ragged rows, ...): name → why, for the "missing" errors.
+        self.dropped: dict[str, str] = {}
+        checks.check_label_columns(
+            dataset if isinstance(dataset, Mapping) else getattr(dataset, "column_names", ())
+        )
         if isinstance(dataset, Mapping):
             self.columns = {k: torch.as_tensor(v) for k, v in dataset.items()}
             lengths = {len(v) for v in self.columns.values()}
@@ -126,7 +132,7 @@ class TensorBatches:
                     "tensors)."
                 ) from err
             if collate_fn is None and self.num_samples:
-                self.columns = _columns_from_dataset(dataset)
+                self.columns = _columns_from_dataset(dataset, self.dropped)
         if self.num_samples == 0:
             raise ValueError("dataset is empty: the LLC needs at least one sample.")
         if self.columns is not None:
@@ -142,7 +148,10 @@ class TensorBatches:
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in out.items()}
 
 
-def _columns_from_dataset(dataset: Any) -> dict[str, Tensor]:
+def _columns_from_dataset(dataset: Any, dropped: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """Numeric fixed-shape columns as tensors; the others are recorded in ``dropped``
+    (name → why) when given."""
+    dropped = {} if dropped is None else dropped
     if not hasattr(dataset, "with_format"):
         raise ValueError(
             "dataset is not a datasets.Dataset or dict of tensors; pass collate_fn to batch it."
@@ -157,10 +166,16 @@ def _columns_from_dataset(dataset: Any) -> dict[str, Tensor]:
             try:
                 columns[name] = torch.as_tensor(value[:])
             except (TypeError, ValueError, RuntimeError):
+                dropped[name] = checks.why_not_a_tensor(dataset[name])
                 continue
+        else:
+            dropped[name] = checks.why_not_a_tensor(dataset[name])
     if not columns:
+        kinds = "; ".join(f"{k!r} holds {v}" for k, v in dropped.items())
         raise ValueError(
-            "dataset has no numeric columns of fixed shape; tokenize/pad it or pass collate_fn."
+            "dataset has no numeric columns of fixed shape"
+            + (f" ({kinds})" if kinds else "")
+            + "; tokenize/pad it or pass collate_fn."
         )
     return columns
 
@@ -493,6 +508,150 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _prepare_data(
+    model: nn.Module,
+    dataset: Any,
+    cfg: SamplerConfig,
+    device: torch.device,
+    *,
+    loss_fn: Callable | None,
+    model_loss_fn: Callable | None,
+    forward_kwargs: Mapping[str, Any] | None,
+    collate_fn: Callable | None,
+    tokenizer: Any,
+    text_column: str | None,
+    max_length: int | None,
+    num_samples: int | None,
+) -> tuple[TensorBatches, Callable | None, Mapping[str, Any] | None, frozenset[str]]:
+    """Prepare the data (see :mod:`hf_llc.adapters`) and check it against the model, once,
+    before any loss is computed: (batches, loss_fn, forward_kwargs, columns kept from forward).
+    """
+    exclude: frozenset[str] = frozenset()
+    dropped: dict[str, str] = {}
+    kind = model_kind(model)
+    if collate_fn is None:
+        prepared = prepare_dataset(
+            model,
+            dataset,
+            tokenizer=tokenizer,
+            text_column=text_column,
+            max_length=max_length,
+            num_samples=num_samples,
+            seed=cfg.seed,
+        )
+        dropped = prepared.dropped
+        dataset = prepared.columns if prepared.columns is not None else prepared.dataset
+        if loss_fn is None and model_loss_fn is None:
+            loss_fn = default_loss_fn(model, prepared)
+            if loss_fn is not None:
+                exclude = frozenset({"labels"})
+        if prepared.kind == "causal-lm":
+            forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
+    data = TensorBatches(dataset, device, collate_fn)
+    data.dropped = {**dropped, **data.dropped}
+    checks.check_finite_columns(data.columns)
+    checks.check_model_data(model, kind, data.columns)
+    if model_loss_fn is None:
+        checks.check_forward_inputs(model, data.columns, forward_kwargs, data.dropped)
+    return data, loss_fn, forward_kwargs, exclude
+
+
+def _check_sizes(cfg: SamplerConfig, n: int) -> float:
+    """The batch and L_n(w*) sample counts fit the n samples; returns nβ."""
+    if cfg.batch_size > n:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is larger than the dataset ({n} samples); "
+            f"pass SamplerConfig(batch_size=...) ≤ {n}."
+        )
+    if cfg.nbeta is None and n < 2:
+        raise ValueError("nbeta defaults to n / log n, which needs n ≥ 2 samples; pass nbeta.")
+    if cfg.init_loss_samples is not None and cfg.init_loss_samples > n:
+        raise ValueError(
+            f"init_loss_samples={cfg.init_loss_samples} exceeds the dataset size {n}; "
+            "pass a smaller value or None."
+        )
+    return float(cfg.nbeta) if cfg.nbeta is not None else n / math.log(n)
+
+
+def check_inputs(
+    model: nn.Module,
+    dataset: Any,
+    config: SamplerConfig | None = None,
+    *,
+    loss_fn: Callable[[Any, Mapping[str, Any]], Tensor] | None = None,
+    model_loss_fn: Callable[[nn.Module, Mapping[str, Any]], Tensor] | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    collate_fn: Callable | None = None,
+    tokenizer: Any = None,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    num_samples: int | None = None,
+    mixed_precision: str | None = None,
+    accelerator: Any = None,
+    **_unused: Any,
+) -> float:
+    """Dry-run :func:`estimate_llc`'s preparation: check the settings, prepare and check the
+    data against the model, and compute the loss of one batch at the current weights w*;
+    nothing is sampled. Raises what ``estimate_llc`` would raise before sampling; returns that
+    batch's mean loss. The model's weights and train/eval mode are left as they were, and the
+    model is not moved (the data goes to its device). Other keyword arguments of
+    ``estimate_llc`` (``output_dir``, ``progress``, …) are accepted and ignored.
+    """
+    cfg = config if config is not None else SamplerConfig()
+    if not isinstance(cfg, SamplerConfig):
+        raise ValueError(f"config must be a SamplerConfig, got {type(config).__name__}.")
+    cfg.validate()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if loss_fn is not None and model_loss_fn is not None:
+        raise ValueError("pass loss_fn or model_loss_fn, not both.")
+    checks.check_optional_positive_int("num_samples", num_samples)
+    checks.check_optional_positive_int("max_length", max_length)
+    precision = resolve_mixed_precision(mixed_precision, accelerator)
+    checks.check_parameter_dtypes(model, precision)
+    device = _model_device(model)
+    data, loss_fn, forward_kwargs, exclude = _prepare_data(
+        model,
+        dataset,
+        cfg,
+        device,
+        loss_fn=loss_fn,
+        model_loss_fn=model_loss_fn,
+        forward_kwargs=forward_kwargs,
+        collate_fn=collate_fn,
+        tokenizer=tokenizer,
+        text_column=text_column,
+        max_length=max_length,
+        num_samples=num_samples,
+    )
+    _check_sizes(cfg, data.num_samples)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (requires_grad=True) to sample.")
+    was_training = model.training
+    model.eval()
+    try:
+        # The loss at w* is the model's own forward: no flat copy of the weights is needed
+        # (for a large model it would be a second copy in memory).
+        problem = ModelLoss(
+            model,
+            SimpleNamespace(params=[]),
+            data,
+            loss_fn,
+            model_loss_fn=model_loss_fn,
+            forward_kwargs=forward_kwargs,
+            exclude=exclude,
+            autocast=lambda: autocast(precision, device),
+        )
+        try:
+            loss, _ = problem.init_loss(min(cfg.batch_size, data.num_samples), cfg.batch_size)
+        except RuntimeError as err:
+            checks.explain_forward_error(err, model, data.columns)
+            raise
+    finally:
+        model.train(was_training)
+    return loss
+
+
 def estimate_llc(
     model: nn.Module,
     dataset: Any,
@@ -601,42 +760,22 @@ def estimate_llc(
     device = procs.device
     if _model_device(model) != device:
         model.to(device)
-    exclude: frozenset[str] = frozenset()
-    if collate_fn is None:
-        prepared = prepare_dataset(
-            model,
-            dataset,
-            tokenizer=tokenizer,
-            text_column=text_column,
-            max_length=max_length,
-            num_samples=num_samples,
-            seed=cfg.seed,
-        )
-        dataset = prepared.columns if prepared.columns is not None else prepared.dataset
-        if loss_fn is None and model_loss_fn is None:
-            loss_fn = default_loss_fn(model, prepared)
-            if loss_fn is not None:
-                exclude = frozenset({"labels"})
-        if prepared.kind == "causal-lm":
-            forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
-    data = TensorBatches(dataset, device, collate_fn)
-    checks.check_finite_columns(data.columns)
-    if model_loss_fn is None:
-        checks.check_forward_inputs(model, data.columns, forward_kwargs)
+    data, loss_fn, forward_kwargs, exclude = _prepare_data(
+        model,
+        dataset,
+        cfg,
+        device,
+        loss_fn=loss_fn,
+        model_loss_fn=model_loss_fn,
+        forward_kwargs=forward_kwargs,
+        collate_fn=collate_fn,
+        tokenizer=tokenizer,
+        text_column=text_column,
+        max_length=max_length,
+        num_samples=num_samples,
+    )
     n = data.num_samples
-    if cfg.batch_size > n:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} is larger than the dataset ({n} samples); "
-            f"pass SamplerConfig(batch_size=...) ≤ {n}."
-        )
-    if cfg.nbeta is None and n < 2:
-        raise ValueError("nbeta defaults to n / log n, which needs n ≥ 2 samples; pass nbeta.")
-    nbeta = float(cfg.nbeta) if cfg.nbeta is not None else n / math.log(n)
-    if cfg.init_loss_samples is not None and cfg.init_loss_samples > n:
-        raise ValueError(
-            f"init_loss_samples={cfg.init_loss_samples} exceeds the dataset size {n}; "
-            "pass a smaller value or None."
-        )
+    nbeta = _check_sizes(cfg, n)
 
     was_training = model.training
     model.eval()
@@ -657,7 +796,11 @@ def estimate_llc(
 
         t0 = time.perf_counter()
         init_n = cfg.init_loss_samples or n
-        init_loss, cache = problem.init_loss(init_n, cfg.batch_size)
+        try:
+            init_loss, cache = problem.init_loss(init_n, cfg.batch_size)
+        except RuntimeError as err:  # the first forward: name the columns of a dtype clash
+            checks.explain_forward_error(err, model, data.columns)
+            raise
         if init_n != n:
             cache = None
         t_init = time.perf_counter() - t0

@@ -184,8 +184,38 @@ def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, A
                 reason = f"fetching config.json from the Hub failed ({type(exc).__name__}: {exc})"
                 fix = "Check the repo id (and revision), your network and access token."
             raise _not_found(path, reason, fix) from exc
-    with open(cfg_file, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(cfg_file, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{cfg_file} is not valid JSON ({exc}); fix or regenerate it "
+            "(model.config.save_pretrained writes it)."
+        ) from exc
+    return _check_config_fields(config, cfg_file)
+
+
+def _check_config_fields(config: Any, cfg_file: str) -> dict[str, Any]:
+    """The fields read before ``from_pretrained`` must have the right JSON types."""
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{cfg_file} holds a JSON {type(config).__name__}, but a model config is a JSON "
+            'object ({"model_type": ..., "architectures": [...], ...}); fix or regenerate it.'
+        )
+    archs = config.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) for a in archs)
+    ):
+        raise ValueError(
+            f"{cfg_file}: 'architectures' must be a list of class names like "
+            f'["GPT2LMHeadModel"], got {archs!r}; fix the file or pass task=... (CLI: --task).'
+        )
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ValueError(
+            f"{cfg_file}: 'model_type' must be a string like \"gpt2\", got {model_type!r}."
+        )
+    return config
 
 
 def _registered(model_type: Any) -> bool:
@@ -244,6 +274,32 @@ def _available_weights(path: str, revision: str | None, is_local: bool) -> tuple
     has_safe = any_present(_SAFE_WEIGHTS)
     has_pickle = False if has_safe else any_present(_PICKLE_WEIGHTS)
     return has_safe, has_pickle
+
+
+def _load_error(path: str, is_local: bool, exc: Exception) -> ValueError:
+    """One readable error for a failed ``from_pretrained``, naming the file at fault."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    if type(exc).__name__ == "SafetensorError":
+        files = []
+        if is_local:
+            files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        where = os.path.join(path, files[0]) if len(files) == 1 else f"{path!r} (.safetensors)"
+        return ValueError(
+            f"the weights file {where} is corrupt or truncated ({detail}); re-save the "
+            "model (save_pretrained) or download it again."
+        )
+    index = os.path.join(path, _SAFE_WEIGHTS[1])
+    if isinstance(exc, json.JSONDecodeError) and is_local and os.path.isfile(index):
+        return ValueError(
+            f"the weights index {index} is not valid JSON ({detail}); re-save the model "
+            "(save_pretrained) or download it again."
+        )
+    cfg_file = os.path.join(path, "config.json") if is_local else f"{path}/config.json"
+    return ValueError(
+        f"could not build the model from {cfg_file} ({detail}): a value there has the wrong "
+        "type or is out of range; fix it (compare with the model class's defaults) or "
+        "regenerate the file with save_pretrained."
+    )
 
 
 def load_checkpoint(
@@ -329,6 +385,8 @@ def load_checkpoint(
         model, info = auto_cls.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ValueError(f"Could not load checkpoint {path!r}: {exc}") from exc
+    except Exception as exc:  # corrupt weights, or config values the model class rejects
+        raise _load_error(path, is_local, exc) from exc
 
     # transformers 5 already drops tied parameters (e.g. GPT-2's lm_head.weight),
     # non-persistent buffers and `_keys_to_ignore_on_load_missing` from missing_keys.

@@ -22,6 +22,13 @@ What the callback guarantees:
   step kept as they were, so the Trainer's own loss logs are never swallowed. Without a
   trainer reference (``LLCCallback(None, dataset=...)``) they are appended to
   ``state.log_history`` only.
+- **Bad data fails before training, not hours into it.** ``on_train_begin`` dry-runs the
+  data preparation and checks of every estimate and one loss at w*
+  (:func:`hf_llc.estimator.check_inputs`), so a token id outside the vocabulary, a missing
+  column or a bad setting stops ``Trainer.train()`` before its first step. An estimate that
+  still fails later (out of memory, a loss that breaks at new weights, …) is logged on the
+  ``hf_llc`` logger with its reason, recorded in the history as skipped, and training goes
+  on; ``raise_on_error=True`` raises it instead.
 - **Distributed.** Under DDP every process runs its share of the chains (chain c on process
   c mod P) and gets the gathered result; only the main process writes files.
 - **Files** (main process, in ``args.output_dir``): ``llc_history.json`` after every
@@ -34,6 +41,7 @@ What the callback guarantees:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Iterable, Mapping
@@ -44,7 +52,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..estimator import LLCResult, estimate_llc
+from ..estimator import LLCResult, check_inputs, estimate_llc
 from ..sampling import SamplerConfig
 from ..serialization import to_plain, write_json
 from ..targets import check_targets, model_targets
@@ -52,6 +60,8 @@ from ..targets import check_targets, model_targets
 HISTORY_FILE = "llc_history.json"
 PLOT_FILE = "llc_history.png"
 CHECKPOINT_RESULT_FILE = "llc.json"
+
+logger = logging.getLogger("hf_llc")
 
 _CONTROL_FLAGS = (
     "should_log",
@@ -110,10 +120,14 @@ class LLCCallback(TrainerCallback):
         write_model_card: write the final estimate into ``output_dir/README.md``.
         plot: save ``llc_history.png`` at the end (needs matplotlib; skipped without it).
         progress: show a progress bar during each estimate.
+        raise_on_error: an estimate that fails during training raises (stopping training)
+            instead of being logged and skipped. Bad data and settings are refused at
+            ``on_train_begin`` either way.
 
     Attributes:
         history: one dict per estimate (``step``, ``epoch``, ``reason``, ``llc_mean``,
-            ``llc_std``, ``llc_stderr``, ``llc_per_chain``, ``init_loss``, ``nbeta``, ...).
+            ``llc_std``, ``llc_stderr``, ``llc_per_chain``, ``init_loss``, ``nbeta``, ...);
+            a skipped estimate has ``skipped: True`` and ``error`` (its reason) instead.
         last_result: the most recent :class:`~hf_llc.LLCResult`.
     """
 
@@ -136,6 +150,7 @@ class LLCCallback(TrainerCallback):
         write_model_card: bool = True,
         plot: bool = True,
         progress: bool = False,
+        raise_on_error: bool = False,
     ):
         self.config = config if config is not None else SamplerConfig()
         if not isinstance(self.config, SamplerConfig):
@@ -172,6 +187,7 @@ class LLCCallback(TrainerCallback):
         self.write_card = bool(write_model_card)
         self.plot = bool(plot)
         self.progress = bool(progress)
+        self.raise_on_error = bool(raise_on_error)
         self.history: list[dict] = []
         self.last_result: LLCResult | None = None
         self.trainer = None
@@ -215,6 +231,7 @@ class LLCCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._data()  # fail at the start, not hours into training
+        self._dry_run(kwargs.get("model"))
         self._output_dir = Path(args.output_dir) if args.output_dir else None
         self._is_main = bool(state.is_world_process_zero)
         self._last_step = None
@@ -239,7 +256,8 @@ class LLCCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if self.on_save_flag:
             entry = self._estimate(args, state, control, kwargs.get("model"), "save")
-            if entry is not None and self._is_main and self._output_dir is not None:
+            done = entry is not None and not entry.get("skipped")
+            if done and self._is_main and self._output_dir is not None:
                 ckpt = self._output_dir / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir() and self.last_result is not None:
                     self.last_result.save(ckpt / CHECKPOINT_RESULT_FILE)
@@ -255,11 +273,12 @@ class LLCCallback(TrainerCallback):
             return
         if self.history:
             self._write_history()
-            if self.plot:
+            estimates = [e for e in self.history if not e.get("skipped")]
+            if self.plot and estimates:
                 try:
                     from ..plotting import plot_llc_history
 
-                    plot_llc_history(self.history, self._output_dir / PLOT_FILE)
+                    plot_llc_history(estimates, self._output_dir / PLOT_FILE)
                 except ImportError:
                     pass
         if self.write_card and self.last_result is not None:
@@ -267,16 +286,15 @@ class LLCCallback(TrainerCallback):
 
     # -- work --------------------------------------------------------------------------
 
-    def _estimate(self, args, state, control, model, reason: str) -> dict | None:
+    def _model(self, model):
         if model is None:
             model = self.trainer.model if self.trainer is not None else None
         if model is None:
             raise ValueError("LLCCallback needs the model: the Trainer passes it to callbacks.")
-        step = int(state.global_step)
-        if self._last_step == step:
-            return None
-        self._last_step = step
+        return model
 
+    def _estimate_kwargs(self) -> dict:
+        """The keyword arguments of every :func:`estimate_llc` call but the data."""
         kwargs = dict(self.estimate_kwargs)
         accelerator = getattr(self.trainer, "accelerator", None)
         if accelerator is not None:
@@ -286,16 +304,55 @@ class LLCCallback(TrainerCallback):
         processing_class = getattr(self.trainer, "processing_class", None)
         if processing_class is not None and self.dataset is None:
             kwargs.setdefault("tokenizer", processing_class)
+        return kwargs
 
+    def _inputs(self, model) -> tuple[Any, int | None]:
+        """(data, num_samples) of an estimate at the model's current weights."""
+        data = self._data()
+        num_samples = self.num_samples
+        if self.targets == "model":
+            data = _first_rows(data, num_samples)
+            data = model_targets(model, data)
+            num_samples = None
+        return data, num_samples
+
+    def _dry_run(self, model) -> None:
+        """Prepare and check the data as every estimate will, and compute one loss at w*:
+        bad data or settings raise now, before the first training step."""
+        model = self._model(model)
         rng = _GlobalRandomState()
         modes = [(m, m.training) for m in model.modules()]
         try:
-            data = self._data()
-            num_samples = self.num_samples
-            if self.targets == "model":
-                data = _first_rows(data, num_samples)
-                data = model_targets(model, data)
-                num_samples = None
+            data, num_samples = self._inputs(model)
+            check_inputs(
+                model,
+                data,
+                self.config,
+                loss_fn=self.loss_fn,
+                num_samples=num_samples,
+                **self._estimate_kwargs(),
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"LLCCallback, checked before training (nothing was trained): {err}"
+            ) from err
+        finally:
+            for module, training in modes:
+                module.training = training
+            rng.restore()
+
+    def _estimate(self, args, state, control, model, reason: str) -> dict | None:
+        model = self._model(model)
+        step = int(state.global_step)
+        if self._last_step == step:
+            return None
+        self._last_step = step
+
+        kwargs = self._estimate_kwargs()
+        rng = _GlobalRandomState()
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            data, num_samples = self._inputs(model)
             result = estimate_llc(
                 model,
                 data,
@@ -305,6 +362,10 @@ class LLCCallback(TrainerCallback):
                 progress=self.progress and self._is_main,
                 **kwargs,
             )
+        except Exception as err:  # not KeyboardInterrupt (nor EstimateInterrupted)
+            if self.raise_on_error:
+                raise
+            return self._skipped(state, reason, err)
         finally:
             for module, training in modes:
                 module.training = training
@@ -343,6 +404,29 @@ class LLCCallback(TrainerCallback):
             logs["llc/rhat"] = entry["rhat"]
         logs = {k: float(v) for k, v in logs.items() if v is not None and math.isfinite(v)}
         self._log(state, control, logs)
+        if self._is_main and self._output_dir is not None:
+            self._write_history()
+        return entry
+
+    def _skipped(self, state, reason: str, err: Exception) -> dict:
+        """Record a failed estimate as skipped (logged, in the history) so training goes on."""
+        message = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        logger.warning(
+            "LLCCallback: the LLC estimate at step %d (%s) failed and was skipped; training "
+            "continues (pass raise_on_error=True to stop instead). %s",
+            state.global_step,
+            reason,
+            message,
+        )
+        entry = {
+            "step": int(state.global_step),
+            "epoch": state.epoch,
+            "reason": reason,
+            "targets": self.targets,
+            "skipped": True,
+            "error": message,
+        }
+        self.history.append(to_plain(entry))
         if self._is_main and self._output_dir is not None:
             self._write_history()
         return entry

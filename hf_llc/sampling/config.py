@@ -13,6 +13,8 @@ from typing import Any
 PRECONDITIONERS = ("fisher-burnin", "identity", "rmsprop", "rmsprop-burnin")
 CHAIN_MODES = ("auto", "batched", "sequential")
 STEP_SIZE_MODES = ("curvature", "auto")
+# The largest finite float32: the sampling state is fp32, so larger settings become inf there.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -142,6 +144,7 @@ class SamplerConfig:
                 )
         else:
             _positive_finite("step_size", self.step_size)
+            _fits_float32("step_size", self.step_size)
         _positive_finite("step_scale", self.step_scale)
         if not (isinstance(self.localization, (int, float)) and math.isfinite(self.localization)):
             raise ValueError(
@@ -152,8 +155,10 @@ class SamplerConfig:
                 f"localization must be ≥ 0 (γ of the Gaussian localization), got "
                 f"{self.localization}; use 0 for none."
             )
+        _fits_float32("localization", self.localization)
         if self.nbeta is not None:
             _positive_finite("nbeta", self.nbeta)
+            _fits_float32("nbeta", self.nbeta)
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_chains", self.num_chains)
         _nonneg_int("num_burnin", self.num_burnin)
@@ -202,6 +207,15 @@ def _positive_finite(name: str, value: Any) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+
+
+def _fits_float32(name: str, value: float) -> None:
+    """Settings that enter the fp32 sampling state must be finite there too."""
+    if value > FLOAT32_MAX:
+        raise ValueError(
+            f"{name}={value!r} overflows float32 (the sampling state is fp32; its largest finite "
+            f"value is {FLOAT32_MAX:.3g}): pass a much smaller {name}."
+        )
 
 
 def _positive_int(name: str, value: Any) -> None:
