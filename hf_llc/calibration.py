@@ -136,7 +136,8 @@ class CalibrationResult:
     def plot(self, path: str | Path | None = None, *, title: str | None = None):
         """λ̂ and MALA acceptance of the pilots against ε (log scale), the chosen ε marked.
 
-        Needs matplotlib (``pip install 'hf-llc[plot]'``); saved as PNG to ``path`` if given.
+        Needs matplotlib (``pip install 'hf-llc[plot]'``); saved to ``path`` if given (format
+        from the suffix, PNG without one; atomically, see :func:`hf_llc.plotting.save_figure`).
         Returns the ``matplotlib.figure.Figure``.
         """
         from .plotting import _import_matplotlib
@@ -165,9 +166,9 @@ class CalibrationResult:
         ax2.legend(fontsize=8)
         fig.suptitle(title or f"step-size calibration: chosen ε = {self.chosen_step_size:.3g}")
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, format="png", dpi=100)
+            from .plotting import save_figure
+
+            save_figure(fig, path, dpi=100)
         return fig
 
 

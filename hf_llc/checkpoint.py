@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -44,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .sampling import ChainResult, ChainState
-from .serialization import to_plain, write_json
+from .serialization import atomic_write, to_plain, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -160,20 +159,16 @@ def _join(cls: type, tensors: Mapping[str, Tensor], plain: Mapping[str, Any]) ->
 def _save_safetensors_atomic(
     path: Path, tensors: dict[str, Tensor], metadata: dict, mode_like: Path | None = None
 ) -> None:
-    """Write to a temporary file, flush it to disk, then rename it over ``path`` (atomic)."""
+    """Write a safetensors file with :func:`~hf_llc.serialization.atomic_write` (temporary
+    file, fsync, rename); a new file gets ``mode_like``'s permissions (the folder's usual
+    ones, not mkstemp's 0600)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if mode_like is not None and mode_like.exists():
-            shutil.copymode(mode_like, tmp)  # the folder's usual permissions, not 0600
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    def write(fh) -> None:
+        # save_file streams to a path (no copy of the state in memory): the temporary file's.
+        save_file(tensors, fh.name, metadata=metadata)
+
+    atomic_write(path, write, mode_like=mode_like, allow_read_only=True)
 
 
 class RunCheckpoint:
