@@ -222,12 +222,14 @@ def calibrate_problem(
     min_acceptance: float = DEFAULT_MIN_ACCEPTANCE,
     pilot_burnin: int | None = None,
     pilot_draws: int | None = None,
+    checkpoint: Any = None,
 ) -> CalibrationResult:
     """The sweep on a loss problem (what :func:`hf_llc.estimate_llc` builds from a model).
 
     ``grid``: the ε to try (default: ε_c · 2^k, k in ``DEFAULT_GRID_EXPONENTS``, ε_c from an
     anchor pilot with the curvature step). Pilots run :func:`hf_llc.sampling.run_chain` as
-    chain 0 of ``cfg.seed``.
+    chain 0 of ``cfg.seed``. ``checkpoint``: a :class:`~hf_llc.sampling.ChainCheckpoint`
+    every pilot reports to (``estimate_llc`` passes one that stops the pilots on a signal).
     """
     if not 0.0 <= min_acceptance <= 1.0:
         raise ValueError(f"min_acceptance must be in [0, 1], got {min_acceptance!r}.")
@@ -237,6 +239,7 @@ def calibrate_problem(
         init_loss=init_loss,
         init_per_sample=init_per_sample,
         precond_diagonal=precond_diagonal,
+        checkpoint=checkpoint,
     )
     anchor = None
     if grid is None:

@@ -201,7 +201,8 @@ def atomic_write(
         if make_parents:
             target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-        with os.fdopen(fd, "wb") as fh:
+        os.close(fd)
+        with open(tmp, "wb") as fh:  # by name, so fh.name is the temporary file's path
             if callable(data):
                 data(fh)
             else:
