@@ -9,7 +9,7 @@ Importing the package registers the deep linear network validation architecture
 """
 
 from .calibration import CalibrationResult, calibrate_step_size
-from .checkpoint import EstimateInterrupted
+from .checkpoint import EstimateInterrupted, OutputDirLocked
 from .estimator import LLCResult, estimate_llc
 from .integrations import LLCCallback
 from .loading import load_checkpoint
@@ -35,6 +35,7 @@ __all__ = [
     "LLCCallback",
     "EstimateInterrupted",
     "LLCResult",
+    "OutputDirLocked",
     "SamplerConfig",
     "__version__",
     "calibrate_step_size",

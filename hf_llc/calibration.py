@@ -136,7 +136,8 @@ class CalibrationResult:
     def plot(self, path: str | Path | None = None, *, title: str | None = None):
         """λ̂ and MALA acceptance of the pilots against ε (log scale), the chosen ε marked.
 
-        Needs matplotlib (``pip install 'hf-llc[plot]'``); saved as PNG to ``path`` if given.
+        Needs matplotlib (``pip install 'hf-llc[plot]'``); saved to ``path`` if given (format
+        from the suffix, PNG without one; atomically, see :func:`hf_llc.plotting.save_figure`).
         Returns the ``matplotlib.figure.Figure``.
         """
         from .plotting import _import_matplotlib
@@ -165,9 +166,9 @@ class CalibrationResult:
         ax2.legend(fontsize=8)
         fig.suptitle(title or f"step-size calibration: chosen ε = {self.chosen_step_size:.3g}")
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, format="png", dpi=100)
+            from .plotting import save_figure
+
+            save_figure(fig, path, dpi=100)
         return fig
 
 
@@ -221,12 +222,14 @@ def calibrate_problem(
     min_acceptance: float = DEFAULT_MIN_ACCEPTANCE,
     pilot_burnin: int | None = None,
     pilot_draws: int | None = None,
+    checkpoint: Any = None,
 ) -> CalibrationResult:
     """The sweep on a loss problem (what :func:`hf_llc.estimate_llc` builds from a model).
 
     ``grid``: the ε to try (default: ε_c · 2^k, k in ``DEFAULT_GRID_EXPONENTS``, ε_c from an
     anchor pilot with the curvature step). Pilots run :func:`hf_llc.sampling.run_chain` as
-    chain 0 of ``cfg.seed``.
+    chain 0 of ``cfg.seed``. ``checkpoint``: a :class:`~hf_llc.sampling.ChainCheckpoint`
+    every pilot reports to (``estimate_llc`` passes one that stops the pilots on a signal).
     """
     if not 0.0 <= min_acceptance <= 1.0:
         raise ValueError(f"min_acceptance must be in [0, 1], got {min_acceptance!r}.")
@@ -236,6 +239,7 @@ def calibrate_problem(
         init_loss=init_loss,
         init_per_sample=init_per_sample,
         precond_diagonal=precond_diagonal,
+        checkpoint=checkpoint,
     )
     anchor = None
     if grid is None:

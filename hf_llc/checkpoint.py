@@ -16,6 +16,20 @@ with exactly (bit for bit) the result of an uninterrupted run:
   half-written. ``chain_{c}.json`` is a human-readable copy of its status.
 - ``result.json``: the final result; ``partial_result.json``: the result over the chains
   finished when a run was interrupted.
+- ``calibration.json``: with ``step_size="auto"``, the step-size sweep and its choice, so a
+  resume (even of a finished run) does not run the pilots again.
+- ``.hf_llc.lock``: the lock of the run using the folder (see below).
+
+One run at a time: the run holds ``.hf_llc.lock`` (created atomically, with
+``O_CREAT | O_EXCL``; it names the process id, host and start time) from its first look at the
+folder until it returns, raises or is interrupted; a second run on the folder is refused at
+once with :class:`OutputDirLocked`, naming the holder. A lock left by a process that no longer
+exists (same host, process id not running: e.g. after ``kill -9`` or a crash) is stale: it is
+taken over with a warning that says so, which is what a ``--resume`` after a crash needs. A
+lock from another host cannot be checked and is never taken over (remove it by hand once that
+run is gone). Each process of a multi-process run locks its own file (``.hf_llc.lock.<rank>``
+beyond the main one). When the main process opens the folder, temporary files orphaned by a
+killed run (``.NAME.XXXX.tmp`` and older ``NAME.tmp*`` names) are removed.
 
 Every process of a multi-process run writes its own chains' files (chain c runs on process
 c mod P); the main process writes the manifest and the results. A checkpoint only copies the
@@ -25,18 +39,23 @@ processes ran before and after the interruption.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import signal
+import socket
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +63,17 @@ import torch
 from torch import Tensor
 
 from .sampling import ChainResult, ChainState
-from .serialization import to_plain, write_json
+from .serialization import atomic_write, describe_os_error, to_plain, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RESULT = "result.json"
 PARTIAL_RESULT = "partial_result.json"
+CALIBRATION = "calibration.json"
+LOCK = ".hf_llc.lock"
+# Temporary files of atomic_write (".NAME.XXXX.tmp"), of older versions ("NAME.tmp",
+# "NAME.tmp<pid>") and a lock moved aside during a takeover.
+_ORPHAN = re.compile(r"^(\..+\.tmp|.+\.tmp\d*|\.hf_llc\.lock.*\.stale-\d+)$")
 _META_KEY = "hf_llc_chain"
 _SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -86,6 +110,63 @@ class EstimateInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         """The shell's convention for death by this signal: 128 + signal number."""
         return 128 + int(self.signum)
+
+
+class OutputDirLocked(ValueError):
+    """Another run holds the output folder's lock (see the module docstring).
+
+    Attributes:
+        output_dir: the folder.
+        holder: what the lock file says about its holder (``pid``, ``host``, ``started``).
+    """
+
+    def __init__(self, message: str, *, output_dir: Path, holder: Mapping[str, Any]):
+        super().__init__(message)
+        self.output_dir = output_dir
+        self.holder = dict(holder)
+
+
+# The locks taken inside the current releases_run_locks call (None outside one).
+_HELD_LOCKS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "hf_llc_held_locks", default=None
+)
+
+
+def releases_run_locks(fn: Callable) -> Callable:
+    """Decorator: every output-folder lock taken by a :class:`RunCheckpoint` during the call is
+    released when it returns, raises or is interrupted (``EstimateInterrupted``, Ctrl-C)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _HELD_LOCKS.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            held = _HELD_LOCKS.get() or []
+            _HELD_LOCKS.reset(token)
+            for run in reversed(held):
+                run.release()
+
+    return wrapper
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True  # cannot tell: assume it runs
+    return True
+
+
+def _describe_holder(holder: Mapping[str, Any]) -> str:
+    return (
+        f"process {holder.get('pid')} on host {holder.get('host')!r}, started "
+        f"{holder.get('started')}"
+    )
 
 
 class ChainStopped(Exception):
@@ -160,20 +241,16 @@ def _join(cls: type, tensors: Mapping[str, Tensor], plain: Mapping[str, Any]) ->
 def _save_safetensors_atomic(
     path: Path, tensors: dict[str, Tensor], metadata: dict, mode_like: Path | None = None
 ) -> None:
-    """Write to a temporary file, flush it to disk, then rename it over ``path`` (atomic)."""
+    """Write a safetensors file with :func:`~hf_llc.serialization.atomic_write` (temporary
+    file, fsync, rename); a new file gets ``mode_like``'s permissions (the folder's usual
+    ones, not mkstemp's 0600)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if mode_like is not None and mode_like.exists():
-            shutil.copymode(mode_like, tmp)  # the folder's usual permissions, not 0600
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    def write(fh) -> None:
+        # save_file streams to a path (no copy of the state in memory): the temporary file's.
+        save_file(tensors, fh.name, metadata=metadata)
+
+    atomic_write(path, write, mode_like=mode_like, allow_read_only=True)
 
 
 class RunCheckpoint:
@@ -191,6 +268,7 @@ class RunCheckpoint:
         checkpoint_seconds: snapshot at least this often in wall-clock seconds (``None``:
             never by time).
         is_main: whether this process writes the manifest and the results.
+        process_index: this process's rank (its lock file; 0 for a single process).
     """
 
     def __init__(
@@ -200,6 +278,7 @@ class RunCheckpoint:
         checkpoint_every: int | None = None,
         checkpoint_seconds: float | None = 300.0,
         is_main: bool = True,
+        process_index: int = 0,
     ):
         if checkpoint_every is not None and (
             not isinstance(checkpoint_every, int)
@@ -225,9 +304,206 @@ class RunCheckpoint:
         self.every = checkpoint_every
         self.seconds = checkpoint_seconds
         self.is_main = is_main
+        self.process_index = int(process_index)
+        self._lock_token: str | None = None
+        self._created_dir = False
         self.requested_signal: int | None = None
         self.config_hash: str | None = None
         self._last_save = time.monotonic()
+
+    # -- the lock -------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        name = LOCK if self.process_index == 0 else f"{LOCK}.{self.process_index}"
+        return self.dir / name
+
+    def acquire(self) -> None:
+        """Take the folder's lock (creating the folder if needed); see the module docstring.
+
+        Inside :func:`releases_run_locks` the lock is released when that call ends; otherwise
+        call :meth:`release`.
+
+        Raises:
+            OutputDirLocked: another live run holds it (or a lock that cannot be checked).
+            ValueError: the folder cannot be created or written.
+        """
+        if self._lock_token is not None:
+            return
+        if not self.dir.exists():
+            try:
+                self.dir.mkdir(parents=True)
+                self._created_dir = True
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise ValueError(
+                    f"output_dir={str(self.dir)!r} (--output-dir): cannot create it "
+                    f"({describe_os_error(err)}); pass a folder in a writable directory."
+                ) from err
+        token = uuid.uuid4().hex
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "token": token,
+        }
+        for _ in range(5):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_stale_lock()
+                continue
+            except OSError as err:
+                raise ValueError(
+                    f"output_dir={str(self.dir)!r} (--output-dir): cannot create its lock file "
+                    f"{self.lock_path.name} ({describe_os_error(err)}); pass a writable folder."
+                ) from err
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+            self._lock_token = token
+            held = _HELD_LOCKS.get()
+            if held is not None:
+                held.append(self)
+            return
+        raise OutputDirLocked(
+            f"output_dir={str(self.dir)!r} (--output-dir): could not take its lock "
+            f"{self.lock_path} (other runs keep taking it); retry when they are done.",
+            output_dir=self.dir,
+            holder={},
+        )
+
+    def _read_lock(self, path: Path) -> dict | None:
+        try:
+            holder = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _take_over_stale_lock(self) -> None:
+        """The lock exists: refuse if its holder may be alive, else move it aside (once)."""
+        holder = self._read_lock(self.lock_path)
+        if holder is None:
+            return  # released meanwhile: try again
+        remove = f"remove {self.lock_path} by hand"
+        if not holder or not isinstance(holder.get("pid"), int):
+            raise OutputDirLocked(
+                f"output_dir={str(self.dir)!r} (--output-dir) is locked by another run "
+                f"({self.lock_path} is unreadable, perhaps being written). If no run uses the "
+                f"folder, {remove} and start again.",
+                output_dir=self.dir,
+                holder=holder,
+            )
+        here = holder.get("host") == socket.gethostname()
+        if not here or _pid_alive(holder["pid"]):
+            where = "" if here else " (on another host, so hf_llc cannot check it)"
+            raise OutputDirLocked(
+                f"output_dir={str(self.dir)!r} (--output-dir) is in use by another run: "
+                f"{_describe_holder(holder)}{where}. Wait for it to finish, or pass another "
+                f"output_dir; if that run is gone, {remove}.",
+                output_dir=self.dir,
+                holder=holder,
+            )
+        # Stale: move it aside atomically; only one of several runs doing this succeeds.
+        aside = self.lock_path.with_name(f"{self.lock_path.name}.stale-{os.getpid()}")
+        try:
+            os.rename(self.lock_path, aside)
+        except FileNotFoundError:
+            return
+        if self._read_lock(aside) != holder:  # a new lock was taken in between: put it back
+            try:
+                os.link(aside, self.lock_path)
+            except OSError:
+                pass
+            aside.unlink(missing_ok=True)
+            return
+        aside.unlink(missing_ok=True)
+        warnings.warn(
+            f"output_dir={str(self.dir)!r}: took over a stale lock left by "
+            f"{_describe_holder(holder)}, which no longer runs (killed or crashed); its "
+            "checkpoints are kept.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def release(self) -> None:
+        """Remove the lock if this run holds it (and a folder it created that stayed empty)."""
+        if self._lock_token is None:
+            return
+        token, self._lock_token = self._lock_token, None
+        holder = self._read_lock(self.lock_path)
+        if holder and holder.get("token") == token:
+            try:
+                self.lock_path.unlink()
+            except OSError:
+                pass
+        if self._created_dir:
+            try:
+                self.dir.rmdir()  # only if empty: a run refused before it wrote anything
+            except OSError:
+                pass
+
+    def remove_orphans(self) -> list[Path]:
+        """Remove temporary files a killed run left in the folder; return their paths."""
+        removed = []
+        for path in self.dir.iterdir() if self.dir.is_dir() else []:
+            if _ORPHAN.match(path.name) and path.is_file() and not path.is_symlink():
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+        return removed
+
+    # -- the step-size calibration --------------------------------------------------------
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.dir / CALIBRATION
+
+    def save_calibration(self, calibration: Any, options: Mapping[str, Any]) -> None:
+        """Keep a ``step_size="auto"`` sweep (main process) for a resume to reuse."""
+        if not self.is_main:
+            return
+        record = {
+            "config_hash": self.config_hash,
+            "options": to_plain(dict(options)),
+            "calibration": calibration.to_dict(),
+        }
+        write_json(self.calibration_path, record)
+
+    def load_calibration(self, options: Mapping[str, Any]) -> dict | None:
+        """The saved sweep (``CalibrationResult.to_dict()``) of this run with these calibration
+        options, else ``None``."""
+        try:
+            record = json.loads(self.calibration_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        same = record.get("config_hash") == self.config_hash and record.get("options") == to_plain(
+            dict(options)
+        )
+        return record.get("calibration") if same else None
+
+    def interrupted_in_calibration(self, signum: int) -> EstimateInterrupted:
+        """The exception for a stop signal during the pilots (the run's manifest is saved)."""
+        name = signal.Signals(signum).name
+        return EstimateInterrupted(
+            f"{name} received during the step-size calibration (step_size='auto'): the run is "
+            f"saved in {self.dir} (no chain started; the calibration starts over on resume). "
+            f"Continue it with estimate_llc(..., output_dir={str(self.dir)!r}, resume=True) or "
+            f"`hf-llc estimate ... --output-dir {self.dir} --resume`.",
+            signum=signum,
+            output_dir=self.dir,
+            finished_chains=[],
+        )
+
+    def stop_on_signal(self) -> StopOnSignal:
+        """A chain checkpoint for the calibration pilots: stops them on a signal."""
+        return StopOnSignal(self)
 
     # -- the run's manifest ---------------------------------------------------------------
 
@@ -236,7 +512,11 @@ class RunCheckpoint:
         return self.dir / MANIFEST
 
     def check_start(self, resume: bool) -> None:
-        """Refuse early (before any work) to overwrite a run, or to resume a missing one."""
+        """Take the folder's lock, clean orphaned temporary files (main process), then refuse
+        early (before any work) to overwrite a run, or to resume a missing one."""
+        self.acquire()
+        if self.is_main:
+            self.remove_orphans()
         exists = self.manifest_path.exists()
         if resume and not exists:
             raise ValueError(
@@ -443,6 +723,21 @@ class RunCheckpoint:
         if not self.is_main:
             return None
         return result.save(self.dir / PARTIAL_RESULT)
+
+
+class StopOnSignal:
+    """The :class:`~hf_llc.sampling.ChainCheckpoint` of chains whose state is not kept (the
+    step-size pilots): no snapshots; after SIGINT/SIGTERM the next step raises
+    :class:`ChainStopped`."""
+
+    def __init__(self, run: RunCheckpoint):
+        self.run = run
+
+    def due(self, chain: int, step: int) -> bool:
+        return self.run.requested_signal is not None
+
+    def save(self, state: ChainState) -> None:
+        self.run.stop_if_requested()
 
 
 def _manifest_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

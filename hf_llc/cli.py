@@ -7,7 +7,6 @@ Also runnable as ``python -m hf_llc``.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -84,8 +83,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DATA",
         help="Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file",
     )
-    parser.add_argument("--dataset-config", default=None)
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--dataset-config", default=None, help="Hub dataset config")
+    parser.add_argument(
+        "--split", default=None, help="Hub dataset or save_to_disk split (default train)"
+    )
     parser.add_argument("--text-column", default=None, help="raw text column to tokenize")
     parser.add_argument("--max-length", type=int, default=None, help="truncate tokenized text")
     parser.add_argument("--num-samples", type=int, default=None, help="use the first N rows")
@@ -187,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_arguments(e)
     e.add_argument("--output", type=Path, help="write the result as JSON here")
     e.add_argument("--write-card", action="store_true", help="record the LLC in MODEL's card")
+    e.add_argument(
+        "--card-model-name",
+        metavar="NAME",
+        help="with --write-card: the model-index model to record in (needed when the card "
+        "lists several)",
+    )
     e.add_argument("--plot", type=Path, help="save the trace plot (PNG) here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     ck = e.add_argument_group(
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument(
         "--checkpoint-seconds",
         type=float,
-        default=300.0,
+        default=None,
         metavar="S",
         help="checkpoint a running chain at least every S seconds (default 300)",
     )
@@ -238,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then estimate the LLC at the chosen ε and record it (with the sweep's choice) in "
         "MODEL's card",
+    )
+    c.add_argument(
+        "--card-model-name",
+        metavar="NAME",
+        help="with --write-card: the model-index model to record in (needed when the card "
+        "lists several)",
     )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampler_arguments(c)
@@ -426,20 +439,57 @@ def _resume_command(args: argparse.Namespace) -> str:
     return f"{prog} {shlex.join(argv)}"
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that would do nothing (so they are never recorded as if used)."""
+    if getattr(args, "output_dir", None) is None:
+        for flag in ("checkpoint_every", "checkpoint_seconds"):
+            if getattr(args, flag, None) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise ValueError(
+                    f"{name} does nothing without --output-dir (the folder checkpoints are "
+                    f"written to): add --output-dir DIR, or drop {name}."
+                )
+    if getattr(args, "checkpoint_seconds", None) is None:
+        args.checkpoint_seconds = 300.0  # the documented default
+    if Path(args.dataset).is_file():
+        for flag, value in (("--split", args.split), ("--dataset-config", args.dataset_config)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag} {value!r} does nothing with the local data file --dataset "
+                    f"{args.dataset} (it has one split and no configs): drop {flag}."
+                )
+    if args.dataset_config is not None and Path(args.dataset).is_dir():
+        raise ValueError(
+            f"--dataset-config {args.dataset_config!r} does nothing with the save_to_disk "
+            f"folder --dataset {args.dataset}: drop --dataset-config."
+        )
+    if args.card_model_name is not None and not args.write_card:
+        raise ValueError("--card-model-name does nothing without --write-card: add it or drop it.")
+    if args.split is None:
+        args.split = "train"
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
+    """Everything about the flags and outputs that can be checked before loading or sampling:
+    flags that would do nothing, --output (folder, not a directory or read-only file), --plot
+    (also its suffix), --write-card (a local folder with a writable, well-formed card)."""
+    _check_flags(args)
     if args.output is not None:
         _check_writable(args.output)
     if args.plot is not None:
-        _check_writable(args.plot, "--plot")
+        from .plotting import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
     if args.write_card and not Path(args.model).is_dir():
         raise ValueError(
             "--write-card writes README.md in a local checkpoint folder; download the model "
             "(e.g. huggingface-cli download) and pass its folder."
         )
     if args.write_card:
-        from .modelcard import read_llc_from_model_card
+        from .modelcard import check_model_card
 
-        read_llc_from_model_card(args.model)  # a malformed card fails now, not after sampling
+        # A malformed, read-only or ambiguous card fails now, not after sampling.
+        check_model_card(args.model, model_name=args.card_model_name, what="--write-card")
 
 
 TOKENIZER_FILES = (
@@ -526,10 +576,14 @@ def _estimate(args: argparse.Namespace) -> int:
     except EstimateInterrupted as stop:
         if _is_main_process():
             name = signal.Signals(stop.signum).name
+            partial = (
+                f"; partial result in {stop.output_dir / PARTIAL_RESULT}"
+                if stop.partial_result is not None
+                else ""
+            )
             print(
                 f"hf-llc estimate: {name}: saved the run in {stop.output_dir} "
-                f"({len(stop.finished_chains)} of {cfg.num_chains} chains finished; partial "
-                f"result in {stop.output_dir / PARTIAL_RESULT}).",
+                f"({len(stop.finished_chains)} of {cfg.num_chains} chains finished{partial}).",
                 file=sys.stderr,
             )
             print(f"To resume, run: {_resume_command(args)}", file=sys.stderr, flush=True)
@@ -556,9 +610,7 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
         f"sampling {result.timings['sampling_seconds']:.1f}s"
     )
     print(result.chain_table())
-    if args.plot is not None:
-        result.plot(args.plot)
-        print(f"wrote {args.plot}")
+    # The JSON first: a plot or card that fails then never loses the estimate.
     if args.output is not None:
         out = result.to_dict()
         out["model"] = {"name_or_path": args.model, "revision": args.revision}
@@ -570,6 +622,9 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
         }
         write_json(args.output, out)
         print(f"wrote {args.output}")
+    if args.plot is not None:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}")
     if args.write_card:
         from .modelcard import write_llc_to_model_card
 
@@ -581,6 +636,7 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
             dataset_config=args.dataset_config,
             dataset_fingerprint=getattr(data, "_fingerprint", None),
             model_revision=args.revision,
+            model_name=args.card_model_name,
             plot_path=args.plot,
         )
         print(f"wrote the LLC into {card}")
@@ -600,15 +656,11 @@ def _is_main_process() -> bool:
 
 
 def _check_writable(path: Path, flag: str = "--output") -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a directory; give a file path like {path}/out.json.")
-    if not parent.exists():
-        raise ValueError(f"{flag}: directory {parent} does not exist; create it first.")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{flag} {path}: {parent} is not a writable directory; pass a path in one that is."
-        )
+    """See :func:`hf_llc.serialization.check_output_path` (folder, directories, special and
+    read-only files, symbolic links)."""
+    from .serialization import check_output_path
+
+    check_output_path(path, flag)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -632,10 +684,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     main_process = _is_main_process()
     if main_process:
         print(calibration.table())
-        if args.plot is not None:
-            calibration.plot(args.plot)
-            print(f"wrote {args.plot}")
-        if args.output is not None:
+        if args.output is not None:  # the JSON first (see _report_estimate)
             from .serialization import write_json
 
             out = calibration.to_dict()
@@ -643,6 +692,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             out["config"] = cfg.to_dict()
             write_json(args.output, out)
             print(f"wrote {args.output}")
+        if args.plot is not None:
+            calibration.plot(args.plot)
+            print(f"wrote {args.plot}")
     if not args.write_card:
         return 0
     from .estimator import estimate_llc

@@ -43,6 +43,7 @@ from .checkpoint import (
     EstimateInterrupted,
     RunCheckpoint,
     config_hash,
+    releases_run_locks,
     tensor_sha256,
 )
 from .diagnostics import assess_estimate, effective_sample_size, split_rhat, trace_checks
@@ -652,6 +653,7 @@ def check_inputs(
     return loss
 
 
+@releases_run_locks  # the output_dir lock is released however the call ends
 def estimate_llc(
     model: nn.Module,
     dataset: Any,
@@ -709,12 +711,17 @@ def estimate_llc(
             result goes to ``output_dir/result.json``, and SIGINT (Ctrl-C) or SIGTERM save
             the running chain, write ``partial_result.json`` (the finished chains) and raise
             :class:`~hf_llc.checkpoint.EstimateInterrupted` (a ``KeyboardInterrupt``).
-            Chains run one after another per process. ``None``: nothing is written.
+            Chains run one after another per process. The run holds the folder's lock until
+            it ends (a second run on it gets :class:`~hf_llc.checkpoint.OutputDirLocked`; a
+            stale lock of a dead process is taken over with a warning), and with
+            ``step_size="auto"`` the calibration is kept there too. ``None``: nothing is
+            written.
         resume: continue the run saved in ``output_dir`` (same model, data and settings, else
             a ``ValueError`` says what differs): finished chains are loaded, running chains
             continue from their last snapshot, and the result is bit-identical to an
             uninterrupted run's (on the same hardware and software).
-        checkpoint_every: also snapshot a running chain every this many steps.
+        checkpoint_every: also snapshot a running chain every this many steps (needs
+            ``output_dir``).
         checkpoint_seconds: snapshot a running chain at least this often (wall-clock seconds;
             ``None``: only by ``checkpoint_every``, at chain ends and on signals). When a
             snapshot is taken never changes the result.
@@ -750,12 +757,18 @@ def estimate_llc(
             checkpoint_every=checkpoint_every,
             checkpoint_seconds=checkpoint_seconds,
             is_main=procs.is_main,
+            process_index=procs.index,
         )
         run_dir.check_start(resume)
         procs.wait()  # every process has looked before the main one writes the manifest
     elif resume:
         raise ValueError(
             "resume=True needs output_dir (--output-dir): the folder of the run to continue."
+        )
+    elif checkpoint_every is not None:
+        raise ValueError(
+            f"checkpoint_every={checkpoint_every!r} (--checkpoint-every) does nothing without "
+            "output_dir (--output-dir), where checkpoints are written: pass both, or neither."
         )
     device = procs.device
     if _model_device(model) != device:
@@ -816,16 +829,31 @@ def estimate_llc(
 
             opts = dict(cfg.extra.get("calibration") or {})
             only = opts.pop("only", False)
-            calibration = calibrate_problem(
-                problem,
-                w_star,
-                cfg,
-                nbeta=nbeta,
-                init_loss=init_loss,
-                init_per_sample=cache,
-                precond_diagonal=precond_diag,
-                **opts,
-            )
+            # With output_dir the sweep is kept (calibration.json), so a resume reuses it, and
+            # SIGINT/SIGTERM stop the pilots with EstimateInterrupted.
+            saved = run_dir.load_calibration(opts) if run_dir is not None and resume else None
+            if saved is not None:
+                from .calibration import CalibrationResult
+
+                calibration = CalibrationResult.from_dict(saved)
+            else:
+                try:
+                    with run_dir.catch_signals() if run_dir is not None else nullcontext():
+                        calibration = calibrate_problem(
+                            problem,
+                            w_star,
+                            cfg,
+                            nbeta=nbeta,
+                            init_loss=init_loss,
+                            init_per_sample=cache,
+                            precond_diagonal=precond_diag,
+                            checkpoint=None if run_dir is None else run_dir.stop_on_signal(),
+                            **opts,
+                        )
+                except ChainStopped as stop:
+                    raise run_dir.interrupted_in_calibration(stop.signum) from None
+                if run_dir is not None:
+                    run_dir.save_calibration(calibration, opts)
             if only:
                 return calibration
             chain_cfg = replace(cfg, step_size=calibration.chosen_step_size)

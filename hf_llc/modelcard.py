@@ -44,7 +44,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import stat
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata as _metadata
@@ -55,12 +55,13 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import yaml_dump
 
-from .serialization import to_plain
+from .serialization import atomic_write, check_output_path, to_plain
 
 __all__ = [
     "LLC_CARD_TEMPLATE",
     "LLC_METRIC_TYPE",
     "LLC_TASK_TYPE",
+    "check_model_card",
     "read_llc_from_model_card",
     "write_llc_to_model_card",
 ]
@@ -72,6 +73,7 @@ LLC_METRIC_NAME = "Local Learning Coefficient"
 METADATA_KEY = "hf_llc"
 SECTION_START = "<!-- hf_llc:llc:start -->"
 SECTION_END = "<!-- hf_llc:llc:end -->"
+_BOM = "\ufeff"  # a UTF-8 byte order mark some editors put before the front matter
 
 # Kept identical to model_cards/llc_card_template.md (a test checks it): installed packages
 # cannot rely on the repository folder. ``{model_name}`` is the only placeholder.
@@ -119,26 +121,31 @@ def write_llc_to_model_card(
         dataset_config: the dataset's config name, if any.
         dataset_fingerprint: e.g. ``datasets.Dataset._fingerprint``, to pin the exact data.
         model_name: the ``model-index`` name and the new card's title when the card has
-            none (default: the directory's name).
+            none (default: the directory's name). When the card's ``model-index`` lists
+            several models it chooses the block to record in (required then; an unknown or
+            ambiguous name is refused).
         model_revision: the model's commit/revision the estimate was made on.
         plot_path: a trace plot to link from the card; a path inside the model directory is
-            written relative to it (so it renders on the Hub once uploaded with the card).
+            written relative to it (so it renders on the Hub once uploaded with the card), any
+            other as its file name only (no local absolute path goes into a card). A local
+            ``dataset_name`` (a file or folder) is shown the same way.
         date: override the recorded UTC date (ISO string or datetime); for reproducible
             output in tests.
 
     Writing the same dataset + config + split + sampler settings again replaces that entry
-    (metadata and table row); other metadata keys and body text are left untouched. The
-    file is replaced atomically. ``Trainer.create_model_card()`` rewrites README.md, so call
-    this after it.
+    (metadata and table row); other metadata keys and body text are left untouched, and a
+    UTF-8 byte order mark before the front matter is kept. The file is replaced atomically;
+    a symbolic link is written through to its target. ``Trainer.create_model_card()``
+    rewrites README.md, so call this after it. Everything that can be checked before
+    sampling is checked by :func:`check_model_card`.
 
     Raises:
-        ValueError: the card's YAML metadata (or its LLC section markers) is malformed (the
-            file is left untouched), or λ̂ is not finite.
+        ValueError: the card's YAML metadata (or its LLC section markers) is malformed, the
+            card is read-only or not a regular file, ``model_name`` does not choose one
+            ``model-index`` block (the file is left untouched), or λ̂ is not finite.
         FileNotFoundError: the model directory does not exist.
     """
-    readme = _readme_path(model_dir_or_readme)
-    if not readme.parent.is_dir():
-        raise FileNotFoundError(f"model directory {readme.parent} does not exist.")
+    readme = check_model_card(model_dir_or_readme, model_name=model_name, what="model card")
 
     get = _getter(result)
     value = to_plain(get("llc_mean"))
@@ -148,18 +155,19 @@ def write_llc_to_model_card(
             "every chain diverged? Check result.diagnostics['divergences']."
         )
 
-    if readme.exists():
-        original = readme.read_bytes().decode("utf-8")
-    else:
+    bom, original = _read_card(readme)
+    if original is None:
         title = model_name or readme.parent.resolve().name or "Model"
         original = LLC_CARD_TEMPLATE.replace("{model_name}", title)
     front, body, data = _parse(original, readme)
     newline = _line_ending(original)
+    model_index = copy.deepcopy(data.get("model-index")) or []
+    block = _choose_block(model_index, model_name, readme)
 
     entry = _make_entry(
         get,
         value=value,
-        dataset_name=dataset_name,
+        dataset_name=_card_dataset_name(dataset_name, readme.parent),
         dataset_config=dataset_config,
         dataset_split=dataset_split,
         dataset_fingerprint=dataset_fingerprint,
@@ -167,12 +175,13 @@ def write_llc_to_model_card(
         plot=_plot_link(plot_path, readme.parent),
         date=date,
     )
+    if len(model_index) > 1:
+        entry["model_name"] = model_index[block].get("name")  # the estimate is of that model
 
     entries = _entries(data, readme)
     _upsert(entries, entry, _entry_key)
-    model_index = copy.deepcopy(data.get("model-index")) or []
     name = model_name or readme.parent.resolve().name or "model"
-    _upsert_model_index(model_index, entry, name)
+    _upsert_model_index(model_index, entry, name, block)
 
     new_front = _set_top_level_keys(
         front, data, {"model-index": model_index, METADATA_KEY: entries}, newline
@@ -184,8 +193,88 @@ def write_llc_to_model_card(
     new_data = _parse(text, readme)[2]
     if new_data.get(METADATA_KEY) != entries:
         raise RuntimeError(f"internal error: the LLC entries of {readme} did not round-trip.")
-    _atomic_write(readme, text)
+    # A symlinked README.md is written through to its target; the BOM, if any, is kept.
+    atomic_write(readme, (bom + text).encode("utf-8"))
     return readme
+
+
+def check_model_card(
+    model_dir_or_readme: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    what: str = "model card",
+) -> Path:
+    """Check, before any work, that :func:`write_llc_to_model_card` can write this card.
+
+    The card (if it exists) must be a regular file (a symbolic link to one is followed),
+    writable (a read-only README.md is refused, not replaced), valid UTF-8 with well-formed
+    metadata, and, when its ``model-index`` lists several models, ``model_name`` must name
+    exactly one of them. ``what`` names the flag or argument in the errors. Returns the
+    card's path.
+
+    Raises:
+        FileNotFoundError: the model directory does not exist.
+        ValueError: anything else above, naming the card and the fix.
+    """
+    readme = _readme_path(model_dir_or_readme)
+    if not readme.parent.is_dir():
+        raise FileNotFoundError(f"model directory {readme.parent} does not exist.")
+    _, text = _read_card(readme)
+    check_output_path(readme, what)
+    if text is not None:
+        _, _, data = _parse(text, readme)
+        _entries(data, readme)
+        _choose_block(data.get("model-index") or [], model_name, readme)
+    return readme
+
+
+def _read_card(readme: Path) -> tuple[str, str | None]:
+    """(UTF-8 byte order mark or ``""``, the card's text without it, or ``None`` if missing)."""
+    try:
+        st = os.stat(readme)  # follows a symbolic link
+    except (FileNotFoundError, NotADirectoryError):
+        return "", None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(
+            f"{readme} is not a regular file (a directory, FIFO or device): a model card must "
+            "be a regular README.md; move it away or pass another model folder."
+        )
+    try:
+        text = readme.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{readme} is not UTF-8 text ({err}); save the model card as UTF-8."
+        ) from err
+    if text.startswith(_BOM):
+        return _BOM, text[len(_BOM) :]
+    return "", text
+
+
+def _choose_block(model_index: Any, model_name: str | None, readme: Path) -> int | None:
+    """The index of the ``model-index`` block to record in (``None``: there is none yet)."""
+    if not isinstance(model_index, list) or not model_index:
+        return None
+    if len(model_index) == 1:
+        return 0
+    names = [b.get("name") if isinstance(b, dict) else None for b in model_index]
+    listed = ", ".join(repr(n) for n in names)
+    if model_name is None:
+        raise ValueError(
+            f"{readme}: model-index lists {len(names)} models ({listed}); pass model_name= "
+            "(--card-model-name) to choose the one this estimate is of."
+        )
+    matches = [i for i, n in enumerate(names) if n == model_name]
+    if not matches:
+        raise ValueError(
+            f"{readme}: model_name={model_name!r} (--card-model-name) is not in its model-index "
+            f"(models: {listed}); pass one of those names."
+        )
+    if len(matches) > 1:
+        raise ValueError(
+            f"{readme}: model-index lists {len(matches)} models named {model_name!r}, so "
+            "model_name cannot choose one; give them distinct names."
+        )
+    return matches[0]
 
 
 def read_llc_from_model_card(model_dir_or_readme: str | os.PathLike) -> list[dict]:
@@ -201,9 +290,10 @@ def read_llc_from_model_card(model_dir_or_readme: str | os.PathLike) -> list[dic
         ValueError: the card's metadata is malformed.
     """
     readme = _readme_path(model_dir_or_readme)
-    if not readme.exists():
+    _, text = _read_card(readme)
+    if text is None:
         return []
-    _, _, data = _parse(readme.read_bytes().decode("utf-8"), readme)
+    _, _, data = _parse(text, readme)
     return copy.deepcopy(_entries(data, readme))
 
 
@@ -313,6 +403,7 @@ def _settings_id(settings: dict, nbeta: Any) -> str:
 
 def _entry_key(entry: Mapping) -> tuple:
     return (
+        entry.get("model_name"),  # only set when the card's model-index lists several models
         entry.get("dataset"),
         entry.get("dataset_config"),
         entry.get("dataset_split"),
@@ -389,14 +480,30 @@ def _date(date: str | datetime | None) -> str:
     return date.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
+def _card_link(path: str | os.PathLike, card_dir: Path) -> str:
+    """A local path as a card may show it: relative to the card's folder when inside it, else
+    the file's name (an absolute path of this machine means nothing on the Hub)."""
+    local = Path(path).expanduser()
+    try:
+        return local.resolve().relative_to(card_dir.resolve()).as_posix()
+    except ValueError:
+        return local.name
+
+
 def _plot_link(plot_path: str | os.PathLike | None, card_dir: Path) -> str | None:
     if plot_path is None:
         return None
-    plot = Path(plot_path)
-    try:
-        return plot.resolve().relative_to(card_dir.resolve()).as_posix()
-    except ValueError:
-        return plot.as_posix()
+    return _card_link(plot_path, card_dir)
+
+
+def _card_dataset_name(name: str, card_dir: Path) -> str:
+    """A Hub dataset id as given; a local file or folder (absolute, or one that exists) as
+    :func:`_card_link` shows it."""
+    text = str(name)
+    expanded = os.path.expanduser(text)
+    if os.path.isabs(expanded) or os.path.exists(expanded):
+        return _card_link(expanded, card_dir)
+    return text
 
 
 # --------------------------------------------------------------------------- model-index
@@ -421,8 +528,11 @@ def _metric(entry: dict) -> dict:
     }
 
 
-def _upsert_model_index(model_index: list, entry: dict, model_name: str) -> None:
-    """Put the entry's metric under the (LLC task, dataset, config, split) result."""
+def _upsert_model_index(
+    model_index: list, entry: dict, model_name: str, block: int | None = None
+) -> None:
+    """Put the entry's metric under the (LLC task, dataset, config, split) result of the
+    ``model-index`` block ``block`` (see :func:`_choose_block`; ``None``: a new block)."""
     dataset = {
         "name": entry["dataset"],
         "type": entry["dataset"],
@@ -431,23 +541,24 @@ def _upsert_model_index(model_index: list, entry: dict, model_name: str) -> None
     }
     dataset = {k: v for k, v in dataset.items() if v is not None}
     metric = _metric(entry)
-    for block in model_index:
-        for res in block.get("results") or []:
-            task, ds = res.get("task") or {}, res.get("dataset") or {}
-            same = (
-                task.get("type") == LLC_TASK_TYPE
-                and ds.get("type") == dataset["type"]
-                and ds.get("config") == entry["dataset_config"]
-                and ds.get("split") == entry["dataset_split"]
-                and ds.get("revision") is None
-            )
-            if same:
-                metrics = res.setdefault("metrics", [])
-                _upsert(metrics, metric, lambda m: (m.get("type"), m.get("config")))
-                return
-    if not model_index:
+    if block is None:
         model_index.append({"name": model_name, "results": []})
-    model_index[-1].setdefault("results", []).append(
+        block = len(model_index) - 1
+    results = model_index[block].setdefault("results", [])
+    for res in results:
+        task, ds = res.get("task") or {}, res.get("dataset") or {}
+        same = (
+            task.get("type") == LLC_TASK_TYPE
+            and ds.get("type") == dataset["type"]
+            and ds.get("config") == entry["dataset_config"]
+            and ds.get("split") == entry["dataset_split"]
+            and ds.get("revision") is None
+        )
+        if same:
+            metrics = res.setdefault("metrics", [])
+            _upsert(metrics, metric, lambda m: (m.get("type"), m.get("config")))
+            return
+    results.append(
         {
             "task": {"type": LLC_TASK_TYPE, "name": LLC_TASK_NAME},
             "dataset": dataset,
@@ -581,27 +692,3 @@ def _set_section(body: str, section: str, readme: Path, newline: str) -> str:
             f"'{SECTION_END}', found {starts} and {ends}; fix or remove them by hand."
         )
     return body[:start] + section + body[end + len(SECTION_END) :]
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and ``os.replace``."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .serialization import atomic_write, check_output_path
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -239,32 +241,48 @@ def plot_llc_result(
     fig.suptitle(f"{title}\n{summary}" if title else summary)
 
     if path is not None:
-        _save_atomic(fig, Path(path))
+        save_figure(fig, path)
     return fig
 
 
-def _save_atomic(fig: Figure, path: Path) -> None:
+def plot_format(path: str | os.PathLike, what: str = "path") -> str:
+    """The image format of a plot path (its suffix; PNG without one), checked before drawing.
+
+    Args:
+        path: where the plot goes.
+        what: the flag or argument named in the error (``"--plot"``, ``"path"``).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: matplotlib cannot write that suffix (the message lists those it can).
+    """
+    _, FigureCanvasAgg = _import_matplotlib()
+    path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    supported = fig.canvas.get_supported_filetypes()
+    supported = FigureCanvasAgg.get_supported_filetypes()
     if fmt not in supported:
         raise ValueError(
-            f"cannot save a plot as {path.name!r}: use one of the suffixes "
-            + ", ".join(f".{s}" for s in sorted(supported))
+            f"{what} {str(path)!r}: cannot save a plot as {path.name!r}: use one of the "
+            "suffixes " + ", ".join(f".{s}" for s in sorted(supported))
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling (same filesystem, so os.replace is atomic) opened normally, so the
-    # final file gets the usual umask permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    return fmt
+
+
+def check_plot_path(path: str | os.PathLike, what: str = "--plot") -> None:
+    """Everything about a plot path that can be checked before any work: the suffix (see
+    :func:`plot_format`), and that the file can be written (see
+    :func:`hf_llc.serialization.check_output_path`). Raises ``ValueError``/``ImportError``."""
+    plot_format(path, what)
+    check_output_path(path, what)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """Save ``fig`` to ``path`` (format from the suffix, PNG without one), atomically; links
+    and special files are handled as by :func:`hf_llc.serialization.atomic_write`."""
+    path = Path(path)
+    fmt = plot_format(path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi), make_parents=True)
+    return path
 
 
 def plot_llc_history(
@@ -333,5 +351,5 @@ def plot_llc_history(
     if title:
         ax.set_title(title)
     if path is not None:
-        _save_atomic(fig, Path(path))
+        save_figure(fig, path)
     return fig

@@ -1,12 +1,36 @@
-"""Plain values for JSON/YAML, and atomic JSON files."""
+"""Plain values for JSON/YAML, and safe output files.
+
+Every file hf_llc writes for the user (``--output`` JSON, results, plots, model cards) and
+every checkpoint file goes through :func:`atomic_write`: the bytes are written to a hidden
+temporary file next to the target (``.NAME.XXXX.tmp``), flushed to disk and renamed over the
+target, so a reader never sees half a file. What the target is decides what happens:
+
+- a symbolic link is followed: its final target is written, the link stays a link;
+- a FIFO or a character device (``/dev/null``, ``/dev/stdout``) is written in place, as a
+  shell redirection would (it is never replaced by a regular file);
+- a directory, a socket or a block device is refused (``OSError``), as is a regular file
+  without write permission (a read-only file is not silently replaced, even by root).
+
+:func:`check_output_path` makes the same checks before any work, so a run is refused before
+sampling rather than after it; errors name the flag or argument, the path and the fix.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-from collections.abc import Mapping
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+#: Suffix of the temporary files of :func:`atomic_write` (``.NAME.XXXX.tmp``).
+TEMP_SUFFIX = ".tmp"
+
+_FULL = {errno.ENOSPC: "disk full", errno.EFBIG: "file too large", errno.EDQUOT: "disk quota"}
 
 
 def to_plain(value: Any) -> Any:
@@ -26,26 +50,202 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is (``None`` for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _written_in_place(mode: int) -> bool:
+    """FIFOs and character devices are written like a shell redirection would."""
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def _read_only(path: Path, mode: int) -> bool:
+    """No write permission: by ``os.access``, or (as root, who may write anyway) by the
+    permission bits, so a file a user made read-only is never replaced."""
+    return not os.access(path, os.W_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def check_output_path(path: str | os.PathLike, what: str = "--output") -> Path:
+    """Check, before any work, that ``path`` can be written by :func:`atomic_write`.
+
+    ``what`` names the flag or argument in the error. Returns the file that will be written
+    (``path`` with symbolic links followed).
+
+    Raises:
+        ValueError: ``path`` is a directory, a socket, a block device or a read-only file, or
+            its folder does not exist or is not a writable directory.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot check it ({err.strerror or err}).") from err
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(
+                f"{what} {path} is a directory; give a file path like {path}/out.json."
+            )
+        if _written_in_place(st.st_mode):
+            return target
+        if _kind(st.st_mode) is not None:
+            raise ValueError(
+                f"{what} {path} is {_kind(st.st_mode)}, not a regular file; hf_llc does not "
+                "replace it: pass the path of a regular file."
+            )
+        if _read_only(target, st.st_mode):
+            raise ValueError(
+                f"{what} {path} is read-only; make it writable (chmod u+w) or pass another path."
+            )
+    parent = target.parent
+    if not parent.exists():
+        raise ValueError(f"{what}: directory {path.parent} does not exist; create it first.")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{what} {path}: {path.parent} is not a writable directory; pass a path in one that is."
+        )
+    return target
+
+
+def describe_os_error(err: OSError) -> str:
+    """``err``'s reason, with ENOSPC/EFBIG spelled out as "disk full" / "file too large"."""
+    reason = err.strerror or str(err)
+    if err.errno in _FULL:
+        reason = f"{_FULL[err.errno]}: {reason}"
+    return reason
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    data: bytes | Callable[[IO[bytes]], None],
+    *,
+    make_parents: bool = False,
+    mode_like: str | os.PathLike | None = None,
+    allow_read_only: bool = False,
+    fsync: bool = True,
+) -> Path:
+    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` safely.
+
+    Symbolic links are followed (the link's final target is written); FIFOs and character
+    devices are written in place; anything else is written to a hidden temporary file in the
+    same folder, flushed (``fsync``) and renamed over the target, so the target is either
+    the old or the new file, never half of one. A new file gets the permissions of
+    ``mode_like`` when that exists (else the usual ``0o666 & ~umask``); a replaced file keeps
+    its own.
+
+    Args:
+        path: the file to write.
+        data: the bytes, or ``data(fh)`` writing them to an open binary file (``fh.name`` is
+            the path of the temporary file, for writers that need a path).
+        make_parents: create missing parent folders.
+        mode_like: a file whose permissions a new file gets.
+        allow_read_only: replace a regular file even without write permission (checkpoint
+            files that the folder's owner may have made read-only along with the manifest).
+        fsync: flush the data to disk before the rename.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: the target is a directory, socket or block device, or read-only (the errno
+            says which), or writing failed; the message names the path, ENOSPC/EFBIG as
+            "disk full" / "file too large", and the fix. The temporary file is removed.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if _written_in_place(st.st_mode):
+            _write_to(target, data, "wb")
+            return path
+        code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+        reason = os.strerror(code) if code == errno.EISDIR else _kind(st.st_mode)
+        raise OSError(
+            code,
+            f"cannot write {path} ({reason}): pass a path in an existing, writable directory "
+            "(hf_llc never replaces what is not a regular file).",
+        )
+    if st is not None and not allow_read_only and _read_only(target, st.st_mode):
+        raise OSError(
+            errno.EACCES,
+            f"cannot write {path} (read-only file): make it writable (chmod u+w) or pass "
+            "another path; it was left unchanged.",
+        )
+    if st is not None:
+        mode = stat.S_IMODE(st.st_mode)
+    elif mode_like is not None and os.path.exists(mode_like):
+        mode = stat.S_IMODE(os.stat(mode_like).st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    tmp = None
+    try:
+        if make_parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
+        os.close(fd)
+        with open(tmp, "wb") as fh:  # by name, so fh.name is the temporary file's path
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"cannot write {path} ({describe_os_error(err)}): pass a path in an existing, "
+            "writable directory" + (" with free space" if err.errno in _FULL else ""),
+        ) from err
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def _write_to(target: Path, data: bytes | Callable[[IO[bytes]], None], mode: str) -> None:
+    """Write into an existing FIFO or character device (no temporary file, no rename)."""
+    try:
+        with open(target, mode) as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {target} ({describe_os_error(err)}).") from err
+
+
 def write_json(path: str | Path, data: Any, *, make_parents: bool = False) -> Path:
-    """Write ``to_plain(data)`` as JSON atomically (a temporary file renamed into place).
+    """Write ``to_plain(data)`` as JSON with :func:`atomic_write` (see there for links and
+    special files).
 
     On failure nothing is left behind (the temporary file is removed) and the ``OSError``
     names the path and the fix.
     """
-    path = Path(path)
     text = json.dumps(to_plain(data), indent=1, allow_nan=False)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if make_parents:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as err:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-        raise OSError(
-            err.errno,
-            f"cannot write {path} ({err.strerror or err}): pass a path in an existing, "
-            "writable directory",
-        ) from err
-    return path
+    return atomic_write(path, text.encode("utf-8"), make_parents=make_parents)

@@ -1,9 +1,9 @@
 """Exact learning coefficients of deep linear networks (hf_llc.models.dln.theory).
 
-Ground truth: ``../shared/reference/dln_cases.json`` (Aoyagi 2024), the reduced-rank-regression
-closed form (Aoyagi & Watanabe 2005) for two layers, and model facts that hold whatever the
-formula: a single linear layer is a regular model, λ ≤ d/2, and transposing the network
-(reversing the widths) changes nothing.
+Ground truth: ``tests/data/dln_cases.json`` (Aoyagi 2024, kept inside the repository), the
+reduced-rank-regression closed form (Aoyagi & Watanabe 2005) for two layers, and model facts
+that hold whatever the formula: a single linear layer is a regular model, λ ≤ d/2, and
+transposing the network (reversing the widths) changes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hf_llc.models.dln.theory import (
     rrr_learning_coefficient,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "dln_cases.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "dln_cases.json"
 
 
 def _load_reference_cases() -> list[dict]:

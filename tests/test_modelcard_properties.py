@@ -111,6 +111,7 @@ other_model_index = st.lists(
     ),
     min_size=1,
     max_size=2,
+    unique_by=lambda block: block["name"],  # model_name must be able to choose a block
 )
 body_lines = st.one_of(
     st.text(TEXT_CHARS, max_size=30),
@@ -198,7 +199,10 @@ results = st.fixed_dictionaries(
 )
 datasets = st.fixed_dictionaries(
     {
-        "dataset_name": st.text(TEXT_CHARS, min_size=1, max_size=15),
+        # Hub-like ids: a local path ("/…", "~…", "./…") is written as its file name instead.
+        "dataset_name": st.text(TEXT_CHARS, min_size=1, max_size=15).filter(
+            lambda name: not name.startswith(("/", "~", ".")) and not os.path.exists(name)
+        ),
         "dataset_split": st.sampled_from(["train", "test", "validation[:10%]"]),
         "dataset_config": st.one_of(st.none(), st.text(TEXT_CHARS, min_size=1, max_size=8)),
     }
@@ -237,7 +241,19 @@ def _hub_can_read(text: str) -> bool:
 
 
 def _write(tmp_path, result, ds) -> bytes:
-    write_llc_to_model_card(tmp_path, result, date=DATE, model_name="m", **ds)
+    """Write into the card; with several ``model-index`` models, into the first one."""
+    name = "m"
+    readme = tmp_path / "README.md"
+    if readme.exists():
+        match = REGEX_YAML_BLOCK.search(readme.read_bytes().decode())
+        try:
+            meta = yaml.safe_load(match.group(2)) if match else None
+        except yaml.YAMLError:
+            meta = None  # a card the writer refuses anyway
+        blocks = meta.get("model-index") if isinstance(meta, dict) else None
+        if isinstance(blocks, list) and len(blocks) > 1 and isinstance(blocks[0], dict):
+            name = blocks[0]["name"]
+    write_llc_to_model_card(tmp_path, result, date=DATE, model_name=name, **ds)
     return (tmp_path / "README.md").read_bytes()
 
 
