@@ -381,12 +381,22 @@ class FisherPreconditioner(Preconditioner):
             return part(self.S, sl).square()
         return part(self.A_bf16, sl)
 
+    def _apply_A_(self, buf: Tensor, sl) -> None:
+        """``buf ← A·buf`` on the chunk ``sl`` (``buf`` already that chunk), no temporary."""
+        if self.frozen:  # S holds √A
+            r = part(self.S, sl)
+            buf.mul_(r).mul_(r)
+        else:
+            buf.mul_(part(self.A_bf16, sl))
+
     def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
         if self.frozen and sqrt:
             return buf.mul_(self.S)
         for sl in spans(buf):
-            a = self._chunk_A(sl)
-            part(buf, sl).mul_(a.float().sqrt_() if sqrt else a)
+            if sqrt:  # before freezing only: √A in bf16, as A itself is (burn-in)
+                part(buf, sl).mul_(part(self.A_bf16, sl).sqrt())
+            else:
+                self._apply_A_(part(buf, sl), sl)
         return buf
 
     def update_(self, drift: Tensor) -> None:
@@ -421,13 +431,21 @@ class FisherPreconditioner(Preconditioner):
         if adapt and self.frozen:
             raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
         for sl in spans(grad):
-            g, wc = part(grad, sl).mul_(nbeta), part(w, sl)
+            g, wc = part(grad, sl), part(w, sl)
             if adapt:
-                part(self.S, sl).addcmul_(g, g)
-            g.mul_(self._chunk_A(sl))
+                part(self.S, sl).addcmul_(g, g, value=nbeta * nbeta)
+            self._apply_A_(g, sl)
+            if isinstance(coef, Tensor):  # a stack of chains, one coefficient each
+                g.mul_(nbeta)
+                if localization:
+                    g.add_(torch.sub(wc, part(w_star, sl)), alpha=localization / nbeta)
+                axpy_(wc, g, coef)
+                continue
+            # w ← w + coef·nβ·A·g + k·(w − w*), k = coef·γ/nβ: no temporary.
+            wc.add_(g, alpha=coef * nbeta)
             if localization:
-                g.add_(torch.sub(wc, part(w_star, sl)), alpha=localization / nbeta)
-            axpy_(wc, g, coef)
+                k = coef * localization / nbeta
+                wc.mul_(1 + k).add_(part(w_star, sl), alpha=-k)
         if adapt:
             self.count += 1
 
