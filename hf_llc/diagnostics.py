@@ -402,9 +402,13 @@ def localization_checks(*, localization_ratio: float) -> list[tuple[str, str]]:
             "fail" if fail else "warning",
             f"the localization dominates: γ / (nβ·λ_max(∇²L)) = {_g(r)} (limit "
             f"{_g(LOCALIZATION_FAIL if fail else LOCALIZATION_WARN)}), so "
-            + ("every direction is" if fail else "most directions are")
-            + " pinned by the localizer and λ̂ reflects γ, not the loss; reduce localization "
-            "(default 1.0) or check nbeta",
+            + (
+                "every direction is pinned by the localizer and λ̂ reflects γ, not the loss"
+                if fail
+                else "directions within 1/ratio of the stiffest are pinned by the localizer and "
+                "λ̂ is biased low"
+            )
+            + "; reduce localization (default 1.0) or check nbeta",
         )
     ]
 
