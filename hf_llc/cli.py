@@ -591,6 +591,11 @@ def _estimate(args: argparse.Namespace) -> int:
     return _report_estimate(args, cfg, result, data)
 
 
+def _num(value) -> float:
+    """A statistic from the diagnostics as a float (NaN when missing)."""
+    return float("nan") if value is None else float(value)
+
+
 def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data) -> int:
     """Print an estimate's summary and write its JSON, plot and card as the flags ask."""
     from .serialization import write_json
@@ -605,7 +610,9 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
     print(result.summary())
     print(
         f"chains × draws: {cfg.num_chains} × {cfg.num_draws} (burn-in {cfg.num_burnin}), "
-        f"L_n(w*) = {result.init_loss:.6g}, R-hat = {diag.get('rhat', float('nan')):.3f}, "
+        f"L_n(w*) = {result.init_loss:.6g}, "
+        f"R-hat (rank) = {_num(diag.get('rhat_rank')):.3f}, "
+        f"ESS bulk/tail = {_num(diag.get('ess_bulk')):.0f}/{_num(diag.get('ess_tail')):.0f}, "
         f"divergences: {len(diag['divergences'])}, "
         f"sampling {result.timings['sampling_seconds']:.1f}s"
     )

@@ -46,7 +46,7 @@ from .checkpoint import (
     releases_run_locks,
     tensor_sha256,
 )
-from .diagnostics import assess_estimate, effective_sample_size, split_rhat, trace_checks
+from .diagnostics import assess_estimate, trace_checks
 from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import SamplerConfig, run_chain
 from .sampling.batched import run_chains
@@ -440,8 +440,9 @@ class LLCResult:
 
     def chain_table(self) -> str:
         """Per-chain diagnostics as text: λ̂_c, step size, MALA acceptance (when recorded),
-        flatness, fraction of draws below L_n(w*) and status, then split R-hat and ESS of the
-        excess-loss draws across chains."""
+        flatness, fraction of draws below L_n(w*) and status, then the rank-normalized R-hat
+        and the bulk and tail ESS of the excess-loss draws across chains (Vehtari et al. 2021;
+        "-" where they could not be computed or the result predates them)."""
         diag = self.diagnostics or {}
         checks = diag.get("checks") or {}
         steps = diag.get("step_size_per_chain") or []
@@ -477,8 +478,9 @@ class LLCResult:
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
         lines.append(
-            f"excess loss ({checks.get('trace', '-')} trace): split R-hat "
-            f"{_fmt(checks.get('rhat'), '.3f')}, ESS {_fmt(checks.get('ess'), '.0f')}, "
+            f"excess loss ({checks.get('trace', '-')} trace): rank-normalized R-hat "
+            f"{_fmt(checks.get('rhat_rank'), '.3f')}, ESS bulk "
+            f"{_fmt(checks.get('ess_bulk'), '.0f')} / tail {_fmt(checks.get('ess_tail'), '.0f')}, "
             f"mean flatness {_fmt(checks.get('flatness'), '+.2f')} "
             f"(limit ±{_fmt(checks.get('flatness_threshold'), '.2f')})"
         )
@@ -893,9 +895,24 @@ def estimate_llc(
     if stopped is not None:
         _interrupted(run_dir, stopped, cfg, nbeta, n, flat.numel, init_loss, t_init, procs)
     chains = sorted(procs.gather(chains), key=lambda ch: ch.chain)
+    # Once, after sampling (off the hot path), the same on every process: the curvature the
+    # verdict's checks of the step and of the localization need.
+    model.eval()
+    try:
+        measured = _verdict_curvature(problem, w_star, chain_cfg, chains, nbeta, precond_diag)
+    finally:
+        model.train(was_training)
 
     result = _assemble(
-        chains, chain_cfg, nbeta, n, flat.numel, init_loss, t_init, warn=procs.is_main
+        chains,
+        chain_cfg,
+        nbeta,
+        n,
+        flat.numel,
+        init_loss,
+        t_init,
+        warn=procs.is_main,
+        measured=measured,
     )
     if calibration is not None:
         # The settings say "auto" (rerunning them reproduces this result); the ε used is here.
@@ -986,7 +1003,11 @@ def _precond_diagonal(preconditioner: Any, flat: FlatParameters) -> Tensor | Non
     return diag.to(flat.w_star.device)
 
 
-def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init, warn=True) -> LLCResult:
+def _assemble(
+    chains, cfg, nbeta, n, num_params, init_loss, t_init, warn=True, measured=None
+) -> LLCResult:
+    """The result of finished chains. ``measured``: :func:`_verdict_curvature`'s numbers for
+    the verdict's checks of the step and the localization (skipped when ``None``)."""
     draws = cfg.num_draws
     trace = np.full((len(chains), draws), np.nan)
     per_chain, paired = [], []
@@ -1031,9 +1052,6 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init, warn=True) -
         "step_size_history": [ch.step_size_history for ch in chains],
         "burnin_trace": [ch.burnin_trace.numpy() for ch in chains],
     }
-    if len(healthy) >= 2:
-        diagnostics["rhat"] = split_rhat(trace[healthy])
-        diagnostics["ess"] = effective_sample_size(trace[healthy])
     if cfg.mala:
         acc = [
             float(ch.mala_acceptance.mean())
@@ -1065,16 +1083,114 @@ def _assemble(chains, cfg, nbeta, n, num_params, init_loss, t_init, warn=True) -
         good_paired = np.array([p for p, ch in zip(paired, chains) if not ch.diverged])
         result.llc_paired_per_chain = paired
         result.llc_paired_mean, result.llc_paired_std, _ = _mean_std_stderr(good_paired)
-    _add_verdict(result, chains, nbeta, init_loss)
+    settings = {
+        "num_chains": cfg.num_chains,
+        "num_draws": cfg.num_draws,
+        "num_burnin": cfg.num_burnin,
+        "num_steps": cfg.num_steps,
+        "nbeta": nbeta,
+        "num_samples": n,
+        **(measured or {}),
+    }
+    _add_verdict(result, chains, nbeta, init_loss, settings)
     return result
 
 
-def _add_verdict(result: LLCResult, chains, nbeta: float, init_loss: float) -> None:
+def _verdict_curvature(problem, w_star, cfg, chains, nbeta, precond_diag) -> dict:
+    """The curvature numbers the verdict checks (off the hot path: once, after sampling).
+
+    - ``step_times_curvature`` = ε·λ_max(A·∇²U), U = nβ·L + (γ/2)‖w − w*‖². With
+      ``step_size="curvature"`` the sampler measured λ_max itself and set ε = c/λ_max, so it is
+      ``step_scale`` × 2⁻ᵏ after k restarts (the smallest over the chains that did not
+      diverge). With a fixed ε it is measured here by power iteration on one minibatch
+      (:func:`hf_llc.sampling.chain.max_curvature`), the larger of the values at w* and at
+      w* + σ·ξ, σ = min(√(T·ε·A), 1/√γ) the farthest a chain could have diffused in T steps:
+      at a singular w* (the origin of a deep linear network, where ∇²L = 0) the curvature the
+      chain meets is away from w*. A is the user's diagonal; for RMSProp, whose A is learned
+      per chain and not kept, A ≈ 1 (its normalisation, mean(A) = 1): an approximation.
+    - ``localization_ratio`` = γ / (nβ·λ_max(∇²L)), λ_max the larger of the values at w* and
+      at w* + ξ/√γ, the scale the localizer alone would allow: if even there nβ·curvature
+      does not exceed γ, the localizer sets the posterior's scale in every direction. 0 for
+      γ = 0.
+
+    A measurement that fails (or is not finite) is ``None``; the verdict then says that the
+    check could not be made.
+    """
+    from .sampling.chain import max_curvature
+
+    device = w_star.device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(cfg.seed))
+    cpu_gen = torch.Generator().manual_seed(int(cfg.seed))
+    batch = problem.batch(torch.randperm(problem.num_samples, generator=cpu_gen)[: cfg.batch_size])
+    gamma = float(cfg.localization)
+    healthy = [ch for ch in chains if not ch.diverged]
+
+    def noise() -> Tensor:
+        return torch.randn(w_star.shape, generator=gen, device=device, dtype=w_star.dtype)
+
+    def curvature(points, *, nb, loc, precond_sqrt) -> float | None:
+        best = 0.0
+        try:
+            for w in points:
+                lam, _ = max_curvature(
+                    problem,
+                    w,
+                    w_star,
+                    batch,
+                    nbeta=nb,
+                    localization=loc,
+                    precond_sqrt=precond_sqrt,
+                    v0=noise(),
+                    iters=cfg.curvature_iters,
+                )
+                best = max(best, lam)
+        except (RuntimeError, ValueError):
+            return None
+        return best if math.isfinite(best) else None
+
+    out: dict[str, Any] = {}
+    if cfg.step_size == "curvature":
+        attempts = [len(ch.retries) for ch in healthy] or [0]
+        out["step_times_curvature"] = cfg.step_scale * 0.5 ** max(attempts)
+        out["curvature_source"] = "sampler"
+    else:
+        eps = min([ch.step_size for ch in healthy] or [float(cfg.step_size)])
+        sqrt_a = precond_diag.sqrt() if precond_diag is not None else None
+        reach = math.sqrt(cfg.num_steps * eps)
+        sigma = (sqrt_a * reach) if sqrt_a is not None else torch.full_like(w_star, reach)
+        if gamma > 0:
+            sigma = sigma.clamp(max=1 / math.sqrt(gamma))
+        lam = curvature(
+            [w_star, w_star + sigma * noise()], nb=nbeta, loc=gamma, precond_sqrt=sqrt_a
+        )
+        out["step_times_curvature"] = None if lam is None else eps * lam
+        out["curvature_source"] = (
+            "measured" if not str(cfg.preconditioner).startswith("rmsprop") else "measured, A≈1"
+        )
+    if gamma > 0:
+        lam = curvature(
+            [w_star, w_star + noise() / math.sqrt(gamma)], nb=1.0, loc=0.0, precond_sqrt=None
+        )
+        out["localization_ratio"] = (
+            None if lam is None else (gamma / (nbeta * lam) if lam > 0 else math.inf)
+        )
+    else:
+        out["localization_ratio"] = 0.0
+    return out
+
+
+def _add_verdict(
+    result: LLCResult, chains, nbeta: float, init_loss: float, settings: dict | None = None
+) -> None:
     """Trace checks and the ok/warning/fail verdict into ``result.diagnostics``.
 
     The checks run on the excess loss of the chains that did not diverge: the paired
     nβ·(L_{B_t}(w_t) − L_{B_t}(w*)) when the per-sample cache exists, else nβ·(L_{B_t}(w_t) −
-    L_n(w*)) (see :func:`hf_llc.diagnostics.assess_estimate`).
+    L_n(w*)) (see :func:`hf_llc.diagnostics.assess_estimate`). ``settings`` (the numbers of
+    the run the settings checks read) is stored as ``diagnostics["settings"]``; the
+    convergence statistics are copied to ``diagnostics["rhat_rank"]``, ``["ess_bulk"]`` and
+    ``["ess_tail"]``.
     """
     healthy = [ch for ch in chains if not ch.diverged]
     paired = bool(healthy) and all(ch.init_batch_trace is not None for ch in healthy)
@@ -1085,6 +1201,10 @@ def _add_verdict(result: LLCResult, chains, nbeta: float, init_loss: float) -> N
     excess = np.array(rows) if rows else np.empty((0, 0))
     diag = result.diagnostics
     diag["checks"] = trace_checks(excess, paired=paired)
+    for key in ("rhat_rank", "ess_bulk", "ess_tail"):
+        diag[key] = diag["checks"][key]
+    if settings is not None:
+        diag["settings"] = settings
     diag["verdict"] = assess_estimate(
         llc_mean=result.llc_mean,
         llc_stderr=result.llc_stderr,
@@ -1093,6 +1213,7 @@ def _add_verdict(result: LLCResult, chains, nbeta: float, init_loss: float) -> N
         divergences=diag["divergences"],
         retries=diag["retries"],
         mala_acceptance_per_chain=diag.get("mala_acceptance_per_chain"),
+        settings=settings,
     )
 
 

@@ -20,8 +20,9 @@ What is written, in the card's YAML front matter:
   the value, std, stderr and per-chain values, the dataset's name/config/split/fingerprint,
   the full sampler settings, nβ, n, the seed, chains × draws, the initial loss, the model
   revision, library versions, the UTC date and a small diagnostics summary (chains used,
-  R̂, ESS, MALA acceptance, number of divergences and restarts, the verdict and its reasons,
-  and, for ``step_size="auto"``, the chosen step size with the grid it was chosen from).
+  rank-normalized R̂ and bulk/tail ESS, MALA acceptance, number of divergences and restarts,
+  the verdict and its reasons, and, for ``step_size="auto"``, the chosen step size with the
+  grid it was chosen from).
 
 and in its body, a ``## Local Learning Coefficient`` section (between the HTML comments
 ``<!-- hf_llc:llc:start -->`` and ``<!-- hf_llc:llc:end -->``) with a table of every recorded
@@ -424,12 +425,16 @@ def _diagnostics_summary(diag: Mapping) -> dict:
     retries = diag.get("retries") or []
     out = {
         "num_chains_used": to_plain(diag.get("num_chains_used")),
-        "rhat": to_plain(diag.get("rhat")),
-        "ess": to_plain(diag.get("ess")),
         "mala_acceptance": to_plain(diag.get("mala_acceptance")),
         "num_divergences": len(divergences) if isinstance(divergences, (list, tuple)) else 0,
         "num_retries": len(retries) if isinstance(retries, (list, tuple)) else 0,
     }
+    # The rank-normalized R-hat and bulk/tail ESS of the excess loss (Vehtari et al. 2021);
+    # results saved before them carry the classic split R-hat and ESS of the raw loss trace
+    # under "rhat" and "ess", passed on under those names.
+    for key in ("rhat_rank", "ess_bulk", "ess_tail", "rhat", "ess"):
+        if key in diag:
+            out[key] = to_plain(diag.get(key))
     # Results made before verdicts / step-size calibration existed simply lack these keys.
     verdict = diag.get("verdict")
     if isinstance(verdict, Mapping):

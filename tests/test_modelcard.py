@@ -344,3 +344,20 @@ def test_flow_style_front_matter_falls_back_to_full_dump(tmp_path):
     assert meta["license"] == "mit" and meta["tags"] == ["a", "b"]
     assert list(meta)[:2] == ["license", "tags"]
     assert body.startswith("body\n") and len(meta["hf_llc"]) == 1
+
+
+def test_new_convergence_statistics_reach_the_card(tmp_path):
+    """A result with the rank-normalized R-hat and bulk/tail ESS (and none of the old keys)
+    puts exactly those names in the card's diagnostics summary."""
+    result = make_result()
+    diag = result.diagnostics
+    del diag["rhat"], diag["ess"]
+    diag.update(rhat_rank=np.float64(1.02), ess_bulk=310.0, ess_tail=np.float64(420.5))
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    path = write_llc_to_model_card(model_dir, result, dataset_name="d", date=DATE)
+    meta, _, _ = split_card(path.read_text())
+    summary = meta["hf_llc"][0]["diagnostics"]
+    assert summary["rhat_rank"] == 1.02 and type(summary["rhat_rank"]) is float
+    assert summary["ess_bulk"] == 310.0 and summary["ess_tail"] == 420.5
+    assert "rhat" not in summary and "ess" not in summary

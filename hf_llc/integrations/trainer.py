@@ -385,7 +385,7 @@ class LLCCallback(TrainerCallback):
             "init_loss": result.init_loss,
             "nbeta": result.nbeta,
             "num_samples": result.num_samples,
-            "rhat": diag.get("rhat"),
+            "rhat_rank": diag.get("rhat_rank"),
             "divergent_chains": len(diag.get("divergences") or []),
             "verdict": getattr(result, "verdict", None),
             "verdict_reasons": list(getattr(result, "verdict_reasons", None) or []),
@@ -400,8 +400,8 @@ class LLCCallback(TrainerCallback):
             "llc/nbeta": result.nbeta,
             "llc/divergent_chains": entry["divergent_chains"],
         }
-        if isinstance(entry["rhat"], (int, float)):
-            logs["llc/rhat"] = entry["rhat"]
+        if isinstance(entry["rhat_rank"], (int, float)):
+            logs["llc/rhat_rank"] = entry["rhat_rank"]
         logs = {k: float(v) for k, v in logs.items() if v is not None and math.isfinite(v)}
         self._log(state, control, logs)
         if self._is_main and self._output_dir is not None:
