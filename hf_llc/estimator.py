@@ -1107,11 +1107,15 @@ def _verdict_curvature(problem, w_star, cfg, chains, nbeta, precond_diag) -> dic
       w* + σ·ξ, σ = min(√(T·ε·A), 1/√γ) the farthest a chain could have diffused in T steps:
       at a singular w* (the origin of a deep linear network, where ∇²L = 0) the curvature the
       chain meets is away from w*. A is the user's diagonal; for RMSProp, whose A is learned
-      per chain and not kept, A ≈ 1 (its normalisation, mean(A) = 1): an approximation.
+      per chain and not kept, A ≈ 1 (its normalisation, mean(A) = 1), and for the Fisher
+      diagonal A ≈ 1/nβ (its value before the first window: unit curvature of L): both
+      approximations, recorded in ``curvature_source``.
     - ``localization_ratio`` = γ / (nβ·λ_max(∇²L)), λ_max the larger of the values at w* and
       at w* + ξ/√γ, the scale the localizer alone would allow: if even there nβ·curvature
       does not exceed γ, the localizer sets the posterior's scale in every direction. 0 for
-      γ = 0.
+      γ = 0. With ``"fisher-burnin"`` the localizer's metric is M = A⁻¹/nβ ≈ the curvature
+      diagonal of L, so in every direction it is γ/nβ of nβ times the curvature: the ratio is
+      γ/nβ, no measurement needed.
 
     A measurement that fails (or is not finite) is ``None``; the verdict then says that the
     check could not be made.
@@ -1157,6 +1161,9 @@ def _verdict_curvature(problem, w_star, cfg, chains, nbeta, precond_diag) -> dic
     else:
         eps = min([ch.step_size for ch in healthy] or [float(cfg.step_size)])
         sqrt_a = precond_diag.sqrt() if precond_diag is not None else None
+        fisher = str(cfg.preconditioner).startswith("fisher")
+        if fisher:
+            sqrt_a = torch.full_like(w_star, 1 / math.sqrt(nbeta))
         reach = math.sqrt(cfg.num_steps * eps)
         sigma = (sqrt_a * reach) if sqrt_a is not None else torch.full_like(w_star, reach)
         if gamma > 0:
@@ -1166,9 +1173,15 @@ def _verdict_curvature(problem, w_star, cfg, chains, nbeta, precond_diag) -> dic
         )
         out["step_times_curvature"] = None if lam is None else eps * lam
         out["curvature_source"] = (
-            "measured" if not str(cfg.preconditioner).startswith("rmsprop") else "measured, A≈1"
+            "measured, A≈1/nβ"
+            if fisher
+            else "measured, A≈1"
+            if str(cfg.preconditioner).startswith("rmsprop")
+            else "measured"
         )
-    if gamma > 0:
+    if gamma > 0 and str(cfg.preconditioner).startswith("fisher"):
+        out["localization_ratio"] = gamma / nbeta
+    elif gamma > 0:
         lam = curvature(
             [w_star, w_star + noise() / math.sqrt(gamma)], nb=1.0, loc=0.0, precond_sqrt=None
         )
