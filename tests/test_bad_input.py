@@ -415,7 +415,7 @@ API_CASES = [
         "unknown-preconditioner",
         lambda env, tmp: SamplerConfig(preconditioner="adam"),
         ValueError,
-        r"preconditioner='adam' is not known: use one of \('identity'",
+        r"preconditioner='adam' is not known: use one of \('fisher-burnin', 'identity'",
     ),
     ApiCase(
         "config-not-a-sampler-config",
@@ -669,7 +669,8 @@ CLI_CASES = [
     CliCase(
         "unknown-preconditioner",
         lambda env, tmp: _estimate(env, "--preconditioner", "adam"),
-        r"argument --preconditioner: invalid choice: 'adam' \(choose from 'identity'",
+        r"argument --preconditioner: invalid choice: 'adam' \(choose from 'fisher-burnin', "
+        r"'identity'",
     ),
     CliCase(
         "mixed-precision-fp16",
