@@ -203,7 +203,7 @@ def _live_storages(min_bytes: int = 0) -> dict[int, int]:
 def test_sampler_state_is_parameters_gradient_and_preconditioner(monkeypatch, mode, preconditioner):
     """At every SGLD step the sampler holds, per chain, the parameters and the gradient (whose
     buffer also takes the drift and the noise), plus RMSProp's R = √V, or the Fisher
-    diagonal's window sum S and its current A in bf16 during burn-in (then √A in S's place);
+    diagonal's window sum S and, until its freeze, its current A (then √A in S's place);
     w* once for all chains; and, until the last step-size measurement, the power-iteration
     warm start in bf16 (half a vector). Counted exactly: every live parameter-sized tensor
     storage allocated since before the estimate (the model's own parameters are not
@@ -236,7 +236,7 @@ def test_sampler_state_is_parameters_gradient_and_preconditioner(monkeypatch, mo
     )
     estimate_llc(model, data, cfg, progress=False)
     per_chain = 2 if preconditioner == "identity" else 3
-    burnin = 0.5 if preconditioner == "fisher-burnin" else 0.0  # A in bf16 until the freeze
+    burnin = 1.0 if preconditioner == "fisher-burnin" else 0.0  # the current A until the freeze
     warm = 0.5  # the bf16 power-iteration vector, until the last measurement
     if mode == "sequential":  # one chain at a time
         assert len(seen) == chains * cfg.num_steps

@@ -55,9 +55,8 @@ def test_fisher_diagonal_goes_to_DAD_and_its_localizer_metric_to_inverse():
     D = _per_tensor_scale(1).double()
     plain = _fed(None, grads, w_star, w_star)
     scaled = _fed(D, grads, D * w_star, D * w_star)
-    # A is held in bf16 during burn-in: equal up to its rounding (relative 2⁻⁸).
-    torch.testing.assert_close(scaled.A, D * plain.A * D, rtol=2**-7, atol=0)
-    torch.testing.assert_close(scaled.metric, plain.metric / D**2, rtol=2**-7, atol=0)
+    torch.testing.assert_close(scaled.A, D * plain.A * D, rtol=1e-12, atol=0)
+    torch.testing.assert_close(scaled.metric, plain.metric / D**2, rtol=1e-12, atol=0)
     plain = _fed(None, grads, w_star, w_star, freeze=True)
     scaled = _fed(D, grads, D * w_star, D * w_star, freeze=True)
     torch.testing.assert_close(scaled.A, D * plain.A * D, rtol=1e-12, atol=0)

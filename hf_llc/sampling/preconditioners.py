@@ -340,9 +340,10 @@ class FisherPreconditioner(Preconditioner):
     (γ/nβ)·(w − w*).
 
     ``like`` is one chain's flat parameters (d,) or a stack (chains × d). State: ``S`` (the
-    window's sum of squared gradients, fp32) and ``A`` in bf16 during burn-in (A is any fixed
-    positive diagonal, so rounding it changes neither the target nor the localizer's
-    invariance); once frozen, ``S`` holds √A in fp32 and the bf16 copy is dropped.
+    window's sum of squared gradients) and the current A until the freeze (half-way through the
+    burn-in); once frozen, ``S`` holds √A and the separate A is dropped. (A is kept in the
+    parameters' dtype: a bf16 copy would save half a vector but round 1e-7 differences between
+    batched and sequential chains to 2⁻⁸ steps of A.)
     """
 
     name = "fisher"
@@ -364,7 +365,7 @@ class FisherPreconditioner(Preconditioner):
         if sum(self.segments) != d:
             raise ValueError(f"segments sum to {sum(self.segments)}, not to the {d} parameters.")
         self.S = torch.zeros_like(like)
-        self.A_bf16: Tensor | None = torch.full_like(like, 1.0 / self.nbeta, dtype=torch.bfloat16)
+        self.A_now: Tensor | None = torch.full_like(like, 1.0 / self.nbeta)
         self.count = 0
         self.frozen = False
 
@@ -376,10 +377,10 @@ class FisherPreconditioner(Preconditioner):
     # -------------------------------------------------------------------- the hot path
 
     def _chunk_A(self, sl) -> Tensor:
-        """A on a chunk: a bf16 view before freezing, a fresh fp32 chunk after."""
+        """A on a chunk: a view before freezing, a fresh chunk after."""
         if self.frozen:
             return part(self.S, sl).square()
-        return part(self.A_bf16, sl)
+        return part(self.A_now, sl)
 
     def _apply_A_(self, buf: Tensor, sl) -> None:
         """``buf ← A·buf`` on the chunk ``sl`` (``buf`` already that chunk), no temporary."""
@@ -387,14 +388,14 @@ class FisherPreconditioner(Preconditioner):
             r = part(self.S, sl)
             buf.mul_(r).mul_(r)
         else:
-            buf.mul_(part(self.A_bf16, sl))
+            buf.mul_(part(self.A_now, sl))
 
     def scale_(self, buf: Tensor, *, sqrt: bool = False) -> Tensor:
         if self.frozen and sqrt:
             return buf.mul_(self.S)
         for sl in spans(buf):
-            if sqrt:  # before freezing only: √A in bf16, as A itself is (burn-in)
-                part(buf, sl).mul_(part(self.A_bf16, sl).sqrt())
+            if sqrt:  # before freezing only (burn-in)
+                part(buf, sl).mul_(part(self.A_now, sl).sqrt())
             else:
                 self._apply_A_(part(buf, sl), sl)
         return buf
@@ -430,22 +431,19 @@ class FisherPreconditioner(Preconditioner):
         """``w ← w + coef·(A·nβ·grad + (γ/nβ)·(w − w*))`` in one sweep (``grad`` consumed)."""
         if adapt and self.frozen:
             raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
+        # w ← w + coef·nβ·A·g + k·(w − w*), k = coef·γ/nβ, as (1 + k)·w − k·w*: no temporary.
+        # ``coef`` is a number, or per-chain (chains × 1) coefficients for a stack.
+        drift, k = coef * nbeta, coef * (localization / nbeta)
+        keep = 1 + k
         for sl in spans(grad):
             g, wc = part(grad, sl), part(w, sl)
             if adapt:
                 part(self.S, sl).addcmul_(g, g, value=nbeta * nbeta)
             self._apply_A_(g, sl)
-            if isinstance(coef, Tensor):  # a stack of chains, one coefficient each
-                g.mul_(nbeta)
-                if localization:
-                    g.add_(torch.sub(wc, part(w_star, sl)), alpha=localization / nbeta)
-                axpy_(wc, g, coef)
-                continue
-            # w ← w + coef·nβ·A·g + k·(w − w*), k = coef·γ/nβ: no temporary.
-            wc.add_(g, alpha=coef * nbeta)
+            axpy_(wc, g, drift)
             if localization:
-                k = coef * localization / nbeta
-                wc.mul_(1 + k).add_(part(w_star, sl), alpha=-k)
+                wc.mul_(keep)
+                axpy_(wc, part(w_star, sl), -k)
         if adapt:
             self.count += 1
 
@@ -474,25 +472,24 @@ class FisherPreconditioner(Preconditioner):
         if self.count:
             for sl, shift, seen in self._pieces():
                 new = part(self.S, sl).div(self.count).add_(shift).reciprocal_()
-                a = part(self.A_bf16, sl)
-                old = a.float()
-                a.copy_(torch.where(seen, torch.minimum(new, old.mul_(self.GROWTH)), a.float()))
+                a = part(self.A_now, sl)
+                a.copy_(torch.where(seen, torch.minimum(new, a * self.GROWTH), a))
         self.S.zero_()
         self.count = 0
 
     def freeze(self) -> None:
-        """The last refresh: S ← √A (fp32), the bf16 copy dropped; A is constant from now on."""
+        """The last refresh: S ← √A, the separate A dropped; A is constant from now on."""
         if self.frozen:
             return
         if self.count:
             for sl, shift, seen in self._pieces():
                 s = part(self.S, sl)
-                old = part(self.A_bf16, sl).float()
+                old = part(self.A_now, sl)
                 s.div_(self.count).add_(shift).reciprocal_()
                 s.copy_(torch.where(seen, torch.minimum(s, old * self.GROWTH), old)).sqrt_()
         else:
-            self.S.copy_(self.A_bf16).sqrt_()
-        self.A_bf16 = None
+            self.S.copy_(self.A_now).sqrt_()
+        self.A_now = None
         self.count = 0
         self.frozen = True
 
@@ -500,11 +497,11 @@ class FisherPreconditioner(Preconditioner):
 
     @property
     def A(self) -> Tensor:  # noqa: N802
-        return self.S.square() if self.frozen else self.A_bf16.to(self.S.dtype)
+        return self.S.square() if self.frozen else self.A_now.clone()
 
     @property
     def A_sqrt(self) -> Tensor:  # noqa: N802
-        return self.S.clone() if self.frozen else self.A_bf16.to(self.S.dtype).sqrt_()
+        return self.S.clone() if self.frozen else self.A_now.clone().sqrt_()
 
     @property
     def metric(self) -> Tensor:
@@ -523,13 +520,13 @@ class FisherPreconditioner(Preconditioner):
             self.segments,
         )
         view.S = self.S[i]
-        view.A_bf16 = None if self.A_bf16 is None else self.A_bf16[i]
+        view.A_now = None if self.A_now is None else self.A_now[i]
         return view
 
     def state_dict(self) -> dict:
         state = {"S": self.S, "count": self.count, "frozen": self.frozen}
-        if self.A_bf16 is not None:
-            state["A_bf16"] = self.A_bf16
+        if self.A_now is not None:
+            state["A_now"] = self.A_now
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -537,9 +534,9 @@ class FisherPreconditioner(Preconditioner):
         self.count = int(state["count"])
         self.frozen = bool(state["frozen"])
         if self.frozen:
-            self.A_bf16 = None
+            self.A_now = None
         else:
-            self.A_bf16.copy_(state["A_bf16"])
+            self.A_now.copy_(state["A_now"])
 
 
 def make_preconditioner(
