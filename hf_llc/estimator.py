@@ -218,7 +218,8 @@ class ModelLoss:
         self.forward_kwargs = dict(forward_kwargs or {})
         self.exclude = set(exclude) | {"num_items_in_batch"}
         self.num_samples = data.num_samples
-        self.segments = flat.sizes  # the parameter tensors' sizes in the flat vector
+        # The parameter tensors' sizes in the flat vector (none for check_inputs' stand-in).
+        self.segments = getattr(flat, "sizes", None)
         params = inspect.signature(model.forward).parameters
         self.accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values()) and not [
             n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
