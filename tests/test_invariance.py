@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
+from hf_llc.models.dln import rescale_dln
 from hf_llc.sampling import FisherPreconditioner, sgld_step_
 from hf_llc.validation import per_sample_loss_fn
 
@@ -87,24 +88,6 @@ def test_one_step_from_D_w_lands_on_D_times_the_step_from_w():
 
 # ------------------------------------------------------------------------------------------
 # The outcome, at the defaults (slow).
-
-
-def rescale_dln(model, seed: int, lo: float = 0.1, hi: float = 10.0) -> None:
-    """Rescale a DLN's layers in place without changing its function: layer l × a_l with
-    ∏ a_l = 1 (factors log-uniform in [lo, hi] before centring), then every hidden unit j ×
-    α_j on its incoming row and ÷ α_j on its outgoing column (α_j log-uniform in [lo, hi])."""
-    rng = np.random.default_rng(seed)
-    layers = list(model.layers)
-    logs = rng.uniform(math.log(lo), math.log(hi), size=len(layers))
-    logs -= logs.mean()
-    with torch.no_grad():
-        for layer, a in zip(layers, np.exp(logs)):
-            layer.weight.mul_(float(a))
-        for i in range(len(layers) - 1):
-            h = layers[i].weight.shape[0]
-            alpha = torch.tensor(np.exp(rng.uniform(math.log(lo), math.log(hi), size=h)))
-            layers[i].weight.mul_(alpha.float()[:, None])
-            layers[i + 1].weight.div_(alpha.float()[None, :])
 
 
 # Cases not used to choose the recipe: aligned and full_rank, depths 2–4.

@@ -315,12 +315,7 @@ def run_chains_batched(
             if active[i]:
                 idx[i] = batchers[i].next()
         batch = stack_batches(problem, idx)
-        if t in schedule.refresh_at:  # a windowed A is renewed before ε is measured
-            if t == freeze_at:
-                adapting_precond = False
-                precond.freeze()
-            else:
-                precond.refresh()
+        schedule.renew(precond, t)
         curvature_now = adaptive and (t == 0 or t in adapt_at or t == freeze_at)
         for i in range(C) if curvature_now else ():
             if not active[i]:

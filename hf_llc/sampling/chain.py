@@ -289,6 +289,12 @@ class Schedule:
         last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
         return cls(adaptive, adapt_at, freeze_at, last, refresh_at)
 
+    def renew(self, precond, t: int) -> None:
+        """Before step ``t``'s step-size measurement: a windowed preconditioner's A is
+        re-estimated at the steps ``refresh_at``, and frozen at the last of them."""
+        if t in self.refresh_at:
+            precond.freeze() if t == self.freeze_at else precond.refresh()
+
     def warm_start(self, gen: torch.Generator, like: Tensor) -> Tensor | None:
         """The first power-iteration vector (drawn from the chain's generator), or ``None``."""
         if not self.adaptive:
@@ -558,12 +564,7 @@ def _run_attempt(
         for t in range(first_step, total):
             idx = batcher.next()
             batch = problem.batch(idx)
-            if t in schedule.refresh_at:  # a windowed A is renewed before ε is measured
-                if t == freeze_at:
-                    adapting_precond = False
-                    precond.freeze()
-                else:
-                    precond.refresh()
+            schedule.renew(precond, t)
             if adaptive and t == 0:
                 step_size, v = _initial_step_size(
                     problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
@@ -594,8 +595,8 @@ def _run_attempt(
             if v is not None and v.dtype != WARM_START_DTYPE:  # just measured
                 v = None if t >= schedule.last_measurement else v.to(WARM_START_DTYPE)
             if t == freeze_at:
-                # "rmsprop-burnin": the RMSProp diagonal stops adapting; the draws use a
-                # constant A.
+                # "…-burnin": the diagonal stops adapting (the Fisher one was frozen by
+                # schedule.renew already); the draws use a constant A.
                 adapting_precond = False
                 precond.freeze()
 
