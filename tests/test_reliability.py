@@ -808,7 +808,8 @@ def test_the_tests_read_nothing_outside_the_repository():
     tests = Path(__file__).resolve().parent
     assert (tests / "data" / "dln_cases.json").is_file()
     assert json.loads((tests / "data" / "dln_cases.json").read_text())["cases"]
-    outside = ["../" + "shared", '"shared" / ' + '"reference"', "parents[1]." + "parent"]
+    folder = "sha" + "red"  # spelled in pieces so that this test does not match itself
+    outside = [f"../{folder}", f'"{folder}"' + " / ", "parents[1]." + "parent"]
     for path in tests.glob("*.py"):
         text = path.read_text()
         assert not [needle for needle in outside if needle in text], path
