@@ -110,11 +110,12 @@ def _resume_from_every_snapshot(tmp_path, problem, w_star, cfg, every, init_loss
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(),  # the default recipe: curvature step size, RMSProp frozen after burn-in
+        dict(),  # the default recipe: curvature step size, Fisher diagonal frozen in burn-in
+        dict(preconditioner="rmsprop-burnin"),  # RMSProp frozen after burn-in
         dict(mala=True, preconditioner="rmsprop", draw_every=3),
         dict(step_size=0.01, preconditioner="identity"),
     ],
-    ids=["default", "mala-rmsprop-thinned", "fixed-identity"],
+    ids=["default", "rmsprop-burnin", "mala-rmsprop-thinned", "fixed-identity"],
 )
 def test_run_chain_resumes_bit_identically_from_every_snapshot(tmp_path, settings):
     problem = TwoLayerProblem()
