@@ -71,10 +71,11 @@ def _assert_same_chains(seq, bat):
     "settings",
     [
         dict(step_size=2e-4, preconditioner="identity"),
-        dict(mala=True),  # the default recipe: curvature step sizes, rmsprop-burnin
+        dict(mala=True),  # the default recipe: curvature step sizes, fisher-burnin
+        dict(preconditioner="rmsprop-burnin"),
         dict(step_size=2e-4, preconditioner="rmsprop", localization=10, draw_every=2, num_draws=30),
     ],
-    ids=["identity-fixed", "default-with-mala", "rmsprop-thinned"],
+    ids=["identity-fixed", "default-with-mala", "rmsprop-burnin", "rmsprop-thinned"],
 )
 def test_batched_chains_match_sequential_chains(dln, settings):
     model, dataset = dln
