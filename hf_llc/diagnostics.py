@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import ndtri
+import torch
 
 #: Draws each chain needs before R̂ and ESS are computed: the chains are split in halves, and a
 #: half needs a few draws for its variance and its autocorrelations to exist at all. With fewer
@@ -68,7 +68,8 @@ def rank_normalize(traces) -> np.ndarray:
     for s, e in zip(starts, ends):
         if e - s > 1:
             ranks[order[s:e]] = 0.5 * (s + 1 + e)
-    return ndtri((ranks - 0.375) / (flat.size + 0.25)).reshape(x.shape)
+    p = torch.from_numpy(np.asarray((ranks - 0.375) / (flat.size + 0.25), dtype=np.float64))
+    return torch.special.ndtri(p).numpy().reshape(x.shape)  # Φ⁻¹
 
 
 def _rhat_of_chains(x: np.ndarray) -> float:
