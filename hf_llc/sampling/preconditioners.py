@@ -32,9 +32,6 @@ class Preconditioner:
     name = "identity"
     #: Whether :meth:`update_` changes A (RMSProp); fixed preconditioners ignore it.
     adaptive = False
-    #: Whether A is re-estimated at fixed steps by :meth:`refresh` (then the step size is
-    #: re-measured right after, free to grow or shrink, since A's scale changed).
-    refreshes = False
     #: The localizer's metric M in (γ/2)(w − w*)ᵀM(w − w*): ``None`` for the Euclidean one.
     metric: Tensor | None = None
 
@@ -96,7 +93,8 @@ class Preconditioner:
         self.descend_(w, grad, coef)
 
     def refresh(self) -> None:
-        """Re-estimate A from what was accumulated since the last refresh (``refreshes``)."""
+        """Re-estimate A from what was accumulated since the last refresh (windowed
+        preconditioners; the chain measures the step size afresh right after)."""
 
     def freeze(self) -> None:
         """Stop adapting: A stays as it is from now on (no-op for fixed preconditioners)."""
@@ -352,8 +350,6 @@ class FisherPreconditioner(Preconditioner):
     #: directions that were slow at it (they barely moved), so the fixed point is reached by
     #: bounded steps; A ← min(new, GROWTH·old) keeps A ↦ D·A·D (old A is equivariant too).
     GROWTH = 10.0
-    #: A is re-estimated at fixed steps (:meth:`refresh`), not continuously.
-    refreshes = True
 
     def __init__(
         self, like: Tensor, nbeta: float, damping: float, segments: list[int] | None = None
@@ -368,11 +364,6 @@ class FisherPreconditioner(Preconditioner):
         self.A_now: Tensor | None = torch.full_like(like, 1.0 / self.nbeta)
         self.count = 0
         self.frozen = False
-
-    @property
-    def localizer_coef(self) -> float:
-        """γ' in the preconditioned localizer drift A·γ·M·(w − w*) = γ'·(w − w*), per unit γ."""
-        return 1.0 / self.nbeta
 
     # -------------------------------------------------------------------- the hot path
 
