@@ -77,6 +77,16 @@ def _read_only(path: Path, mode: int) -> bool:
     return not os.access(path, os.W_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _resolve(path: Path) -> tuple[Path, os.stat_result | None]:
+    """The file ``path`` writes to (symbolic links followed) and its status (``None`` if it
+    does not exist yet); other ``OSError``\ s propagate."""
+    target = Path(os.path.realpath(path))
+    try:
+        return target, os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return target, None
+
+
 def check_output_path(path: str | os.PathLike, what: str = "--output") -> Path:
     """Check, before any work, that ``path`` can be written by :func:`atomic_write`.
 
@@ -88,11 +98,8 @@ def check_output_path(path: str | os.PathLike, what: str = "--output") -> Path:
             its folder does not exist or is not a writable directory.
     """
     path = Path(path)
-    target = Path(os.path.realpath(path))
     try:
-        st = os.stat(target)
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
+        target, st = _resolve(path)
     except OSError as err:
         raise ValueError(f"{what} {path}: cannot check it ({err.strerror or err}).") from err
     if st is not None:
@@ -166,11 +173,7 @@ def atomic_write(
             "disk full" / "file too large", and the fix. The temporary file is removed.
     """
     path = Path(path)
-    target = Path(os.path.realpath(path))
-    try:
-        st = os.stat(target)
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
+    target, st = _resolve(path)
     if st is not None and not stat.S_ISREG(st.st_mode):
         if _written_in_place(st.st_mode):
             _write_to(target, data, "wb")

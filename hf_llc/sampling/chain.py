@@ -262,26 +262,20 @@ class Schedule:
     @classmethod
     def of(cls, cfg: SamplerConfig) -> Schedule:
         adaptive = cfg.step_size == "curvature"
-        adapt_at: frozenset[int] = frozenset()
-        if adaptive and cfg.num_adaptations and cfg.num_burnin:
-            every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
-            adapt_at = frozenset(
-                every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
-            )
+        # The adaptation grid: num_adaptations evenly spaced steps inside the burn-in.
+        every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
+        grid = [every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin]
+        adapt_at: frozenset[int] = frozenset(grid) if adaptive else frozenset()
         # "…-burnin": adapt A during burn-in only; the draws then sample with a constant A.
         burnin_only = cfg.preconditioner in ("rmsprop-burnin", "fisher-burnin")
         freeze_at = cfg.num_burnin if burnin_only else None
         refresh_at: frozenset[int] = frozenset()
         if cfg.preconditioner == "fisher-burnin":
-            # A is re-estimated from windows of the burn-in at the first half of the adaptation
-            # grid and frozen at the next grid point (whatever the step-size mode); the rest of
-            # the burn-in runs with the final A, and ε is re-measured there (it may only shrink)
-            # at the remaining grid points and at the end, so that it is stable at several
-            # points the chain visits, not only where A was set.
-            every = max(1, cfg.num_burnin // (cfg.num_adaptations + 1))
-            grid = sorted(
-                every * k for k in range(1, cfg.num_adaptations + 1) if every * k < cfg.num_burnin
-            )
+            # A is re-estimated from windows of the burn-in at the first half of the grid and
+            # frozen at the next grid point (whatever the step-size mode); the rest of the
+            # burn-in runs with the final A, and ε is re-measured there (it may only shrink) at
+            # the remaining grid points and at the end, so that it is stable at several points
+            # the chain visits, not only where A was set.
             cut = len(grid) // 2
             freeze_at = grid[cut] if cut < len(grid) else cfg.num_burnin
             refresh_at = frozenset([*grid[:cut], freeze_at])
