@@ -44,10 +44,9 @@ from .chain import (
     LossProblem,
     Schedule,
     _grad,
-    _initial_step_size,
     chain_generator,
     divergence_message,
-    max_curvature,
+    measure_step_size,
     retry_record,
     run_attempts,
     run_chain,
@@ -322,30 +321,22 @@ def run_chains_batched(
                 continue
             own = problem.batch(idx[i])
             row = precond.row(i)
-            if t == 0:
-                steps[i], vs[i] = _initial_step_size(
-                    problem, w_star, own, cfg, cfg.step_scale, nbeta, row, gens[i], vs[i]
-                )
-                histories[i].append((0, steps[i]))
-            else:
-                lam, vs[i] = max_curvature(
-                    problem,
-                    W[i],
-                    w_star,
-                    own,
-                    nbeta=nbeta,
-                    localization=cfg.localization,
-                    precond_sqrt=row.A_sqrt,
-                    v0=vs[i],
-                    iters=cfg.curvature_iters,
-                    metric=row.metric,
-                )
-                new = cfg.step_scale / max(lam, 1e-12)
-                if t in schedule.refresh_at:  # A changed scale: the old ε no longer applies
-                    steps[i] = new
-                else:
-                    steps[i] = min(new if t == freeze_at else max(new, steps[i] / 4), steps[i])
-                histories[i].append((t, steps[i]))
+            steps[i], vs[i] = measure_step_size(
+                problem,
+                W[i],
+                w_star,
+                own,
+                t=t,
+                current=steps[i],
+                schedule=schedule,
+                cfg=cfg,
+                step_scale=cfg.step_scale,
+                nbeta=nbeta,
+                precond=row,
+                gen=gens[i],
+                v=vs[i],
+            )
+            histories[i].append((t, steps[i]))
             vs[i] = None if t >= schedule.last_measurement else vs[i].to(WARM_START_DTYPE)
         if t == freeze_at:
             adapting_precond = False

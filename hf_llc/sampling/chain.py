@@ -258,6 +258,7 @@ class Schedule:
     freeze_at: int | None
     last_measurement: int
     refresh_at: frozenset[int] = frozenset()
+    settle_at: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, cfg: SamplerConfig) -> Schedule:
@@ -270,6 +271,7 @@ class Schedule:
         burnin_only = cfg.preconditioner in ("rmsprop-burnin", "fisher-burnin")
         freeze_at = cfg.num_burnin if burnin_only else None
         refresh_at: frozenset[int] = frozenset()
+        settle_at: frozenset[int] = frozenset()
         if cfg.preconditioner == "fisher-burnin":
             # A is re-estimated from windows of the burn-in at the first half of the grid and
             # frozen at the next grid point (whatever the step-size mode); the rest of the
@@ -279,15 +281,34 @@ class Schedule:
             cut = len(grid) // 2
             freeze_at = grid[cut] if cut < len(grid) else cfg.num_burnin
             refresh_at = frozenset([*grid[:cut], freeze_at])
-            adapt_at = frozenset([*grid, cfg.num_burnin]) - {0} if adaptive else frozenset()
+            later = max(1, every // 8)
+            settle_at = frozenset(t + later for t in refresh_at if t + later < cfg.num_burnin)
+            measure = [*grid, *settle_at, cfg.num_burnin]
+            adapt_at = frozenset(measure) - {0} if adaptive else frozenset()
         last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
-        return cls(adaptive, adapt_at, freeze_at, last, refresh_at)
+        return cls(adaptive, adapt_at, freeze_at, last, refresh_at, settle_at)
 
     def renew(self, precond, t: int) -> None:
         """Before step ``t``'s step-size measurement: a windowed preconditioner's A is
         re-estimated at the steps ``refresh_at``, and frozen at the last of them."""
         if t in self.refresh_at:
             precond.freeze() if t == self.freeze_at else precond.refresh()
+
+    def next_step_size(self, t: int, measured: float, current: float) -> float:
+        """The step size after the measurement ``measured`` = c/λ_max at step ``t`` (t > 0).
+
+        Where A was just re-estimated (``refresh_at``) the old ε no longer applies: ε is the
+        new measurement (probed around the chain, :func:`_probed_step_size`). A few steps later
+        (``settle_at``) it is measured again and may only shrink, freely: a window that saw only
+        the flat neighbourhood of w* (the origin of a deep network) sets a step that is too
+        large once the chain moves out to where the loss is steep. At the other grid points ε
+        only shrinks, by at most 4×, and freely at the freeze: it has to be stable at every point
+        the chain visits, not only at the latest one."""
+        if t in self.refresh_at:
+            return measured
+        if t == self.freeze_at or t in self.settle_at:
+            return min(measured, current)
+        return min(max(measured, current / 4), current)
 
     def warm_start(self, gen: torch.Generator, like: Tensor) -> Tensor | None:
         """The first power-iteration vector (drawn from the chain's generator), or ``None``."""
@@ -297,12 +318,12 @@ class Schedule:
         return v.to(WARM_START_DTYPE)
 
 
-def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
-    """ε = c / λ_max, with λ_max probed at w* and at points one noise step away from w*.
+def _probed_step_size(problem, at, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
+    """ε = c / λ_max, with λ_max probed at ``at`` and at points one noise step away from it.
 
-    At a flat w* (the origin of a deep linear network, λ_max = γ) a step sized from w* alone
-    would throw the chain far out, where the loss is steep; probing at w* + √(εA)·ξ and
-    moving ε geometrically towards c / λ_max(probe) finds a self-consistent step.
+    At a flat point (w* at the origin of a deep linear network, λ_max = γ) a step sized there
+    alone would throw the chain far out, where the loss is steep; probing at ``at`` + √(εA)·ξ
+    and moving ε geometrically towards c / λ_max(probe) finds a self-consistent step.
     """
     kw = dict(
         nbeta=nbeta,
@@ -311,19 +332,60 @@ def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, 
         iters=cfg.curvature_iters,
         metric=precond.metric,
     )
-    lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
+    lam, v = max_curvature(problem, at, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
     eps = step_scale / lam
     for _ in range(8):
         xi = torch.randn(w_star.shape, generator=gen, device=w_star.device, dtype=w_star.dtype)
         if precond.A_sqrt is not None:
             xi = xi * precond.A_sqrt
-        lam_p, v = max_curvature(problem, w_star + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
+        lam_p, v = max_curvature(problem, at + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
         target = step_scale / max(lam_p, lam)
         if target >= 0.9 * eps:
             break
         eps = math.sqrt(eps * target)
     return eps, v
+
+
+def measure_step_size(
+    problem: LossProblem,
+    w: Tensor,
+    w_star: Tensor,
+    batch: Any,
+    *,
+    t: int,
+    current: float,
+    schedule: Schedule,
+    cfg: SamplerConfig,
+    step_scale: float,
+    nbeta: float,
+    precond,
+    gen: torch.Generator,
+    v: Tensor,
+) -> tuple[float, Tensor]:
+    """The step-size rule of every chain: (ε after a measurement at step ``t``, the power
+    vector). At step 0 and where A was just re-estimated the measurement is probed
+    (:func:`_probed_step_size`, from w* at step 0, from the chain's ``w`` later); elsewhere it
+    is c/λ_max at ``w``; :meth:`Schedule.next_step_size` then says how ε may change."""
+    if t == 0 or t in schedule.refresh_at:
+        at = w_star if t == 0 else w
+        measured, v = _probed_step_size(
+            problem, at, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
+        )
+        return (measured, v) if t == 0 else (schedule.next_step_size(t, measured, current), v)
+    lam, v = max_curvature(
+        problem,
+        w,
+        w_star,
+        batch,
+        nbeta=nbeta,
+        localization=cfg.localization,
+        precond_sqrt=precond.A_sqrt,
+        v0=v,
+        iters=cfg.curvature_iters,
+        metric=precond.metric,
+    )
+    return schedule.next_step_size(t, step_scale / max(lam, 1e-12), current), v
 
 
 def divergence_message(
@@ -559,32 +621,23 @@ def _run_attempt(
             idx = batcher.next()
             batch = problem.batch(idx)
             schedule.renew(precond, t)
-            if adaptive and t == 0:
-                step_size, v = _initial_step_size(
-                    problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
-                )
-                history.append((0, step_size))
-            elif t in adapt_at or (adaptive and t == freeze_at):
-                # Re-measure at the chain's own position (at freeze_at: against the final A).
-                # The step only shrinks, by at most 4x here: it has to be stable at every point
-                # the chain visits, not only at the latest one.
-                lam, v = max_curvature(
+            if adaptive and (t == 0 or t in adapt_at or t == freeze_at):
+                # At the chain's own position (at freeze_at: against the final A).
+                step_size, v = measure_step_size(
                     problem,
                     w,
                     w_star,
                     batch,
+                    t=t,
+                    current=step_size,
+                    schedule=schedule,
+                    cfg=cfg,
+                    step_scale=step_scale,
                     nbeta=nbeta,
-                    localization=cfg.localization,
-                    precond_sqrt=precond.A_sqrt,
-                    v0=v,
-                    iters=cfg.curvature_iters,
-                    metric=precond.metric,
+                    precond=precond,
+                    gen=gen,
+                    v=v,
                 )
-                new = step_scale / max(lam, 1e-12)
-                if t in schedule.refresh_at:  # A changed scale: the old ε no longer applies
-                    step_size = new
-                else:
-                    step_size = min(new if t == freeze_at else max(new, step_size / 4), step_size)
                 history.append((t, step_size))
             if v is not None and v.dtype != WARM_START_DTYPE:  # just measured
                 v = None if t >= schedule.last_measurement else v.to(WARM_START_DTYPE)
