@@ -281,8 +281,12 @@ class Schedule:
             cut = len(grid) // 2
             freeze_at = grid[cut] if cut < len(grid) else cfg.num_burnin
             refresh_at = frozenset([*grid[:cut], freeze_at])
-            later = max(1, every // 8)
-            settle_at = frozenset(t + later for t in refresh_at if t + later < cfg.num_burnin)
+            # ε is measured again a few steps after each re-estimate before the freeze (the
+            # steps after the freeze have their own re-measurements on the grid).
+            later = {max(1, every // 64), max(1, every // 8)}
+            settle_at = frozenset(
+                t + k for t in grid[:cut] for k in later if t + k < cfg.num_burnin
+            )
             measure = [*grid, *settle_at, cfg.num_burnin]
             adapt_at = frozenset(measure) - {0} if adaptive else frozenset()
         last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
@@ -298,12 +302,11 @@ class Schedule:
         """The step size after the measurement ``measured`` = c/λ_max at step ``t`` (t > 0).
 
         Where A was just re-estimated (``refresh_at``) the old ε no longer applies: ε is the
-        new measurement (probed around the chain, :func:`_probed_step_size`). A few steps later
-        (``settle_at``) it is measured again and may only shrink, freely: a window that saw only
-        the flat neighbourhood of w* (the origin of a deep network) sets a step that is too
-        large once the chain moves out to where the loss is steep. At the other grid points ε
-        only shrinks, by at most 4×, and freely at the freeze: it has to be stable at every point
-        the chain visits, not only at the latest one."""
+        new measurement. A few steps later (``settle_at``) it is measured again and may only
+        shrink, freely: a window that saw only the flat neighbourhood of w* (the origin of a
+        deep network) sets a step that is too large once the chain moves out to where the loss
+        is steep. At the other grid points ε only shrinks, by at most 4×, and freely at the
+        freeze: it has to be stable at every point the chain visits, not only the latest."""
         if t in self.refresh_at:
             return measured
         if t == self.freeze_at or t in self.settle_at:
@@ -318,12 +321,12 @@ class Schedule:
         return v.to(WARM_START_DTYPE)
 
 
-def _probed_step_size(problem, at, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
-    """ε = c / λ_max, with λ_max probed at ``at`` and at points one noise step away from it.
+def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
+    """ε = c / λ_max, with λ_max probed at w* and at points one noise step away from w*.
 
-    At a flat point (w* at the origin of a deep linear network, λ_max = γ) a step sized there
-    alone would throw the chain far out, where the loss is steep; probing at ``at`` + √(εA)·ξ
-    and moving ε geometrically towards c / λ_max(probe) finds a self-consistent step.
+    At a flat w* (the origin of a deep linear network, λ_max = γ) a step sized from w* alone
+    would throw the chain far out, where the loss is steep; probing at w* + √(εA)·ξ and
+    moving ε geometrically towards c / λ_max(probe) finds a self-consistent step.
     """
     kw = dict(
         nbeta=nbeta,
@@ -332,14 +335,14 @@ def _probed_step_size(problem, at, w_star, batch, cfg, step_scale, nbeta, precon
         iters=cfg.curvature_iters,
         metric=precond.metric,
     )
-    lam, v = max_curvature(problem, at, w_star, batch, v0=v, **kw)
+    lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
     eps = step_scale / lam
     for _ in range(8):
         xi = torch.randn(w_star.shape, generator=gen, device=w_star.device, dtype=w_star.dtype)
         if precond.A_sqrt is not None:
             xi = xi * precond.A_sqrt
-        lam_p, v = max_curvature(problem, at + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
+        lam_p, v = max_curvature(problem, w_star + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
         target = step_scale / max(lam_p, lam)
         if target >= 0.9 * eps:
             break
@@ -364,15 +367,11 @@ def measure_step_size(
     v: Tensor,
 ) -> tuple[float, Tensor]:
     """The step-size rule of every chain: (ε after a measurement at step ``t``, the power
-    vector). At step 0 and where A was just re-estimated the measurement is probed
-    (:func:`_probed_step_size`, from w* at step 0, from the chain's ``w`` later); elsewhere it
-    is c/λ_max at ``w``; :meth:`Schedule.next_step_size` then says how ε may change."""
-    if t == 0 or t in schedule.refresh_at:
-        at = w_star if t == 0 else w
-        measured, v = _probed_step_size(
-            problem, at, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
-        )
-        return (measured, v) if t == 0 else (schedule.next_step_size(t, measured, current), v)
+    vector). At step 0 the measurement is probed around w* (:func:`_initial_step_size`); later
+    it is c/λ_max at the chain's ``w``, and :meth:`Schedule.next_step_size` says how ε may
+    change."""
+    if t == 0:
+        return _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v)
     lam, v = max_curvature(
         problem,
         w,
