@@ -628,33 +628,6 @@ class RunCheckpoint:
                 out.append(saved)
         return out
 
-    def wrap(self, run_chain: Callable[..., ChainResult], *, resume: bool) -> Callable:
-        """``run_chain`` with this folder: a chain finished earlier is loaded (when resuming),
-        a running one continues from its snapshot, every chain reports its snapshots here and
-        is recorded when it finishes. Same signature as ``run_chain``."""
-
-        def run(problem, w_star, cfg, chain, *, progress=None, **kwargs) -> ChainResult:
-            saved = self.load_chain(chain) if resume else None
-            if isinstance(saved, ChainResult):
-                if progress is not None:
-                    progress.update(cfg.num_steps)
-                return saved
-            self.stop_if_requested()
-            result = run_chain(
-                problem,
-                w_star,
-                cfg,
-                chain,
-                progress=progress,
-                checkpoint=self,
-                resume=saved,
-                **kwargs,
-            )
-            self.save_finished(result)
-            return result
-
-        return run
-
     # -- the ChainCheckpoint protocol ---------------------------------------------------
 
     def due(self, chain: int, step: int) -> bool:

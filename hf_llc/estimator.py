@@ -48,8 +48,7 @@ from .checkpoint import (
 )
 from .diagnostics import assess_estimate, trace_checks
 from .distributed import autocast, process_info, resolve_mixed_precision
-from .sampling import SamplerConfig, run_chain
-from .sampling.batched import run_chains
+from .sampling import LocalPosterior, SamplerConfig, run_chains
 from .serialization import to_plain, write_json
 
 
@@ -870,21 +869,12 @@ def estimate_llc(
         stopped = None
         try:
             # With output_dir: chains finished earlier are loaded, running ones resumed, and
-            # every chain checkpointed, one after another; SIGINT/SIGTERM stop it with
+            # every chain checkpointed (batched ones too); SIGINT/SIGTERM stop it with
             # ChainStopped.
-            runner = None if run_dir is None else run_dir.wrap(run_chain, resume=resume)
+            post = LocalPosterior(problem, w_star, nbeta, init_loss, cache, precond_diag)
             with run_dir.catch_signals() if run_dir is not None else nullcontext():
                 chains, chain_mode = run_chains(
-                    problem,
-                    w_star,
-                    chain_cfg,
-                    mine,
-                    nbeta=nbeta,
-                    init_loss=init_loss,
-                    init_per_sample=cache,
-                    precond_diagonal=precond_diag,
-                    progress=bar,
-                    runner=runner,
+                    post, chain_cfg, mine, progress=bar, store=run_dir, resume=resume
                 )
         except ChainStopped as stop:
             stopped = stop.signum

@@ -24,7 +24,7 @@ from torch import nn
 from hf_llc import SamplerConfig, estimate_llc
 from hf_llc.cli import build_parser, config_from_args
 from hf_llc.models.dln import make_dln_problem
-from hf_llc.sampling.batched import NotBatchable, stack_batches
+from hf_llc.sampling.engines import NotBatchable, stack_batches
 
 RTOL = 1e-4
 

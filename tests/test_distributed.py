@@ -12,8 +12,7 @@ import warnings
 import pytest
 import torch
 
-import hf_llc.sampling.batched as batched_mod
-import hf_llc.sampling.chain as chain_mod
+import hf_llc.sampling.loop as loop_mod
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
 from hf_llc.distributed import ProcessInfo
 
@@ -223,8 +222,8 @@ def test_sampler_state_is_parameters_gradient_and_preconditioner(monkeypatch, mo
 
         return wrapper
 
-    monkeypatch.setattr(chain_mod, "sgld_step_", recording(chain_mod.sgld_step_))
-    monkeypatch.setattr(batched_mod, "sgld_step_chains_", recording(batched_mod.sgld_step_chains_))
+    monkeypatch.setattr(loop_mod, "sgld_step_", recording(loop_mod.sgld_step_))
+    monkeypatch.setattr(loop_mod, "sgld_step_chains_", recording(loop_mod.sgld_step_chains_))
     cfg = SamplerConfig(
         num_chains=chains,
         num_burnin=4,

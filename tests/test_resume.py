@@ -256,7 +256,7 @@ def test_interrupted_twice_and_finished_runs_resume_without_rerunning(
     def no_chains(*args, **kwargs):
         raise AssertionError("a finished chain was rerun")
 
-    monkeypatch.setattr("hf_llc.estimator.run_chain", no_chains)
+    monkeypatch.setattr("hf_llc.sampling.loop.run_stack", no_chains)
     again = estimate_llc(model, data, cfg, resume=True, **kw)
     assert _comparable(again) == _comparable(reference)
 

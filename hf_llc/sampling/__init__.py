@@ -8,9 +8,10 @@ from .chain import (
     chain_generator,
     chain_seed,
     max_curvature,
-    run_chain,
 )
 from .config import SamplerConfig
+from .loop import ChainStore, run_chain, run_chains, run_stack
+from .posterior import LocalPosterior
 from .preconditioners import (
     DiagonalPreconditioner,
     FisherPreconditioner,
@@ -18,15 +19,19 @@ from .preconditioners import (
     RMSPropPreconditioner,
     make_preconditioner,
 )
-from .sgld import mala_acceptance, potential, potential_grad, sgld_step_
+from .sgld import mala_acceptance, potential, potential_grad, sgld_step_, sgld_step_chains_
+from .state import ChainStack
 
 __all__ = [
     "ChainCheckpoint",
     "ChainResult",
+    "ChainStack",
     "ChainState",
+    "ChainStore",
     "DiagonalPreconditioner",
     "EpochBatcher",
     "FisherPreconditioner",
+    "LocalPosterior",
     "Preconditioner",
     "RMSPropPreconditioner",
     "SamplerConfig",
@@ -38,5 +43,8 @@ __all__ = [
     "potential",
     "potential_grad",
     "run_chain",
+    "run_chains",
+    "run_stack",
     "sgld_step_",
+    "sgld_step_chains_",
 ]

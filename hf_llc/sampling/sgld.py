@@ -129,6 +129,60 @@ def sgld_step_(
     )
 
 
+def sgld_step_chains_(
+    W: Tensor,
+    G: Tensor,
+    w_star: Tensor,
+    *,
+    step_sizes: list[float],
+    nbeta: float,
+    localization: float,
+    generators: list[torch.Generator],
+    active: list[bool],
+    precond: Preconditioner | None = None,
+    adapt: bool = False,
+    cache: dict | None = None,
+) -> None:
+    r"""One SGLD step of every chain, in place on the rows of ``W`` (C × d); ``G`` is consumed.
+
+    Row c moves with its own ε_c = ``step_sizes[c]`` and draws its noise from
+    ``generators[c]`` (d standard normals, as :func:`hf_llc.sampling.sgld_step_` draws them),
+    into row c of ``G`` once the gradient has been applied; an inactive chain neither moves
+    nor draws. ``precond`` holds a (C × d) state per chain or a shared (d,) diagonal;
+    ``None`` for identity. ``cache`` (a dict kept between calls) saves rebuilding the
+    per-chain coefficients while the step sizes do not change.
+    """
+    dev, dt = W.device, W.dtype
+    eps = tuple(s if a else 0.0 for s, a in zip(step_sizes, active))
+    if cache is not None and cache.get("eps") == eps:
+        coefficients = cache["coefficients"]
+    else:
+        half = torch.tensor(eps, device=dev, dtype=dt).unsqueeze(1) / 2
+        root = torch.tensor([math.sqrt(s) for s in eps], device=dev, dtype=dt).unsqueeze(1)
+        coefficients = StepCoefficients.of(half, root, nbeta=nbeta, localization=localization)
+        if cache is not None:
+            cache.update(eps=eps, coefficients=coefficients)
+
+    def draw_noise(buf: Tensor) -> None:
+        for row, gen, on in zip(buf, generators, active):
+            if on:
+                torch.randn(row.shape, generator=gen, out=row, dtype=dt, device=dev)
+            else:
+                row.zero_()
+
+    langevin_update_(
+        W,
+        G,
+        w_star,
+        coefficients=coefficients,
+        nbeta=nbeta,
+        localization=localization,
+        draw_noise=draw_noise,
+        precond=precond,
+        adapt=adapt,
+    )
+
+
 def potential_grad(
     grad: Tensor,
     w: Tensor,
