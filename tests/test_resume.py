@@ -235,6 +235,25 @@ def test_interrupted_estimate_resumes_to_the_uninterrupted_result(
     assert not (out / PARTIAL_RESULT).exists()
 
 
+@pytest.mark.parametrize("stop_at", [2, 9], ids=["burn-in", "draws"])
+def test_batched_chains_checkpoint_and_resume_bit_identically(tmp_path, monkeypatch, dln, stop_at):
+    model, data, _ = dln
+    cfg = SamplerConfig(**CFG, chain_mode="batched")
+    reference = estimate_llc(model, data, cfg, progress=False)
+    assert reference.diagnostics["chain_mode"] == "batched"
+    out = tmp_path / "run"
+    calls = _signal_at_save(monkeypatch, stop_at)
+    with pytest.raises(EstimateInterrupted):
+        estimate_llc(model, data, cfg, progress=False, output_dir=out, checkpoint_every=7)
+    # The chains are saved together, at the same step (2 saves per checkpoint).
+    assert calls[-2:] == [(0, calls[-1][1]), (1, calls[-1][1])]
+    monkeypatch.undo()
+    resumed = estimate_llc(model, data, cfg, progress=False, output_dir=out, resume=True)
+    assert resumed.diagnostics["chain_mode"] == "batched"
+    np.testing.assert_array_equal(resumed.loss_trace, reference.loss_trace)
+    assert _comparable(resumed) == _comparable(reference)
+
+
 def test_interrupted_twice_and_finished_runs_resume_without_rerunning(
     tmp_path, monkeypatch, dln, reference
 ):

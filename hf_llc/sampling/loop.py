@@ -86,9 +86,9 @@ def run_stack(
                 _record_mala(post, cfg, stack, engine, batch, before, draw // cfg.draw_every)
             stack.t = t + 1
             if stack.t - stack.checked >= cfg.check_every or stack.t == total:
-                for i in _check_divergence(post, stack, threshold, progress):
-                    if on_diverged is not None:
-                        on_diverged(stack, i)
+                newly = _check_divergence(post, stack, threshold, progress)
+                if on_diverged is not None:
+                    _each(newly, lambda i: on_diverged(stack, i))
                 if not any(stack.active):
                     break
             if checkpoint is not None and stack.t < total:
@@ -209,11 +209,17 @@ def _save_if_due(cfg: SamplerConfig, stack: ChainStack, checkpoint: ChainCheckpo
     running = [i for i in range(stack.size) if stack.active[i]]
     if not running or not checkpoint.due(stack.chains[running[0]], stack.t):
         return
+    _each(running, lambda i: checkpoint.save(stack.snapshot(i, cfg)))
+
+
+def _each(rows: list[int], save) -> None:
+    """``save(i)`` for every row; an exception (e.g. a stop request after a save) is raised
+    once every row is saved."""
     raised: BaseException | None = None
-    for i in running:
+    for i in rows:
         try:
-            checkpoint.save(stack.snapshot(i, cfg))
-        except BaseException as err:  # e.g. a stop request: the other chains are saved first
+            save(i)
+        except BaseException as err:
             raised = raised or err
     if raised is not None:
         raise raised
