@@ -177,12 +177,6 @@ class ChainStopped(Exception):
         self.signum = signum
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """A short hash of a ``SamplerConfig.to_dict()``, stored with every chain file."""
-    text = json.dumps(dict(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def tensor_sha256(*tensors: Tensor, chunk: int = 1 << 24) -> str:
     """SHA-256 over the dtypes, shapes and bytes of ``tensors`` (copied to the CPU in chunks)."""
     h = hashlib.sha256()
