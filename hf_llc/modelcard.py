@@ -427,13 +427,11 @@ def _diagnostics_summary(diag: Mapping) -> dict:
         "num_divergences": len(divergences) if isinstance(divergences, (list, tuple)) else 0,
         "num_retries": len(retries) if isinstance(retries, (list, tuple)) else 0,
     }
-    # The rank-normalized R-hat and bulk/tail ESS of the excess loss (Vehtari et al. 2021);
-    # results saved before them carry the classic split R-hat and ESS of the raw loss trace
-    # under "rhat" and "ess", passed on under those names.
+    # Convergence statistics are copied under the names the result gives them; a result
+    # without a verdict or a calibration simply has no such keys.
     for key in ("rhat_rank", "ess_bulk", "ess_tail", "rhat", "ess"):
         if key in diag:
             out[key] = to_plain(diag.get(key))
-    # Results made before verdicts / step-size calibration existed simply lack these keys.
     verdict = diag.get("verdict")
     if isinstance(verdict, Mapping):
         out["verdict"] = verdict.get("verdict")
