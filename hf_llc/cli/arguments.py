@@ -128,7 +128,7 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
         elif flag.choices is not None:
             options["choices"] = flag.choices
         else:
-            options["type"] = flag.type or {"int": int, "float": float}[kind]
+            options["type"] = flag.type or {"int": int, "float": float}.get(kind)  # else text
         g.add_argument(_flag_name(field, flag), **options)
     g.add_argument(
         "--mixed-precision",
