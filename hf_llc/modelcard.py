@@ -41,6 +41,7 @@ README.md from scratch, dropping what was recorded here: write the LLC after the
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import stat
@@ -633,9 +634,9 @@ def _splice(front: str, updates: dict, newline: str) -> str:
 
 
 def _cell(value: Any, spec: str = ".4g") -> str:
-    """A cell of the card's table: a float by :func:`~hf_llc._text.fmt` ("–" when missing),
-    anything else (text, integers) as written."""
-    if value is None or isinstance(value, float):
+    """A cell of the card's table: a finite float by :func:`~hf_llc._text.fmt`, "–" for none,
+    anything else (text, integers exactly, a hand-written ``.nan``) as its ``str``."""
+    if value is None or (isinstance(value, float) and math.isfinite(value)):
         return fmt(value, spec, missing="–")
     return str(value)
 
