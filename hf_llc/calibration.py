@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._text import fmt as _fmt
+from ._text import table_lines
 from .diagnostics import flatness_threshold, trace_flatness
 from .sampling import SamplerConfig, run_chain
 
@@ -127,9 +129,7 @@ class CalibrationResult:
                     row.get("checks", ""),
                 ]
             )
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines = table_lines(head, rows)
         lines.append(f"chosen ε = {self.chosen_step_size:.4g}: {self.reason}")
         return "\n".join(lines)
 
@@ -174,12 +174,6 @@ class CalibrationResult:
 
 def _nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "-"
-    return format(value, spec)
 
 
 def pilot_config(

@@ -29,7 +29,7 @@ taken over with a warning that says so, which is what a ``--resume`` after a cra
 lock from another host cannot be checked and is never taken over (remove it by hand once that
 run is gone). Each process of a multi-process run locks its own file (``.hf_llc.lock.<rank>``
 beyond the main one). When the main process opens the folder, temporary files orphaned by a
-killed run (``.NAME.XXXX.tmp`` and older ``NAME.tmp*`` names) are removed.
+killed run (``.NAME.XXXX.tmp`` and ``NAME.tmp*`` names) are removed.
 
 Every process of a multi-process run writes its own chains' files (chain c runs on process
 c mod P); the main process writes the manifest and the results. A checkpoint only copies the
@@ -71,8 +71,8 @@ RESULT = "result.json"
 PARTIAL_RESULT = "partial_result.json"
 CALIBRATION = "calibration.json"
 LOCK = ".hf_llc.lock"
-# Temporary files of atomic_write (".NAME.XXXX.tmp"), of older versions ("NAME.tmp",
-# "NAME.tmp<pid>") and a lock moved aside during a takeover.
+# What a killed run can leave behind: temporary files (".NAME.XXXX.tmp" of atomic_write, and
+# "NAME.tmp" / "NAME.tmp<pid>") and a lock moved aside during a takeover.
 _ORPHAN = re.compile(r"^(\..+\.tmp|.+\.tmp\d*|\.hf_llc\.lock.*\.stale-\d+)$")
 _META_KEY = "hf_llc_chain"
 _SIGNALS = ("SIGINT", "SIGTERM")
@@ -175,12 +175,6 @@ class ChainStopped(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """A short hash of a ``SamplerConfig.to_dict()``, stored with every chain file."""
-    text = json.dumps(dict(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def tensor_sha256(*tensors: Tensor, chunk: int = 1 << 24) -> str:

@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
+from ._text import fmt as _fmt
+from ._text import table_lines
 from .adapters import LABEL_ALIASES, default_loss_fn, model_kind, prepare_dataset
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
 from .checkpoint import (
@@ -42,14 +44,13 @@ from .checkpoint import (
     ChainStopped,
     EstimateInterrupted,
     RunCheckpoint,
-    config_hash,
     releases_run_locks,
     tensor_sha256,
 )
 from .diagnostics import assess_estimate, trace_checks
 from .distributed import autocast, process_info, resolve_mixed_precision
 from .sampling import LocalPosterior, SamplerConfig, run_chains
-from .serialization import to_plain, write_json
+from .serialization import settings_hash, to_plain, write_json
 
 
 class FlatParameters:
@@ -474,9 +475,7 @@ class LLCResult:
                     status,
                 ]
             )
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
+        lines = table_lines(head, rows)
         lines.append(
             f"excess loss ({checks.get('trace', '-')} trace): rank-normalized R-hat "
             f"{_fmt(checks.get('rhat_rank'), '.3f')}, ESS bulk "
@@ -497,12 +496,6 @@ class LLCResult:
         return "\n".join(
             [f"{line}\nverdict: {self.verdict}", *(f"  {r}" for r in self.verdict_reasons)]
         )
-
-
-def _fmt(value: Any, spec: str = ".4g") -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "-"
-    return format(value, spec)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -926,7 +919,7 @@ def run_manifest(cfg: SamplerConfig, fingerprint: dict) -> dict:
         "format": CHECKPOINT_FORMAT,
         "hf_llc_version": __version__,
         "config": settings,
-        "config_hash": config_hash(settings),
+        "config_hash": settings_hash(settings),
         "fingerprint": fingerprint,
     }
 

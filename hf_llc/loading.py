@@ -302,6 +302,74 @@ def _load_error(path: str, is_local: bool, exc: Exception) -> ValueError:
     )
 
 
+def _locate(path: str) -> tuple[str, bool]:
+    """``(path, is_local)``: an existing folder (``~`` expanded), else a valid Hub repo id."""
+    expanded = os.path.expanduser(path)
+    if os.path.exists(expanded):
+        if not os.path.isdir(expanded):
+            raise ValueError(
+                f"{path!r} is a file; pass the checkpoint folder (with config.json) instead."
+            )
+        return expanded, True
+    if _is_valid_repo_id(path):
+        return path, False
+    raise _not_found(
+        path,
+        "no such folder, and it is not a valid Hugging Face Hub repo id",
+        "Pass a folder written by save_pretrained (with config.json) or a Hub id like 'org/name'.",
+    )
+
+
+def _check_weight_files(
+    path: str, revision: str | None, is_local: bool, allow_pickle: bool
+) -> None:
+    """Refuse a checkpoint without weights, or with only pickle weights unless allowed."""
+    has_safe, has_pickle = _available_weights(path, revision, is_local)
+    if has_safe:
+        return
+    if not has_pickle:
+        raise ValueError(
+            f"Checkpoint {path!r} has no model weights (looked for "
+            f"{', '.join(_SAFE_WEIGHTS + _PICKLE_WEIGHTS)})"
+            + (" in the local Hub cache while offline." if not is_local else ".")
+        )
+    if not allow_pickle:
+        raise ValueError(
+            f"Checkpoint {path!r} only has pickle weights (pytorch_model.bin). Unpickling "
+            "can execute arbitrary code from the file; pass allow_pickle=True (CLI: "
+            "--allow-pickle) only if you trust the source (or convert the checkpoint to "
+            "safetensors)."
+        )
+
+
+def _check_loading_info(
+    info: dict[str, Any], auto_cls: type, path: str, allow_missing_weights: bool
+) -> None:
+    """Refuse (or, with ``allow_missing_weights``, warn about) parameters that
+    ``from_pretrained`` initialised randomly: missing from the checkpoint or mis-shaped."""
+    # transformers 5 already drops tied parameters (e.g. GPT-2's lm_head.weight),
+    # non-persistent buffers and `_keys_to_ignore_on_load_missing` from missing_keys.
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or ()))
+    if not (missing or mismatched):
+        return
+    shown = missing[:10] + mismatched[:10]
+    more = len(missing) + len(mismatched) - len(shown)
+    listing = ", ".join(shown) + (f", ... (+{more} more)" if more > 0 else "")
+    msg = (
+        f"{auto_cls.__name__} for {path!r}: {len(missing)} parameter(s) missing from the "
+        f"checkpoint and {len(mismatched)} with mismatched shapes were randomly "
+        f"initialised: {listing}. An LLC estimated at randomly initialised weights is "
+        "meaningless; pick the task/head the checkpoint was trained with"
+    )
+    if not allow_missing_weights:
+        raise ValueError(
+            msg + ", or pass allow_missing_weights=True (CLI: --allow-missing-weights) to "
+            "load anyway."
+        )
+    warnings.warn(msg + ".", stacklevel=3)  # points at the caller of load_checkpoint
+
+
 def load_checkpoint(
     path_or_id: str | os.PathLike[str],
     *,
@@ -335,43 +403,11 @@ def load_checkpoint(
             ``trust_remote_code``, pickle-only weights without ``allow_pickle``, or missing
             weights without ``allow_missing_weights``.
     """
-    path = os.fspath(path_or_id)
-    expanded = os.path.expanduser(path)
-    if os.path.exists(expanded):
-        if not os.path.isdir(expanded):
-            raise ValueError(
-                f"{path!r} is a file; pass the checkpoint folder (with config.json) instead."
-            )
-        path, is_local = expanded, True
-    elif _is_valid_repo_id(path):
-        is_local = False
-    else:
-        raise _not_found(
-            path,
-            "no such folder, and it is not a valid Hugging Face Hub repo id",
-            "Pass a folder written by save_pretrained (with config.json) or a Hub id like "
-            "'org/name'.",
-        )
-
+    path, is_local = _locate(os.fspath(path_or_id))
     config = _read_config(path, revision, is_local)
     _check_remote_code(config, path, trust_remote_code)
     auto_cls = resolve_auto_class(config, task)
-
-    has_safe, has_pickle = _available_weights(path, revision, is_local)
-    if not has_safe:
-        if not has_pickle:
-            raise ValueError(
-                f"Checkpoint {path!r} has no model weights (looked for "
-                f"{', '.join(_SAFE_WEIGHTS + _PICKLE_WEIGHTS)})"
-                + (" in the local Hub cache while offline." if not is_local else ".")
-            )
-        if not allow_pickle:
-            raise ValueError(
-                f"Checkpoint {path!r} only has pickle weights (pytorch_model.bin). Unpickling "
-                "can execute arbitrary code from the file; pass allow_pickle=True (CLI: "
-                "--allow-pickle) only if you trust the source (or convert the checkpoint to "
-                "safetensors)."
-            )
+    _check_weight_files(path, revision, is_local, allow_pickle)
 
     kwargs: dict[str, Any] = {
         "dtype": torch.float32,
@@ -388,27 +424,7 @@ def load_checkpoint(
     except Exception as exc:  # corrupt weights, or config values the model class rejects
         raise _load_error(path, is_local, exc) from exc
 
-    # transformers 5 already drops tied parameters (e.g. GPT-2's lm_head.weight),
-    # non-persistent buffers and `_keys_to_ignore_on_load_missing` from missing_keys.
-    missing = sorted(info.get("missing_keys") or ())
-    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or ()))
-    if missing or mismatched:
-        shown = missing[:10] + mismatched[:10]
-        more = len(missing) + len(mismatched) - len(shown)
-        listing = ", ".join(shown) + (f", ... (+{more} more)" if more > 0 else "")
-        msg = (
-            f"{auto_cls.__name__} for {path!r}: {len(missing)} parameter(s) missing from the "
-            f"checkpoint and {len(mismatched)} with mismatched shapes were randomly "
-            f"initialised: {listing}. An LLC estimated at randomly initialised weights is "
-            "meaningless; pick the task/head the checkpoint was trained with"
-        )
-        if not allow_missing_weights:
-            raise ValueError(
-                msg + ", or pass allow_missing_weights=True (CLI: --allow-missing-weights) to "
-                "load anyway."
-            )
-        warnings.warn(msg + ".", stacklevel=2)
-
+    _check_loading_info(info, auto_cls, path, allow_missing_weights)
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         model = model.to(torch.float32)  # e.g. modules kept in another dtype by the class
     model.eval()

@@ -41,8 +41,7 @@ README.md from scratch, dropping what was recorded here: write the LLC after the
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import math
 import os
 import re
 import stat
@@ -56,7 +55,8 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import yaml_dump
 
-from .serialization import atomic_write, check_output_path, to_plain
+from ._text import fmt
+from .serialization import atomic_write, check_output_path, settings_hash, to_plain
 
 __all__ = [
     "LLC_CARD_TEMPLATE",
@@ -398,8 +398,7 @@ def _make_entry(
 
 
 def _settings_id(settings: dict, nbeta: Any) -> str:
-    blob = json.dumps({"settings": settings, "nbeta": nbeta}, sort_keys=True, default=str)
-    return "sgld-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return "sgld-" + settings_hash({"settings": settings, "nbeta": nbeta}, length=12)
 
 
 def _entry_key(entry: Mapping) -> tuple:
@@ -429,13 +428,11 @@ def _diagnostics_summary(diag: Mapping) -> dict:
         "num_divergences": len(divergences) if isinstance(divergences, (list, tuple)) else 0,
         "num_retries": len(retries) if isinstance(retries, (list, tuple)) else 0,
     }
-    # The rank-normalized R-hat and bulk/tail ESS of the excess loss (Vehtari et al. 2021);
-    # results saved before them carry the classic split R-hat and ESS of the raw loss trace
-    # under "rhat" and "ess", passed on under those names.
+    # Convergence statistics are copied under the names the result gives them; a result
+    # without a verdict or a calibration simply has no such keys.
     for key in ("rhat_rank", "ess_bulk", "ess_tail", "rhat", "ess"):
         if key in diag:
             out[key] = to_plain(diag.get(key))
-    # Results made before verdicts / step-size calibration existed simply lack these keys.
     verdict = diag.get("verdict")
     if isinstance(verdict, Mapping):
         out["verdict"] = verdict.get("verdict")
@@ -636,11 +633,11 @@ def _splice(front: str, updates: dict, newline: str) -> str:
 # --------------------------------------------------------------------------- body section
 
 
-def _fmt(value: Any, spec: str = ".4g") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return format(value, spec)
+def _cell(value: Any, spec: str = ".4g") -> str:
+    """A cell of the card's table: a finite float by :func:`~hf_llc._text.fmt`, "–" for none,
+    anything else (text, integers exactly, a hand-written ``.nan``) as its ``str``."""
+    if value is None or (isinstance(value, float) and math.isfinite(value)):
+        return fmt(value, spec, missing="–")
     return str(value)
 
 
@@ -658,20 +655,20 @@ def _render_section(entries: list[dict], newline: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
-        chains_draws = f"{_fmt(e.get('num_chains'))} × {_fmt(e.get('num_draws'))}"
+        chains_draws = f"{_cell(e.get('num_chains'))} × {_cell(e.get('num_draws'))}"
         row = [
-            _fmt(e.get("dataset")),
-            _fmt(e.get("dataset_config")),
-            _fmt(e.get("dataset_split")),
-            _fmt(e.get("value")),
-            _fmt(e.get("std"), ".3g"),
-            _fmt(e.get("stderr"), ".3g"),
-            _fmt(e.get("nbeta")),
-            _fmt(e.get("num_samples")),
+            _cell(e.get("dataset")),
+            _cell(e.get("dataset_config")),
+            _cell(e.get("dataset_split")),
+            _cell(e.get("value")),
+            _cell(e.get("std"), ".3g"),
+            _cell(e.get("stderr"), ".3g"),
+            _cell(e.get("nbeta")),
+            _cell(e.get("num_samples")),
             chains_draws,
-            _fmt(e.get("seed")),
-            f"`{_fmt(e.get('settings_id'))}`",
-            _fmt(e.get("date")),
+            _cell(e.get("seed")),
+            f"`{_cell(e.get('settings_id'))}`",
+            _cell(e.get("date")),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     plots = [e for e in entries if e.get("plot")]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._text import fmt
 from .serialization import atomic_write, check_output_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +50,7 @@ def _as_float_array(values: Any) -> np.ndarray:
 
 
 def _fmt(x: float, spec: str = ".4g") -> str:
-    return format(x, spec) if x is not None and math.isfinite(x) else "nan"
+    return fmt(x, spec, missing="nan")
 
 
 def _chain_traces(result: LLCResult) -> tuple[list[np.ndarray], list[np.ndarray], int, int]:

@@ -2,8 +2,9 @@
 
 Every file hf_llc writes for the user (``--output`` JSON, results, plots, model cards) and
 every checkpoint file goes through :func:`atomic_write`: the bytes are written to a hidden
-temporary file next to the target (``.NAME.XXXX.tmp``), flushed to disk and renamed over the
-target, so a reader never sees half a file. What the target is decides what happens:
+temporary file next to the target (``.NAME.XXXX.tmp``, a unique name), flushed to disk and
+renamed over the target, and the folder is flushed, so a reader never sees half a file. What
+the target is decides what happens:
 
 - a symbolic link is followed: its final target is written, the link stays a link;
 - a FIFO or a character device (``/dev/null``, ``/dev/stdout``) is written in place, as a
@@ -18,6 +19,7 @@ sampling rather than after it; errors name the flag or argument, the path and th
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -50,6 +52,13 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
+def settings_hash(settings: Mapping[str, Any], length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``settings`` as canonical JSON (keys
+    sorted, anything not JSON-native by its ``str``): equal settings, equal hash."""
+    text = json.dumps(dict(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def _kind(mode: int) -> str | None:
     """What a non-regular file is (``None`` for a regular file)."""
     if stat.S_ISREG(mode):
@@ -79,7 +88,7 @@ def _read_only(path: Path, mode: int) -> bool:
 
 def _resolve(path: Path) -> tuple[Path, os.stat_result | None]:
     """The file ``path`` writes to (symbolic links followed) and its status (``None`` if it
-    does not exist yet); other ``OSError``\ s propagate."""
+    does not exist yet); any other ``OSError`` propagates."""
     target = Path(os.path.realpath(path))
     try:
         return target, os.stat(target)
@@ -149,8 +158,9 @@ def atomic_write(
 
     Symbolic links are followed (the link's final target is written); FIFOs and character
     devices are written in place; anything else is written to a hidden temporary file in the
-    same folder, flushed (``fsync``) and renamed over the target, so the target is either
-    the old or the new file, never half of one. A new file gets the permissions of
+    same folder (a unique name), flushed (``fsync``) and renamed over the target, and the
+    folder is flushed too, so the target is either the old or the new file, never half of one,
+    even after a power loss. A new file gets the permissions of
     ``mode_like`` when that exists (else the usual ``0o666 & ~umask``); a replaced file keeps
     its own.
 
@@ -162,7 +172,7 @@ def atomic_write(
         mode_like: a file whose permissions a new file gets.
         allow_read_only: replace a regular file even without write permission (checkpoint
             files that the folder's owner may have made read-only along with the manifest).
-        fsync: flush the data to disk before the rename.
+        fsync: flush the data to disk before the rename, and the folder after it.
 
     Returns:
         ``path``.
@@ -191,14 +201,7 @@ def atomic_write(
             f"cannot write {path} (read-only file): make it writable (chmod u+w) or pass "
             "another path; it was left unchanged.",
         )
-    if st is not None:
-        mode = stat.S_IMODE(st.st_mode)
-    elif mode_like is not None and os.path.exists(mode_like):
-        mode = stat.S_IMODE(os.stat(mode_like).st_mode)
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+    mode = _mode_for(st, mode_like)
     tmp = None
     try:
         if make_parents:
@@ -216,6 +219,8 @@ def atomic_write(
         os.chmod(tmp, mode)
         os.replace(tmp, target)
         tmp = None
+        if fsync:
+            _fsync_folder(target.parent)
     except OSError as err:
         raise OSError(
             err.errno,
@@ -229,6 +234,36 @@ def atomic_write(
             except OSError:
                 pass
     return path
+
+
+def _mode_for(st: os.stat_result | None, mode_like: str | os.PathLike | None) -> int:
+    """The permissions of the written file: the replaced file's, else ``mode_like``'s when it
+    exists, else the usual ``0o666 & ~umask``."""
+    if st is not None:
+        return stat.S_IMODE(st.st_mode)
+    if mode_like is not None and os.path.exists(mode_like):
+        return stat.S_IMODE(os.stat(mode_like).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss.
+
+    Best effort: where a folder cannot be opened or synced (Windows, some network file
+    systems) the file itself is already on disk and the write stands.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_to(target: Path, data: bytes | Callable[[IO[bytes]], None], mode: str) -> None:

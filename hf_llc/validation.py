@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._text import table_lines
 from .sampling import SamplerConfig
 
 DEFAULT_NUM_SAMPLES = 100_000
@@ -260,10 +261,7 @@ def format_table(results: Sequence[dict]) -> str:
         row.append(r.get("verdict") or "-")
         row.append(f"{r['seconds']:.1f}")
         rows.append(row)
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = table_lines(head, rows, rule=True)
     for r in results:
         for reason in r.get("verdict_reasons") or []:
             lines.append(f"{','.join(map(str, r['widths']))} {r['construction']}: {reason}")

@@ -113,3 +113,38 @@ def test_module_entry_point_runs():
         check=True,
     )
     assert "--construction" in proc.stdout
+
+
+def test_every_sampler_flag_sets_its_config_field():
+    from hf_llc.cli import build_parser, config_from_args
+    from hf_llc.sampling import SamplerConfig
+
+    argv = [
+        "validate",
+        *("--step-size", "1e-4", "--step-scale", "0.2", "--localization", "0"),
+        *("--nbeta", "50", "--num-chains", "3", "--num-draws", "7", "--num-burnin", "0"),
+        *("--draw-every", "2", "--batch-size", "16", "--preconditioner", "identity"),
+        *("--sampler-seed", "5", "--mala", "--chain-mode", "batched", "--compile"),
+    ]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    expected = dict(
+        step_size=1e-4,
+        step_scale=0.2,
+        localization=0.0,
+        nbeta=50.0,
+        num_chains=3,
+        num_draws=7,
+        num_burnin=0,
+        draw_every=2,
+        batch_size=16,
+        preconditioner="identity",
+        seed=5,
+        mala=True,
+        chain_mode="batched",
+        compile=True,
+    )
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert config_from_args(build_parser().parse_args(["validate"])) == SamplerConfig()
+    for mode in ("curvature", "auto"):
+        args = build_parser().parse_args(["validate", "--step-size", mode])
+        assert config_from_args(args).step_size == mode

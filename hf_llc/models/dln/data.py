@@ -275,25 +275,9 @@ def make_dln_problem(
         Fraction(13, 2)
     """
     widths = _check_widths(widths)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
-        raise ValueError(f"`num_samples` must be an integer >= 1, got {num_samples!r}.")
-    num_samples = int(num_samples)
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
-    seed = int(seed)
-    if input_distribution not in INPUT_DISTRIBUTIONS:
-        raise ValueError(
-            f"`input_distribution` must be one of {INPUT_DISTRIBUTIONS}, got "
-            f"{input_distribution!r}."
-        )
-    if (
-        isinstance(noise_std, bool)
-        or not isinstance(noise_std, Real)
-        or not math.isfinite(noise_std)
-        or noise_std < 0
-    ):
-        raise ValueError(f"`noise_std` must be a finite number >= 0, got {noise_std!r}.")
-    noise_std = float(noise_std)
+    num_samples, seed, noise_std = _check_sampling_args(
+        num_samples, seed, input_distribution, noise_std
+    )
     _check_loss_type(loss_type)
     truth = dln_truth(widths, rank, construction)
 
@@ -305,25 +289,9 @@ def make_dln_problem(
     weights = [
         w.to(torch.float32) for w in _teacher_weights(widths, truth.rank, construction, weight_gen)
     ]
-    config = DLNConfig(widths=widths, loss_type=loss_type)
-    with torch.random.fork_rng(devices=[]):  # keep the global RNG untouched by the random init
-        model = DLNModel(config)
-    model = model.to(torch.float32)
-    with torch.no_grad():
-        for layer, w in zip(model.layers, weights):
-            layer.weight.copy_(w)
-    model.eval()
-
+    model = _teacher_model(widths, weights, loss_type)
     inputs = _draw_inputs(num_samples, widths[0], input_distribution, input_gen)
-    end_to_end = weights[0].double()
-    for w in weights[1:]:
-        end_to_end = w.double() @ end_to_end
-    labels = inputs.double() @ end_to_end.T
-    if noise_std > 0:
-        labels = labels + noise_std * torch.randn(
-            num_samples, widths[-1], generator=noise_gen, dtype=torch.float64
-        )
-    labels = labels.to(torch.float32)
+    labels = _teacher_labels(inputs, weights, noise_std, noise_gen)
 
     description = json.dumps(
         {
@@ -339,10 +307,72 @@ def make_dln_problem(
             "noise_std": noise_std,
         }
     )
+    dataset = _problem_dataset(inputs, labels, description)
+    return DLNProblem(model, dataset, truth.learning_coefficient)
+
+
+def _check_sampling_args(
+    num_samples, seed, input_distribution, noise_std
+) -> tuple[int, int, float]:
+    """``(num_samples, seed, noise_std)`` as plain Python numbers, or ValueError naming the
+    first bad argument of :func:`make_dln_problem`."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be an integer >= 1, got {num_samples!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    if input_distribution not in INPUT_DISTRIBUTIONS:
+        raise ValueError(
+            f"`input_distribution` must be one of {INPUT_DISTRIBUTIONS}, got "
+            f"{input_distribution!r}."
+        )
+    if (
+        isinstance(noise_std, bool)
+        or not isinstance(noise_std, Real)
+        or not math.isfinite(noise_std)
+        or noise_std < 0
+    ):
+        raise ValueError(f"`noise_std` must be a finite number >= 0, got {noise_std!r}.")
+    return int(num_samples), int(seed), float(noise_std)
+
+
+def _teacher_model(widths: list[int], weights: list[torch.Tensor], loss_type: str) -> DLNModel:
+    """A float32 :class:`DLNModel` in eval mode with layers ``weights``; the global torch RNG
+    is left untouched by its random initialisation."""
+    config = DLNConfig(widths=widths, loss_type=loss_type)
+    with torch.random.fork_rng(devices=[]):
+        model = DLNModel(config)
+    model = model.to(torch.float32)
+    with torch.no_grad():
+        for layer, w in zip(model.layers, weights):
+            layer.weight.copy_(w)
+    model.eval()
+    return model
+
+
+def _teacher_labels(
+    inputs: torch.Tensor,
+    weights: list[torch.Tensor],
+    noise_std: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """teacher(inputs) + noise_std·ε, computed in float64 and rounded to float32 once."""
+    end_to_end = weights[0].double()
+    for w in weights[1:]:
+        end_to_end = w.double() @ end_to_end
+    labels = inputs.double() @ end_to_end.T
+    if noise_std > 0:
+        labels = labels + noise_std * torch.randn(
+            inputs.shape[0], weights[-1].shape[0], generator=generator, dtype=torch.float64
+        )
+    return labels.to(torch.float32)
+
+
+def _problem_dataset(inputs: torch.Tensor, labels: torch.Tensor, description: str) -> Dataset:
+    """The in-memory dataset of a problem, its fingerprint derived from ``description``."""
     features = Features(
         {
-            "inputs": List(Value("float32"), length=widths[0]),
-            "labels": List(Value("float32"), length=widths[-1]),
+            "inputs": List(Value("float32"), length=inputs.shape[1]),
+            "labels": List(Value("float32"), length=labels.shape[1]),
         }
     )
     table = pa.table(
@@ -352,12 +382,11 @@ def make_dln_problem(
         }
     )
     fingerprint = Hasher.hash(("hf_llc_dln_problem", _GENERATOR_VERSION, description))
-    dataset = Dataset(
+    return Dataset(
         InMemoryTable(table),
         info=DatasetInfo(description=description, features=features),
         fingerprint=fingerprint,
     )
-    return DLNProblem(model, dataset, truth.learning_coefficient)
 
 
 __all__ = [

@@ -1,0 +1,330 @@
+"""The ``hf-llc`` commands (``validate``, ``estimate``, ``calibrate``) and :func:`main`,
+which runs one and turns an error into one ``error:`` line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..sampling import SamplerConfig
+from .arguments import build_parser, config_from_args
+from .inputs import load_inputs
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ..validation import DEFAULT_NUM_SAMPLES, SUITES, ValidationCase, format_table, run_suite
+
+    cfg = config_from_args(args)
+    n = args.num_samples if args.num_samples is not None else DEFAULT_NUM_SAMPLES
+    if n < 2:
+        raise ValueError(f"--num-samples must be ≥ 2, got {n}.")
+    if args.widths is not None:
+        construction = args.construction
+        if construction is None:
+            low = args.rank is not None and args.rank < min(args.widths)
+            construction = "aligned" if low else "full_rank"
+        rank = args.rank
+        if rank is None:
+            rank = 0 if construction == "origin" else min(args.widths)
+        from ..models.dln import dln_truth
+
+        dln_truth(args.widths, rank, construction)  # clear error before any work
+        cases = [ValidationCase(tuple(args.widths), rank, construction)]
+    else:
+        if args.rank is not None or args.construction is not None:
+            raise ValueError("--rank/--construction need --widths (or drop them to run a suite).")
+        cases = list(SUITES[args.suite])
+    if args.output is not None:
+        _check_writable(args.output)
+
+    done = []
+    distributed = _world_size() > 1
+    main_process = _is_main_process()
+    if distributed:
+        # Under accelerate launch / torchrun every process runs every case, with the chains of
+        # each case split over the processes; only the main process prints and writes.
+        args.jobs = 1
+
+    def report(r: dict) -> None:
+        done.append(r)
+        if not args.no_progress and main_process:
+            print(
+                f"[{len(done)}/{len(cases)}] {','.join(map(str, r['widths']))} "
+                f"{r['construction']} r={r['rank']}: λ̂ = {r['llc_mean']:.4g} "
+                f"(λ = {r['lambda_theory']:g}, {r['relative_error']:+.1%}) {r['seconds']:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    out = run_suite(
+        cases,
+        cfg,
+        num_samples=n,
+        seed=args.seed,
+        input_distribution=args.input_distribution,
+        loss_type=args.loss_type,
+        mixed_precision=args.mixed_precision,
+        rescale=args.rescale,
+        jobs=args.jobs,
+        on_result=report,
+    )
+    if not main_process:
+        return 0
+    print(format_table(out["cases"]))
+    s = out["summary"]
+    print(
+        f"\n{s['num_cases']} cases, n = {n}: median |rel. err| = "
+        f"{s['median_abs_relative_error']:.1%}, max = {s['max_abs_relative_error']:.1%}, "
+        f"verdicts: {', '.join(f'{k} {v}' for k, v in s['verdicts'].items()) or '-'}, "
+        f"{s['wall_seconds']:.0f}s"
+    )
+    if args.output is not None:
+        from ..serialization import write_json
+
+        write_json(args.output, out)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same arguments plus ``--resume``."""
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    script = Path(sys.argv[0])
+    module = script.name == "__main__.py" and script.parent.name == "hf_llc"
+    prog = "python -m hf_llc" if module else "hf-llc"
+    return f"{prog} {shlex.join(argv)}"
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that would do nothing (so they are never recorded as if used)."""
+    if getattr(args, "output_dir", None) is None:
+        for flag in ("checkpoint_every", "checkpoint_seconds"):
+            if getattr(args, flag, None) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise ValueError(
+                    f"{name} does nothing without --output-dir (the folder checkpoints are "
+                    f"written to): add --output-dir DIR, or drop {name}."
+                )
+    if getattr(args, "checkpoint_seconds", None) is None:
+        args.checkpoint_seconds = 300.0  # the documented default
+    if Path(args.dataset).is_file():
+        for flag, value in (("--split", args.split), ("--dataset-config", args.dataset_config)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag} {value!r} does nothing with the local data file --dataset "
+                    f"{args.dataset} (it has one split and no configs): drop {flag}."
+                )
+    if args.dataset_config is not None and Path(args.dataset).is_dir():
+        raise ValueError(
+            f"--dataset-config {args.dataset_config!r} does nothing with the save_to_disk "
+            f"folder --dataset {args.dataset}: drop --dataset-config."
+        )
+    if args.card_model_name is not None and not args.write_card:
+        raise ValueError("--card-model-name does nothing without --write-card: add it or drop it.")
+    if args.split is None:
+        args.split = "train"
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Everything about the flags and outputs that can be checked before loading or sampling:
+    flags that would do nothing, --output (folder, not a directory or read-only file), --plot
+    (also its suffix), --write-card (a local folder with a writable, well-formed card)."""
+    _check_flags(args)
+    if args.output is not None:
+        _check_writable(args.output)
+    if args.plot is not None:
+        from ..plotting import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
+    if args.write_card and not Path(args.model).is_dir():
+        raise ValueError(
+            "--write-card writes README.md in a local checkpoint folder; download the model "
+            "(e.g. huggingface-cli download) and pass its folder."
+        )
+    if args.write_card:
+        from ..modelcard import check_model_card
+
+        # A malformed, read-only or ambiguous card fails now, not after sampling.
+        check_model_card(args.model, model_name=args.card_model_name, what="--write-card")
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from ..checkpoint import PARTIAL_RESULT, EstimateInterrupted
+    from ..estimator import estimate_llc
+
+    cfg = config_from_args(args)
+    _check_outputs(args)
+    model, data, kwargs = load_inputs(args)
+    try:
+        result = estimate_llc(
+            model,
+            data,
+            cfg,
+            output_dir=args.output_dir,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+            **kwargs,
+        )
+    except EstimateInterrupted as stop:
+        if _is_main_process():
+            name = signal.Signals(stop.signum).name
+            partial = (
+                f"; partial result in {stop.output_dir / PARTIAL_RESULT}"
+                if stop.partial_result is not None
+                else ""
+            )
+            print(
+                f"hf-llc estimate: {name}: saved the run in {stop.output_dir} "
+                f"({len(stop.finished_chains)} of {cfg.num_chains} chains finished{partial}).",
+                file=sys.stderr,
+            )
+            print(f"To resume, run: {_resume_command(args)}", file=sys.stderr, flush=True)
+        return stop.exit_code
+    return _report_estimate(args, cfg, result, data)
+
+
+def _num(value) -> float:
+    """A statistic from the diagnostics as a float (NaN when missing)."""
+    return float("nan") if value is None else float(value)
+
+
+def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data) -> int:
+    """Print an estimate's summary and write its JSON, plot and card as the flags ask."""
+    from ..serialization import write_json
+
+    if not _is_main_process():
+        return 0
+    diag = result.diagnostics
+    if cfg.step_size == "auto" and "calibration" in diag:
+        from ..calibration import CalibrationResult
+
+        print(CalibrationResult.from_dict(diag["calibration"]).table())
+    print(result.summary())
+    print(
+        f"chains × draws: {cfg.num_chains} × {cfg.num_draws} (burn-in {cfg.num_burnin}), "
+        f"L_n(w*) = {result.init_loss:.6g}, "
+        f"R-hat (rank) = {_num(diag.get('rhat_rank')):.3f}, "
+        f"ESS bulk/tail = {_num(diag.get('ess_bulk')):.0f}/{_num(diag.get('ess_tail')):.0f}, "
+        f"divergences: {len(diag['divergences'])}, "
+        f"sampling {result.timings['sampling_seconds']:.1f}s"
+    )
+    print(result.chain_table())
+    # The JSON first: a plot or card that fails then never loses the estimate.
+    if args.output is not None:
+        out = result.to_dict()
+        out["model"] = {"name_or_path": args.model, "revision": args.revision}
+        out["dataset"] = {
+            "name": args.dataset,
+            "config": args.dataset_config,
+            "split": args.split,
+            "fingerprint": getattr(data, "_fingerprint", None),
+        }
+        write_json(args.output, out)
+        print(f"wrote {args.output}")
+    if args.plot is not None:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}")
+    if args.write_card:
+        from ..modelcard import write_llc_to_model_card
+
+        card = write_llc_to_model_card(
+            args.model,
+            result,
+            dataset_name=args.dataset,
+            dataset_split=args.split,
+            dataset_config=args.dataset_config,
+            dataset_fingerprint=getattr(data, "_fingerprint", None),
+            model_revision=args.revision,
+            model_name=args.card_model_name,
+            plot_path=args.plot,
+        )
+        print(f"wrote the LLC into {card}")
+    return 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_writable(path: Path, flag: str = "--output") -> None:
+    """See :func:`hf_llc.serialization.check_output_path` (folder, directories, special and
+    read-only files, symbolic links)."""
+    from ..serialization import check_output_path
+
+    check_output_path(path, flag)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..calibration import DEFAULT_MIN_ACCEPTANCE, calibrate_step_size
+
+    cfg = config_from_args(args)
+    _check_outputs(args)
+    model, data, kwargs = load_inputs(args)
+    calibration = calibrate_step_size(
+        model,
+        data,
+        cfg,
+        grid=args.grid,
+        min_acceptance=(
+            args.min_acceptance if args.min_acceptance is not None else DEFAULT_MIN_ACCEPTANCE
+        ),
+        pilot_burnin=args.pilot_burnin,
+        pilot_draws=args.pilot_draws,
+        **kwargs,
+    )
+    main_process = _is_main_process()
+    if main_process:
+        print(calibration.table())
+        if args.output is not None:  # the JSON first (see _report_estimate)
+            from ..serialization import write_json
+
+            out = calibration.to_dict()
+            out["model"] = {"name_or_path": args.model, "revision": args.revision}
+            out["config"] = cfg.to_dict()
+            write_json(args.output, out)
+            print(f"wrote {args.output}")
+        if args.plot is not None:
+            calibration.plot(args.plot)
+            print(f"wrote {args.plot}")
+    if not args.write_card:
+        return 0
+    from ..estimator import estimate_llc
+
+    chosen = replace(cfg, step_size=calibration.chosen_step_size)
+    result = estimate_llc(model, data, chosen, **kwargs)
+    # The card records how ε was chosen next to the estimate made with it.
+    result.diagnostics["calibration"] = calibration.to_dict()
+    args.output = args.plot = None  # those were the sweep's
+    return _report_estimate(args, chosen, result, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``hf-llc`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "estimate":
+            return _estimate(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
+    except (ValueError, OSError) as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split())  # one line, even for wrapped library errors
+        parser.exit(2, f"hf-llc {args.command}: error: {message}\n")
+    return 1
