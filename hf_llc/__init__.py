@@ -8,6 +8,7 @@ Importing the package registers the deep linear network validation architecture
 (``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
 """
 
+from ._version import __version__
 from .calibration import CalibrationResult, calibrate_step_size
 from .checkpoint import EstimateInterrupted, OutputDirLocked
 from .estimator import LLCResult, estimate_llc
@@ -24,8 +25,6 @@ from .models.dln import (
 )
 from .sampling import SamplerConfig
 from .targets import model_targets
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CalibrationResult",

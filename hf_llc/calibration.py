@@ -18,12 +18,8 @@ brings; flatness rejects ε too small for the pilot to reach equilibrium (slow m
 the ε that pass, the largest mixes fastest.
 
 Why the pilots are not short: they run the real chains' full burn-in (only their draws are
-short). The curvature, and with it the acceptance, grows as a chain moves away from w*
-(at the origin of a deep linear network by orders of magnitude), so pilots of a few hundred
-steps measure the acceptance of a region the real chains leave: with pilots of 300 burn-in
-steps and 300 draws over ε_c·2^k, k = −2 … 3, the quick suite chose ε up to 8× the default
-recipe's, the real chains' acceptance fell to 0.46–0.95 and λ̂ read up to +176% (median
-|error| 11%).
+short), because the curvature, and with it the acceptance, grows as a chain moves away from w*;
+pilots of a few hundred steps measure the acceptance of a region the real chains leave.
 
 The real chains then run at the chosen fixed ε (burn-in and draws alike). The sweep and the
 choice are in ``LLCResult.diagnostics["calibration"]`` and in the model card.
@@ -32,30 +28,29 @@ choice are in ``LLCResult.diagnostics["calibration"]`` and in the model card.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from torch import Tensor, nn
 
 from ._text import fmt as _fmt
 from ._text import table_lines
+from .checkpoint import ChainStopped, releases_run_locks
 from .diagnostics import flatness_threshold, trace_flatness
+from .plotting import _import_matplotlib, save_figure
+from .posterior import Posterior, RunContext, checked_config, open_posterior
 from .sampling import SamplerConfig, run_chain
+from .serialization import to_plain
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import Tensor, nn
-
-#: Mean MALA acceptance a pilot needs to be chosen ("healthy ≈ 0.9"). On the deep-linear-
-#: network quick suite the default curvature step (0.3 / λ_max, median error 4%) gives
-#: 0.92–0.99 per chain, while chains at 0.80–0.87 read 10–25% high (the Euler step inflates
-#: the stiffest directions' variance by 1 / (1 − εh/2), so the bias grows with ε).
+#: Mean MALA acceptance a pilot needs to be chosen ("healthy ≈ 0.9"): the Euler step inflates
+#: the stiffest directions' variance by 1 / (1 − εh/2), so the bias grows as acceptance falls.
 DEFAULT_MIN_ACCEPTANCE = 0.9
-#: Exponents k of the default grid ε_c · 2^k at and below the curvature step ε_c: beyond 2ε_c
-#: (εh = 0.6 in the stiffest direction) the acceptance is below 0.9 on every quick-suite case,
-#: and 2ε_c itself, though accepted by 200-draw pilots on most cases, read up to 22.5% high
-#: over full chains (quick suite with k up to 1: median 4.1%, max 22.5%). So the grid starts
-#: at ε_c and backs off where the pilots show instability, a rising trace or low acceptance.
+#: Exponents k of the default grid ε_c · 2^k at and below the curvature step ε_c: larger steps
+#: read high over full chains, so the grid starts at ε_c and backs off where the pilots show
+#: instability, a rising trace or low acceptance.
 DEFAULT_GRID_EXPONENTS = (-3, -2, -1, 0)
 #: Draws of the anchor pilot (only its final step size is used).
 ANCHOR_DRAWS = 20
@@ -80,8 +75,6 @@ class CalibrationResult:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (see :meth:`from_dict`)."""
-        from .serialization import to_plain
-
         return to_plain(
             {
                 "sweep": self.sweep,
@@ -140,8 +133,6 @@ class CalibrationResult:
         from the suffix, PNG without one; atomically, see :func:`hf_llc.plotting.save_figure`).
         Returns the ``matplotlib.figure.Figure``.
         """
-        from .plotting import _import_matplotlib
-
         Figure, FigureCanvasAgg = _import_matplotlib()
         eps = np.array([r["step_size"] for r in self.sweep], dtype=np.float64)
         llc = np.array([_nan(r.get("llc")) for r in self.sweep], dtype=np.float64)
@@ -166,8 +157,6 @@ class CalibrationResult:
         ax2.legend(fontsize=8)
         fig.suptitle(title or f"step-size calibration: chosen ε = {self.chosen_step_size:.3g}")
         if path is not None:
-            from .plotting import save_figure
-
             save_figure(fig, path, dpi=100)
         return fig
 
@@ -333,6 +322,7 @@ def choose_step_size(rows: list[dict], *, min_acceptance: float) -> tuple[float,
     return chosen, reason
 
 
+@releases_run_locks  # an output_dir lock is released however the call ends
 def calibrate_step_size(
     model: nn.Module,
     dataset: Any,
@@ -356,35 +346,72 @@ def calibrate_step_size(
         pilot_burnin, pilot_draws: pilot length (default: the config's burn-in, and
             min(its draws, 200) draws).
         **estimate_kwargs: ``loss_fn``, ``tokenizer``, ``num_samples``, ``accelerator``… as
-            for :func:`hf_llc.estimate_llc` (data preparation is the same).
+            for :func:`hf_llc.estimate_llc` (data preparation is the same; ``progress`` is
+            accepted and the pilots show no bar). With ``output_dir`` the sweep is kept there
+            as for ``step_size="auto"``.
 
     Returns:
         :class:`CalibrationResult`: ``.table()``, ``.plot(path)``, ``.chosen_step_size``.
         Pass ``SamplerConfig(step_size=result.chosen_step_size)`` to ``estimate_llc``, or use
         ``step_size="auto"`` to calibrate and estimate in one call.
     """
-    from .estimator import estimate_llc
-
     cfg = config if config is not None else SamplerConfig()
     if not isinstance(cfg, SamplerConfig):
         raise ValueError(f"config must be a SamplerConfig, got {type(config).__name__}.")
-    cfg = replace(cfg, step_size="auto")
-    cfg.extra = {
-        **cfg.extra,
-        "calibration": {
-            "grid": grid,
-            "min_acceptance": min_acceptance,
-            "pilot_burnin": pilot_burnin,
-            "pilot_draws": pilot_draws,
-            "only": True,
-        },
+    # The run's settings (and so its manifest) are those of step_size="auto".
+    cfg = checked_config(replace(cfg, step_size="auto"))
+    options = {
+        "grid": grid,
+        "min_acceptance": min_acceptance,
+        "pilot_burnin": pilot_burnin,
+        "pilot_draws": pilot_draws,
     }
-    return estimate_llc(model, dataset, cfg, **estimate_kwargs)
+    estimate_kwargs.pop("progress", None)
+    with open_posterior(model, dataset, cfg, **estimate_kwargs) as (run, posterior):
+        return calibrate_posterior(posterior, cfg, run, options)
+
+
+def calibrate_posterior(
+    posterior: Posterior,
+    cfg: SamplerConfig,
+    run: RunContext,
+    options: Mapping[str, Any] | None = None,
+) -> CalibrationResult:
+    """The sweep (:func:`calibrate_problem` with ``options``) on a run's posterior.
+
+    With an output folder the sweep is kept there (``calibration.json``) and a resume with the
+    same settings and options reuses it, and SIGINT/SIGTERM stop the pilots with
+    :class:`~hf_llc.checkpoint.EstimateInterrupted`.
+    """
+    opts = dict(options or {})
+    run_dir = run.run_dir
+    saved = run_dir.load_calibration(opts) if run_dir is not None and run.resume else None
+    if saved is not None:
+        return CalibrationResult.from_dict(saved)
+    try:
+        with run.catch_signals():
+            calibration = calibrate_problem(
+                posterior.problem,
+                posterior.w_star,
+                cfg,
+                nbeta=posterior.nbeta,
+                init_loss=posterior.init_loss,
+                init_per_sample=posterior.init_per_sample,
+                precond_diagonal=posterior.precond_diagonal,
+                checkpoint=None if run_dir is None else run_dir.stop_on_signal(),
+                **opts,
+            )
+    except ChainStopped as stop:
+        raise run_dir.interrupted_in_calibration(stop.signum) from None
+    if run_dir is not None:
+        run_dir.save_calibration(calibration, opts)
+    return calibration
 
 
 __all__ = [
     "DEFAULT_MIN_ACCEPTANCE",
     "CalibrationResult",
+    "calibrate_posterior",
     "calibrate_problem",
     "calibrate_step_size",
     "pilot_config",

@@ -115,8 +115,37 @@ def plot_llc_result(
     FigureCanvasAgg(fig)
     ax_trace, ax_llc = fig.subplots(1, 2, width_ratios=[3, 1.15])
 
-    # ---- panel 1: loss traces ------------------------------------------------------------
-    label_chains = num_chains <= 10
+    traces = (steps, losses, num_burnin, draw_every)
+    _draw_traces(ax_trace, traces, diverged, divergences, init_loss, label_chains=num_chains <= 10)
+    mean, std = float(result.llc_mean), float(result.llc_std)
+    _draw_chain_llcs(ax_llc, per_chain, mean, std)
+
+    used = int(np.isfinite(per_chain).sum())
+    summary = (
+        rf"$\hat\lambda$ = {_fmt(mean)} ± {_fmt(std, '.3g')}   "
+        rf"(n$\beta$ = {_fmt(float(result.nbeta))}, n = {result.num_samples}, "
+        f"{used}/{len(per_chain)} chains)"
+    )
+    fig.suptitle(f"{title}\n{summary}" if title else summary)
+
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _draw_traces(
+    ax_trace: Any,
+    traces: tuple[list[np.ndarray], list[np.ndarray], int, int],
+    diverged: set[int],
+    divergences: list[dict],
+    init_loss: float,
+    *,
+    label_chains: bool,
+) -> None:
+    """Panel 1: L_{B_t}(w_t) per chain against the SGLD step (``traces`` as from
+    :func:`_chain_traces`), the burn-in shaded, L_n(w*) dashed, an ✕ where a chain diverged;
+    the y-range from the healthy chains. ``label_chains``: a legend entry per chain."""
+    steps, losses, num_burnin, draw_every = traces
     for i in range(len(steps)):
         if not len(steps[i]):
             continue
@@ -149,6 +178,31 @@ def plot_llc_result(
     else:
         ylo, yhi = -math.inf, math.inf
 
+    _mark_divergences(ax_trace, divergences, losses, init_loss, ylo, yhi)
+    ax_trace.set_xlabel("SGLD step" + (f" (draws every {draw_every})" if draw_every > 1 else ""))
+    ax_trace.set_ylabel(r"minibatch loss $L_{B_t}(w_t)$")
+    ax_trace.set_title("Loss trace per chain")
+    ax_trace.grid(alpha=0.3)
+    # Below the axes, so it never hides the traces.
+    entries = len(ax_trace.get_legend_handles_labels()[0])
+    ax_trace.legend(
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncols=max(1, min(entries, 5)),
+        frameon=False,
+    )
+
+
+def _mark_divergences(
+    ax_trace: Any,
+    divergences: list[dict],
+    losses: list[np.ndarray],
+    init_loss: float,
+    ylo: float,
+    yhi: float,
+) -> None:
+    """An ✕ at each divergence's step, at the chain's last finite loss clipped to [ylo, yhi]."""
     marked = False
     for d in divergences:
         ch, step = d.get("chain"), d.get("step")
@@ -172,22 +226,9 @@ def plot_llc_result(
         )
         marked = True
 
-    ax_trace.set_xlabel("SGLD step" + (f" (draws every {draw_every})" if draw_every > 1 else ""))
-    ax_trace.set_ylabel(r"minibatch loss $L_{B_t}(w_t)$")
-    ax_trace.set_title("Loss trace per chain")
-    ax_trace.grid(alpha=0.3)
-    # Below the axes, so it never hides the traces.
-    entries = len(ax_trace.get_legend_handles_labels()[0])
-    ax_trace.legend(
-        fontsize="small",
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-        ncols=max(1, min(entries, 5)),
-        frameon=False,
-    )
 
-    # ---- panel 2: per-chain λ̂ ------------------------------------------------------------
-    mean, std = float(result.llc_mean), float(result.llc_std)
+def _draw_chain_llcs(ax_llc: Any, per_chain: np.ndarray, mean: float, std: float) -> None:
+    """Panel 2: λ̂ per chain, "diverged" where it is NaN, and the mean ± std band."""
     idx = np.arange(len(per_chain))
     ok = np.isfinite(per_chain)
     if math.isfinite(mean):
@@ -231,19 +272,6 @@ def plot_llc_result(
     ax_llc.grid(alpha=0.3)
     if math.isfinite(mean):
         ax_llc.legend(fontsize="small", loc="best")
-
-    # ---- title ---------------------------------------------------------------------------------
-    used = int(ok.sum())
-    summary = (
-        rf"$\hat\lambda$ = {_fmt(mean)} ± {_fmt(std, '.3g')}   "
-        rf"(n$\beta$ = {_fmt(float(result.nbeta))}, n = {result.num_samples}, "
-        f"{used}/{len(per_chain)} chains)"
-    )
-    fig.suptitle(f"{title}\n{summary}" if title else summary)
-
-    if path is not None:
-        save_figure(fig, path)
-    return fig
 
 
 def plot_format(path: str | os.PathLike, what: str = "path") -> str:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ._text import table_lines
+from .estimator import estimate_llc
+from .models.dln import dln_truth, make_dln_problem, rescale_dln
 from .sampling import SamplerConfig
 
 DEFAULT_NUM_SAMPLES = 100_000
@@ -89,9 +91,6 @@ def run_case(
     ``rescale``: a seed; the teacher is then moved along its rescaling symmetries
     (:func:`hf_llc.models.dln.rescale_dln`, factors in [0.1, 10] per layer and per hidden unit,
     drawn from (seed, case)), which keeps the function and λ exactly."""
-    from .estimator import estimate_llc
-    from .models.dln import dln_truth, make_dln_problem, rescale_dln
-
     cfg = config if config is not None else SamplerConfig()
     truth = dln_truth(list(case.widths), case.rank, case.construction)
     start = time.perf_counter()

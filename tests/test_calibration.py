@@ -111,8 +111,7 @@ def test_sweep_on_a_small_network_marks_divergence_and_plots(tmp_path):
 
 def test_estimate_with_auto_records_the_choice_in_result_json_and_card(tmp_path):
     model, data, _ = make_dln_problem([3, 2, 3], 0, "origin", num_samples=1000, seed=1)
-    cfg = SamplerConfig(step_size="auto", **SMALL)
-    cfg.extra["calibration"] = {"pilot_burnin": 50, "pilot_draws": 60}
+    cfg = SamplerConfig(step_size="auto", **SMALL)  # default pilots: the chains' burn-in
     result = estimate_llc(model, data, cfg, loss_fn=per_sample_loss_fn(model), progress=False)
     cal = result.diagnostics["calibration"]
     chosen = cal["chosen_step_size"]

@@ -7,7 +7,7 @@ Symbols follow Lau et al. (arXiv 2308.12108) and Furman & Lau (arXiv 2402.03698)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PRECONDITIONERS = ("fisher-burnin", "identity", "rmsprop", "rmsprop-burnin")
@@ -124,7 +124,6 @@ class SamplerConfig:
     check_every: int = 50
     chain_mode: str = "sequential"
     compile: bool = False
-    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -194,11 +193,11 @@ class SamplerConfig:
         out = asdict(self)
         if not isinstance(self.preconditioner, str):
             out["preconditioner"] = "custom"
-        out.pop("extra")
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> SamplerConfig:
+        """The settings of a :meth:`to_dict` dict; keys that are not settings are ignored."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
