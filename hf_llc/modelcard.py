@@ -56,6 +56,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.utils import yaml_dump
 
 from ._text import fmt
+from ._version import __version__
 from .serialization import atomic_write, check_output_path, settings_hash, to_plain
 
 __all__ = [
@@ -467,8 +468,6 @@ def _versions() -> dict:
         except _metadata.PackageNotFoundError:
             out[name] = None
     if out["hf_llc"] is None:
-        from . import __version__
-
         out["hf_llc"] = __version__
     return out
 

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapters import LABEL_ALIASES
+from .posterior import _columns_from_dataset
+
 TARGETS = ("data", "model")
 
 
@@ -72,9 +75,6 @@ def model_targets(
             (e.g. a classifier: its logits are not labels, so there is no realizable variant
             of this kind).
     """
-    from .adapters import LABEL_ALIASES
-    from .estimator import _columns_from_dataset
-
     if isinstance(dataset, Mapping):
         columns = {k: torch.as_tensor(v) for k, v in dataset.items()}
     else:

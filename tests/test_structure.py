@@ -1,6 +1,6 @@
 """The package's structure: no import cycles among hf_llc modules (function-local imports
 included), no function-local imports of hf_llc modules in the estimator's layers, and no
-function longer than 100 lines there."""
+function longer than 100 lines anywhere in hf_llc."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "hf_llc"
 #: Modules that import hf_llc modules at the top only (optional third-party ones may be lazy).
 TOP_LEVEL_ONLY = ("estimator", "calibration", "plotting", "diagnostics", "validation", "posterior")
-#: Modules whose functions (and methods) are at most MAX_FUNCTION_LINES long.
-SHORT_FUNCTIONS = ("estimator", "calibration", "diagnostics", "plotting", "posterior")
+#: No function (or method) anywhere in hf_llc is longer than this, its docstring aside.
 MAX_FUNCTION_LINES = 100
 
 
@@ -23,6 +22,7 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+SHORT_FUNCTIONS = sorted(MODULES)
 
 
 def _runtime_nodes(tree: ast.AST):
@@ -111,7 +111,7 @@ def _cycles() -> list[list[str]]:
 
 
 def test_the_import_graph_sees_top_level_and_function_local_imports():
-    edges = {(t, inside) for t, _, inside in _imports("hf_llc.cli")}
+    edges = {(t, inside) for t, _, inside in _imports("hf_llc.cli.commands")}
     assert ("hf_llc.estimator", True) in edges and ("hf_llc.sampling", False) in edges
     assert ("hf_llc.posterior", False) in {(t, i) for t, _, i in _imports("hf_llc.estimator")}
     # TYPE_CHECKING imports never run.
@@ -123,12 +123,6 @@ def test_no_import_cycle_passes_through_the_estimator_layers():
     assert [c for c in _cycles() if ours & set(c)] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cycle hf_llc → hf_llc.modelcard → hf_llc (also via hf_llc.integrations.trainer): "
-    "modelcard.py's function-local `from . import __version__` imports the package, whose "
-    "__init__ imports modelcard; modelcard.py should import hf_llc._version instead",
-)
 def test_no_import_cycles_among_hf_llc_modules():
     assert _cycles() == []
 
@@ -154,7 +148,7 @@ def _docstring_lines(node: ast.AST) -> int:
 @pytest.mark.parametrize("name", SHORT_FUNCTIONS)
 def test_functions_are_at_most_100_lines(name):
     """Lines from ``def`` to the function's last line, its docstring not counted."""
-    tree = ast.parse(MODULES[f"hf_llc.{name}"].read_text())
+    tree = ast.parse(MODULES[name].read_text())
     long = [
         (node.name, length)
         for node in ast.walk(tree)
