@@ -60,11 +60,11 @@ class SamplerConfig:
             SGLD with a constant A and the target is unchanged). Under a reparametrization
             w → D·w it becomes D·A·D, which makes the chain, and so λ̂, invariant to the
             rescaling symmetries of the model (per layer, per unit) without being told them.
-            ``"rmsprop-burnin"`` (the previous default): the pSGLD RMSProp diagonal learned
+            ``"rmsprop-burnin"``: the pSGLD RMSProp diagonal learned
             during burn-in and then held fixed; it evens out the curvature but is not invariant
             (A ∝ 1/√V goes only to D·A). ``"identity"``: plain SGLD.
-            ``"rmsprop"``: pSGLD (Li et al. 2016) adapting at every step; without its Γ
-            correction term it reads ≈ 10% high on deep linear networks. Or a user-given
+            ``"rmsprop"``: pSGLD (Li et al. 2016) adapting at every step (biased: its Γ
+            correction term is neglected, so the target is not exactly p). Or a user-given
             positive per-parameter diagonal (a dict name → tensor shaped like the parameter,
             or one flat tensor in ``named_parameters`` order).
         rmsprop_decay: α of the pSGLD running average V ← αV + (1 − α)g².

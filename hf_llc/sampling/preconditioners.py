@@ -308,7 +308,7 @@ class RMSPropPreconditioner(Preconditioner):
             self.shift.copy_(state["shift"])
             self.norm.copy_(state["norm"])
         else:
-            # A snapshot of an earlier version (V, A, √A): R = √V, the scalars recomputed.
+            # A state holding V rather than R (V, A, √A): R = √V, the scalars recomputed.
             torch.sqrt(state["V"].to(self.R), out=self.R)
             if self._initialised:
                 self._finish_update(self.R.sum(dim=-1, keepdim=True))
