@@ -1,8 +1,11 @@
-"""Run one SGLD chain over a loss given as a pure function of a flat parameter vector.
+"""What one chain is made of: its generator and minibatches, its records (``ChainState``,
+``ChainResult``), and the step-size rule (curvature by power iteration, the adaptation
+:class:`Schedule`).
 
 A problem is anything with ``num_samples``, ``batch(indices)`` and ``loss(w, batch)``; the
-loss returns the minibatch's per-sample losses (1-D) or their mean (0-d). This module knows
-nothing about Hugging Face: :mod:`hf_llc.estimator` builds the problem from a model.
+loss returns the minibatch's per-sample losses (1-D) or their mean (0-d). This package knows
+nothing about Hugging Face: :mod:`hf_llc.posterior` builds the problem from a model; the loop
+that runs chains is :mod:`hf_llc.sampling.loop`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Diagonal preconditioners A for SGLD: identity, RMSProp (pSGLD) and a user-given diagonal.
+"""Diagonal preconditioners A for SGLD: identity, RMSProp (pSGLD), the windowed inverse Fisher
+diagonal (the default, :class:`FisherPreconditioner`) and a user-given diagonal.
 
 pSGLD (Li et al., AAAI 2016): V ← αV + (1 − α)·g∘g with g = ∇U(w) the stochastic gradient
 of the potential, A ∝ 1 / (δ·mean(√V) + √V), normalised to mean(A) = 1. The Γ correction term
