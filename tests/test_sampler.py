@@ -271,7 +271,7 @@ def test_regular_model_default_preconditioner(monkeypatch, name):
 
     expected, var, h_max, loc_max = 0.0, 0.0, 0.0, 0.0
     for pre, eps in zip(made, result.diagnostics["step_size_per_chain"]):
-        A = pre.A.double()
+        A = pre.A.double().reshape(-1)  # a sequential chain is a stack of one: (1, d)
         M = 1 / (nbeta * A) if name == "fisher-burnin" else torch.ones_like(A)
         Ps = (nbeta + gamma * M).tolist()
         hs = (eps * A * (nbeta + gamma * M)).tolist()
