@@ -239,6 +239,10 @@ def max_curvature(
 #: chain, and nothing after the last measurement.
 WARM_START_DTYPE = torch.bfloat16
 
+#: A re-estimate of A that raises ε more than this factor is followed by settling
+#: re-measurements (:meth:`Schedule.measures_at`).
+SETTLE_AFTER_GROWTH = 2.0
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -280,12 +284,12 @@ class Schedule:
             cut = len(grid) // 2
             freeze_at = grid[cut] if cut < len(grid) else cfg.num_burnin
             refresh_at = frozenset([*grid[:cut], freeze_at])
-            # ε is measured again a few steps after each re-estimate before the freeze (the
-            # steps after the freeze have their own re-measurements on the grid).
+            # ε may be measured again a few steps after each re-estimate before the freeze
+            # (measures_at; the steps after the freeze have their own re-measurements).
             later = {max(1, every // 64), max(1, every // 8)}
             settle_at = frozenset(
                 t + k for t in grid[:cut] for k in later if t + k < cfg.num_burnin
-            )
+            ) - set(grid)
             measure = [*grid, *settle_at, cfg.num_burnin]
             adapt_at = frozenset(measure) - {0} if adaptive else frozenset()
         last = max([0, *adapt_at, *([freeze_at] if freeze_at is not None else [])])
@@ -297,15 +301,36 @@ class Schedule:
         if t in self.refresh_at:
             precond.freeze() if t == self.freeze_at else precond.refresh()
 
+    def measures_at(self, t: int, history: list) -> bool:
+        """Whether a chain measures ε at step ``t``, given its (step, ε) ``history`` so far.
+
+        At step 0, on the grid ``adapt_at`` and at the freeze, always; at a ``settle_at`` step
+        only if the re-estimate of A just before it raised ε more than ``SETTLE_AFTER_GROWTH``-
+        fold (a chain whose step did not jump has nothing to settle, and keeps exactly the
+        schedule it would have without these steps)."""
+        if not self.adaptive:
+            return False
+        if t == 0 or t == self.freeze_at:
+            return True
+        if t not in self.adapt_at:
+            return False
+        if t not in self.settle_at:
+            return True
+        refresh = max(s for s in self.refresh_at if s < t)
+        at_refresh = [eps for s, eps in history if s == refresh]
+        before = [eps for s, eps in history if s < refresh]
+        return bool(at_refresh and before and at_refresh[0] > SETTLE_AFTER_GROWTH * before[-1])
+
     def next_step_size(self, t: int, measured: float, current: float) -> float:
         """The step size after the measurement ``measured`` = c/λ_max at step ``t`` (t > 0).
 
         Where A was just re-estimated (``refresh_at``) the old ε no longer applies: ε is the
-        new measurement. A few steps later (``settle_at``) it is measured again and may only
-        shrink, freely: a window that saw only the flat neighbourhood of w* (the origin of a
-        deep network) sets a step that is too large once the chain moves out to where the loss
-        is steep. At the other grid points ε only shrinks, by at most 4×, and freely at the
-        freeze: it has to be stable at every point the chain visits, not only the latest."""
+        new measurement. If that raised ε, it is measured again a few steps later (``settle_at``)
+        and may only shrink, freely: a window that saw only the flat neighbourhood of w* (the
+        origin of a deep network) sets a step that is too large once the chain moves out to
+        where the loss is steep. At the other grid points ε only shrinks, by at most 4×, and
+        freely at the freeze: it has to be stable at every point the chain visits, not only the
+        latest."""
         if t in self.refresh_at:
             return measured
         if t == self.freeze_at or t in self.settle_at:

@@ -102,7 +102,7 @@ def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> 
     if schedule.adaptive and (t == 0 or t in schedule.adapt_at or t == schedule.freeze_at):
         step_scale = cfg.step_scale * stack.step_factor
         for i in range(stack.size):
-            if not stack.active[i]:
+            if not stack.active[i] or not schedule.measures_at(t, stack.histories[i]):
                 continue
             # At the chain's own position and minibatch (at freeze_at: against the final A).
             eps, v = measure_step_size(
