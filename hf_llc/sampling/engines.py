@@ -129,14 +129,15 @@ class Engine(Protocol):
         """A context manager around the whole run of the stack ``W`` (C × d)."""
 
     def batch(self, indices: Tensor) -> Any:
-        """The minibatches of the stack's chains, ``indices`` (C × m), as the engine wants them."""
+        """The minibatches of the stack's chains, as the engine wants them; ``indices`` is
+        C × m for a stacked engine, one chain's (m,) otherwise."""
 
     def row_batch(self, batch: Any, indices: Tensor, i: int) -> Any:
         """Chain ``i``'s own minibatch (for its step-size measurement)."""
 
     def grad(self, W: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         """(G, L): per-chain gradients (C × d, the SGLD step may overwrite them) and mean
-        losses (C), on the hot path."""
+        losses (C; a 0-d tensor for an unstacked engine), on the hot path."""
 
     def fresh_grad(self, W: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         """The same in fresh buffers, off the hot path (MALA's second evaluation)."""
@@ -163,7 +164,7 @@ class EagerEngine:
                 self._fast = None
 
     def batch(self, indices: Tensor) -> Any:
-        return self.problem.batch(indices[0])
+        return self.problem.batch(indices)
 
     def row_batch(self, batch: Any, indices: Tensor, i: int) -> Any:
         return batch
@@ -173,11 +174,11 @@ class EagerEngine:
             _, loss, g = self._fast(batch)
         else:
             _, _, loss, g = _grad(self.problem, W[0], batch)
-        return g.unsqueeze(0), loss.detach().reshape(1)
+        return g.unsqueeze(0), loss.detach()
 
     def fresh_grad(self, W: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         _, _, loss, g = _grad(self.problem, W[0], batch)
-        return g.unsqueeze(0), loss.detach().reshape(1)
+        return g.unsqueeze(0), loss.detach()
 
 
 class VmapEngine:

@@ -65,22 +65,30 @@ def run_stack(
     total = cfg.num_steps
     threshold = post.divergence_threshold(cfg)
     idx = torch.empty(stack.size, cfg.batch_size, dtype=torch.long, device=post.w_star.device)
-    cache: dict = {}
+    schedule = stack.schedule
+    # The steps at which the schedule does anything (A re-estimated or frozen, ε measured).
+    events = schedule.refresh_at | schedule.adapt_at | {0, schedule.freeze_at}
+    step = _stepper(post, cfg, stack, engine)
+    single = not engine.stacked  # one chain: its indices (m,) as they come, no copy
     with engine.open(stack.W):
         for t in range(stack.t, total):
-            for i, batcher in enumerate(stack.batchers):
-                if stack.active[i]:
-                    idx[i] = batcher.next()
+            if single:
+                idx = stack.batchers[0].next()
+            else:
+                for i, batcher in enumerate(stack.batchers):
+                    if stack.active[i]:
+                        idx[i] = batcher.next()
             batch = engine.batch(idx)
-            _adapt(post, cfg, stack, engine, batch, idx, t)
+            if t in events:
+                _adapt(post, cfg, stack, engine, batch, idx, t)
             G, L = engine.grad(stack.W, batch)
             stack.trace[:, t] = L
             if stack.init_trace is not None:
-                stack.init_trace[:, t] = post.init_per_sample[idx].mean(dim=1)
+                stack.init_trace[:, t] = post.init_per_sample[idx].mean(dim=-1)
             draw = t - cfg.num_burnin
             record = stack.mala is not None and draw >= 0 and draw % cfg.draw_every == 0
             before = (stack.W.clone(), L.clone(), G.clone()) if record else None
-            _step(post, cfg, stack, engine, G, cache)
+            step(G)
             del G
             if record:
                 _record_mala(post, cfg, stack, engine, batch, before, draw // cfg.draw_every)
@@ -130,39 +138,51 @@ def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> 
         precond.freeze()
 
 
-def _step(post, cfg, stack: ChainStack, engine, G: Tensor, cache: dict) -> None:
-    """The SGLD update of every running chain (``G`` consumed): one chain's step with plain
-    numbers, or one update of the stack with per-chain coefficients."""
-    adapt = stack.adapting and stack.precond.adaptive
+def _stepper(post, cfg, stack: ChainStack, engine):
+    """``step(G)``: the SGLD update of every running chain (``G`` consumed), one chain's step
+    with plain numbers, or one update of the stack with per-chain coefficients."""
     common = dict(nbeta=post.nbeta, localization=cfg.localization, precond=stack.precond)
+    w_star, cache = post.w_star, {}
+
+    def adapt() -> bool:
+        return stack.adapting and stack.precond.adaptive
+
     if engine.stacked:
-        sgld_step_chains_(
-            stack.W,
-            G,
-            post.w_star,
-            step_sizes=stack.steps,
-            generators=stack.gens,
-            active=stack.active,
-            adapt=adapt,
-            cache=cache,
-            **common,
-        )
+
+        def step(G: Tensor) -> None:
+            sgld_step_chains_(
+                stack.W,
+                G,
+                w_star,
+                step_sizes=stack.steps,
+                generators=stack.gens,
+                active=stack.active,
+                adapt=adapt(),
+                cache=cache,
+                **common,
+            )
+
     else:
-        sgld_step_(
-            stack.W,
-            G,
-            post.w_star,
-            step_size=stack.steps[0],
-            generator=stack.gens[0],
-            adapt=adapt,
-            **common,
-        )
+
+        def step(G: Tensor) -> None:
+            sgld_step_(
+                stack.W,
+                G,
+                w_star,
+                step_size=stack.steps[0],
+                generator=stack.gens[0],
+                adapt=adapt(),
+                **common,
+            )
+
+    return step
 
 
 def _record_mala(post, cfg, stack: ChainStack, engine, batch, before, k: int) -> None:
     """MALA's acceptance probability of the step just taken, for every running chain."""
     W_old, L_old, G_old = before
     G_new, L_new = engine.fresh_grad(stack.W, batch)
+    L_old, L_new = L_old.reshape(-1), L_new.reshape(-1)
     for i in range(stack.size):
         if not stack.active[i]:
             continue
