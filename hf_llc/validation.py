@@ -71,7 +71,29 @@ PAPER_SUITE: tuple[ValidationCase, ...] = (
     _case([100, 150, 150, 100], 100, "full_rank"),
 )
 
-SUITES = {"quick": QUICK_SUITE, "paper": PAPER_SUITE}
+# Cases the default recipe was not tuned on (measured once it was fixed): shapes from
+# tests/data/dln_cases.json outside the two suites above, and new ones; depths 2–4, 3 to 20,000
+# parameters, the three constructions, the tiny bottlenecks included.
+HELDOUT_SUITE: tuple[ValidationCase, ...] = (
+    _case([5, 4, 5], 0, "origin"),
+    _case([4, 3, 8], 0, "origin"),
+    _case([8, 3, 4], 0, "origin"),
+    _case([3, 8, 4], 0, "origin"),
+    _case([3, 3, 3], 0, "origin"),
+    _case([1, 2, 1], 0, "origin"),
+    _case([2, 1, 2], 0, "origin"),
+    _case([1, 1, 1, 1], 0, "origin"),
+    _case([5, 3, 4, 6, 2], 1, "aligned"),
+    _case([3, 5, 4, 6], 2, "aligned"),
+    _case([20, 20, 20], 5, "aligned"),
+    _case([6, 5, 4, 5, 6], 2, "aligned"),
+    _case([15, 10, 5, 10, 15], 3, "aligned"),
+    _case([12, 8, 10], 8, "full_rank"),
+    _case([6, 7, 5, 6], 5, "full_rank"),
+    _case([100, 100, 100], 100, "full_rank"),
+)
+
+SUITES = {"quick": QUICK_SUITE, "paper": PAPER_SUITE, "heldout": HELDOUT_SUITE}
 
 
 def run_case(
@@ -268,6 +290,7 @@ def format_table(results: Sequence[dict]) -> str:
 
 
 __all__ = [
+    "HELDOUT_SUITE",
     "PAPER_SUITE",
     "QUICK_SUITE",
     "SUITES",

@@ -148,3 +148,15 @@ def test_every_sampler_flag_sets_its_config_field():
     for mode in ("curvature", "auto"):
         args = build_parser().parse_args(["validate", "--step-size", mode])
         assert config_from_args(args).step_size == mode
+
+
+def test_validate_offers_every_built_in_suite():
+    from hf_llc.cli import build_parser
+    from hf_llc.validation import HELDOUT_SUITE, SUITES
+
+    validate = build_parser()._subparsers._group_actions[0].choices["validate"]
+    (suite,) = [a for a in validate._actions if a.dest == "suite"]
+    assert list(suite.choices) == list(SUITES)
+    # The held-out cases are new to both other suites.
+    seen = {c for name in ("quick", "paper") for c in SUITES[name]}
+    assert HELDOUT_SUITE and not seen & set(HELDOUT_SUITE)

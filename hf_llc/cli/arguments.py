@@ -197,7 +197,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "λ̂ with Aoyagi's exact λ; with --widths/--rank/--construction, run that one case."
         ),
     )
-    v.add_argument("--suite", choices=["quick", "paper"], default="quick")
+    # hf_llc.validation.SUITES' names (not imported here: it loads the estimator's stack).
+    v.add_argument("--suite", choices=["quick", "paper", "heldout"], default="quick")
     v.add_argument("--widths", type=_ints, help="e.g. 7,4,6,5 (input, hidden…, output)")
     v.add_argument("--rank", type=int, help="true rank (origin: 0, full_rank: min width)")
     v.add_argument(
