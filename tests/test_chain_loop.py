@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_resume import W_STAR, QuadraticProblem, TwoLayerProblem, assert_same_chain
 
+from hf_llc.checkpoint import ChainStopped, RunCheckpoint
 from hf_llc.sampling import (
     ChainResult,
     ChainStack,
@@ -204,3 +205,43 @@ def test_batched_chains_that_diverge_restart_alone_and_resume_bit_identically():
             assert_same_chain(a, b)
     # Snapshots of the batched attempt, restarts not yet begun, and running restarts.
     assert {(0, False), (1, True), (1, False), (2, False)} <= kinds
+
+
+class StoppingFolder(RunCheckpoint):
+    """The checkpoint folder itself as run_chains' store, stopping (as a signal would) after
+    ``stop_after`` snapshots: restarts not yet begun go through its files too."""
+
+    def __init__(self, root, stop_after=None):
+        super().__init__(root, checkpoint_every=4, checkpoint_seconds=None)
+        self.config_hash, self.stop_after, self.saves = "test", stop_after, 0
+
+    def save(self, state):
+        super().save(state)
+        self.saves += 1
+        if self.stop_after is not None and self.saves == self.stop_after:
+            raise ChainStopped(15)
+
+
+def test_batched_restarts_round_trip_through_the_checkpoint_files(tmp_path):
+    post, cfg = _diverging()
+    plain, _ = run_chains(post, cfg, [0, 1, 2])
+    # The first save that writes a restart not yet begun (a chain that just diverged).
+    first = None
+    for stop in range(1, 40):
+        store = MemoryStore(4, stop_after=stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_chains(post, cfg, [0, 1, 2], store=store)
+        if any(isinstance(s, ChainState) and s.step == 0 for s in store.saved.values()):
+            first = stop
+            break
+    assert first is not None
+    folder = StoppingFolder(tmp_path / "run", stop_after=first)
+    with pytest.raises(ChainStopped):
+        run_chains(post, cfg, [0, 1, 2], store=folder)
+    restart = [folder.load_chain(c) for c in range(3)]
+    assert any(isinstance(s, ChainState) and s.step == 0 and s.attempt == 1 for s in restart)
+    folder.stop_after = None
+    resumed, mode = run_chains(post, cfg, [0, 1, 2], store=folder, resume=True)
+    assert mode == "batched"
+    for a, b in zip(resumed, plain):
+        assert_same_chain(a, b)
