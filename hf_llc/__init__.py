@@ -4,46 +4,77 @@
     result = estimate_llc(model, dataset, SamplerConfig(num_chains=4))
     print(result.summary())
 
-Importing the package registers the deep linear network validation architecture
-(``model_type="hf_llc_dln"``) with ``AutoConfig``/``AutoModel``.
+``import hf_llc`` is cheap: each name below imports its submodule (and torch, transformers)
+on first use. The deep linear network validation architecture (``model_type="hf_llc_dln"``)
+registers with ``AutoConfig``/``AutoModel`` when :mod:`hf_llc.models.dln` is imported, which
+any of its names (``hf_llc.DLNConfig``, ``hf_llc.make_dln_problem``, …) and
+:func:`load_checkpoint` do.
 """
 
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 from ._version import __version__
-from .calibration import CalibrationResult, calibrate_step_size
-from .checkpoint import EstimateInterrupted, OutputDirLocked
-from .estimator import LLCResult, estimate_llc
-from .integrations import LLCCallback
-from .loading import load_checkpoint
-from .modelcard import read_llc_from_model_card, write_llc_to_model_card
-from .models.dln import (
-    DLNConfig,
-    DLNModel,
-    DLNProblem,
-    dln_learning_coefficient,
-    dln_truth,
-    make_dln_problem,
-)
-from .sampling import SamplerConfig
-from .targets import model_targets
+
+_EXPORTS = {
+    "CalibrationResult": ".calibration",
+    "calibrate_step_size": ".calibration",
+    "EstimateInterrupted": ".checkpoint",
+    "OutputDirLocked": ".checkpoint",
+    "LLCResult": ".estimator",
+    "estimate_llc": ".estimator",
+    "LLCCallback": ".integrations",
+    "load_checkpoint": ".loading",
+    "read_llc_from_model_card": ".modelcard",
+    "write_llc_to_model_card": ".modelcard",
+    "DLNConfig": ".models.dln",
+    "DLNModel": ".models.dln",
+    "DLNProblem": ".models.dln",
+    "dln_learning_coefficient": ".models.dln",
+    "dln_truth": ".models.dln",
+    "make_dln_problem": ".models.dln",
+    "SamplerConfig": ".sampling",
+    "model_targets": ".targets",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .calibration import CalibrationResult, calibrate_step_size
+    from .checkpoint import EstimateInterrupted, OutputDirLocked
+    from .estimator import LLCResult, estimate_llc
+    from .integrations import LLCCallback
+    from .loading import load_checkpoint
+    from .modelcard import read_llc_from_model_card, write_llc_to_model_card
+    from .models.dln import (
+        DLNConfig,
+        DLNModel,
+        DLNProblem,
+        dln_learning_coefficient,
+        dln_truth,
+        make_dln_problem,
+    )
+    from .sampling import SamplerConfig
+    from .targets import model_targets
 
 __all__ = [
+    "__version__",
+    "calibrate_step_size",
     "CalibrationResult",
+    "dln_learning_coefficient",
+    "dln_truth",
     "DLNConfig",
     "DLNModel",
     "DLNProblem",
-    "LLCCallback",
-    "EstimateInterrupted",
-    "LLCResult",
-    "OutputDirLocked",
-    "SamplerConfig",
-    "__version__",
-    "calibrate_step_size",
-    "dln_learning_coefficient",
-    "dln_truth",
     "estimate_llc",
+    "EstimateInterrupted",
+    "LLCCallback",
+    "LLCResult",
     "load_checkpoint",
     "make_dln_problem",
     "model_targets",
+    "OutputDirLocked",
     "read_llc_from_model_card",
+    "SamplerConfig",
     "write_llc_to_model_card",
 ]

@@ -32,6 +32,8 @@ from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_c
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.models.auto import modeling_auto
 
+from .models import dln as _dln  # noqa: F401  (registers the DLN architecture: its folders load)
+
 __all__ = ["TASKS", "load_checkpoint", "resolve_auto_class"]
 
 # task name -> (Auto class name, name of the transformers *_MAPPING_NAMES table it uses).

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hf_llc import SamplerConfig, estimate_llc
-from hf_llc.cli import build_parser, config_from_args
+from hf_llc.cli import build_parser, config_from_args, parse_args
 from hf_llc.models.dln import make_dln_problem
 from hf_llc.sampling.engines import NotBatchable, stack_batches
 
@@ -224,7 +224,7 @@ def test_chain_mode_setting_validates_round_trips_and_has_a_cli_flag():
     cfg = SamplerConfig(chain_mode="sequential", compile=True)
     assert SamplerConfig.from_dict(cfg.to_dict()) == cfg
     assert SamplerConfig().chain_mode == "sequential" and SamplerConfig().compile is False
-    args = build_parser().parse_args(["validate", "--chain-mode", "batched", "--compile"])
+    args = parse_args(build_parser(), ["validate", "--chain-mode", "batched", "--compile"])
     parsed = config_from_args(args)
     assert parsed.chain_mode == "batched" and parsed.compile is True
 

@@ -116,7 +116,7 @@ def test_module_entry_point_runs():
 
 
 def test_every_sampler_flag_sets_its_config_field():
-    from hf_llc.cli import build_parser, config_from_args
+    from hf_llc.cli import build_parser, config_from_args, parse_args
     from hf_llc.sampling import SamplerConfig
 
     argv = [
@@ -126,7 +126,7 @@ def test_every_sampler_flag_sets_its_config_field():
         *("--draw-every", "2", "--batch-size", "16", "--preconditioner", "identity"),
         *("--sampler-seed", "5", "--mala", "--chain-mode", "batched", "--compile"),
     ]
-    cfg = config_from_args(build_parser().parse_args(argv))
+    cfg = config_from_args(parse_args(build_parser(), argv))
     expected = dict(
         step_size=1e-4,
         step_scale=0.2,
@@ -144,9 +144,9 @@ def test_every_sampler_flag_sets_its_config_field():
         compile=True,
     )
     assert {k: getattr(cfg, k) for k in expected} == expected
-    assert config_from_args(build_parser().parse_args(["validate"])) == SamplerConfig()
+    assert config_from_args(parse_args(build_parser(), ["validate"])) == SamplerConfig()
     for mode in ("curvature", "auto"):
-        args = build_parser().parse_args(["validate", "--step-size", mode])
+        args = parse_args(build_parser(), ["validate", "--step-size", mode])
         assert config_from_args(args).step_size == mode
 
 

@@ -1,21 +1,29 @@
-"""The ``hf-llc`` argument parser, and the :class:`SamplerConfig` its sampler flags make.
+"""The ``hf-llc`` argument parser, generated from dataclasses.
 
-Every sampler flag is generated from a :class:`SamplerConfig` field listed once in
-:data:`SAMPLER_FLAGS`; its flag name, type and default (``None``: the config's default) come
-from the field.
+Every flag is a field of a dataclass: :class:`~hf_llc.SamplerConfig` for the sampler, and the
+small dataclasses below for the data, the outputs and each command. A field's
+``metadata["help"]`` is its help text (the convention of ``transformers.HfArgumentParser``);
+``metadata`` may also hold ``choices``, ``parse`` (the value's parser), ``metavar`` and
+``aliases`` (more flag names). Each field ``some_name`` is accepted as ``--some-name`` and
+``--some_name``; ``--help`` shows each default.
+
+``--config FILE`` (YAML or JSON, a mapping of the same names) sets any of a command's flags;
+flags on the command line override it.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import Field, dataclass, fields
+import json
+import types
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..sampling import SamplerConfig
-from ..sampling.config import CHAIN_MODES, PRECONDITIONERS
+from ..sampling.config import SamplerConfig
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _ints(text: str) -> list[int]:
@@ -42,154 +50,258 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _step_size(text: str):
-    if text in ("curvature", "auto"):
-        return text
-    try:
-        return float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"--step-size takes a positive number, 'curvature' or 'auto', got {text!r}"
-        ) from err
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A flag's dataclass field: its default, help and command-line options."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
-@dataclass(frozen=True)
-class SamplerFlag:
-    """How one :class:`SamplerConfig` field is set from the command line.
+@dataclass
+class RunArguments:
+    """Flags of every command."""
 
-    Attributes:
-        help: the flag's help text.
-        flag: the flag when it is not ``--field-name``.
-        type: the parser of its value when not the field's own ``int`` or ``float``.
-        choices: the values it accepts, if only some.
-    """
+    mixed_precision: str | None = _opt(
+        None,
+        "autocast of the forward/backward (sampling state stays fp32); fp16 is run in fp32 "
+        "with a logged notice (default: accelerate's setting, ACCELERATE_MIXED_PRECISION)",
+        choices=("no", "bf16", "fp16"),
+    )
+    quiet: bool = _opt(False, "no progress bars", aliases=("--no-progress",))
+    log_level: str | None = _opt(
+        None, "level of hf_llc's log records (default: warning)", choices=LOG_LEVELS
+    )
+    debug: bool = _opt(False, "on an error, show the Python traceback instead of one line")
 
-    help: str | None = None
-    flag: str | None = None
-    type: Callable[[str], Any] | None = None
-    choices: Sequence[str] | None = None
+
+@dataclass
+class DataArguments:
+    """How ``estimate`` and ``calibrate`` load MODEL and its data."""
+
+    dataset: str | None = _opt(
+        None,
+        "Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file (required)",
+        metavar="DATA",
+        required=True,
+    )
+    dataset_config: str | None = _opt(None, "Hub dataset config name")
+    split: str = _opt("train", "Hub dataset or save_to_disk split")
+    text_column: str | None = _opt(None, "raw text column to tokenize (default: auto-detected)")
+    max_length: int | None = _opt(None, "truncate tokenized texts to this many tokens")
+    num_samples: int | None = _opt(None, "use only the first N rows (default: all)")
+    task: str | None = _opt(None, "model head when config.architectures is unset (e.g. causal-lm)")
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of MODEL")
+    trust_remote_code: bool = _opt(False, "allow MODEL's custom modelling code to run")
+    allow_pickle: bool = _opt(False, "allow .bin (pickle) weights")
+    allow_missing_weights: bool = _opt(
+        False, "allow a checkpoint that does not cover every weight of the model class"
+    )
+    loss_fn: str | None = _opt(
+        None, "loss_fn(outputs, batch) of your own", metavar="MODULE:FUNCTION"
+    )
+    model_loss_fn: str | None = _opt(
+        None, "model_loss_fn(model, batch) of your own", metavar="MODULE:FUNCTION"
+    )
 
 
-#: The :class:`SamplerConfig` fields the command line sets, in ``--help`` order.
-SAMPLER_FLAGS: dict[str, SamplerFlag] = {
-    "step_size": SamplerFlag(
-        "ε, 'curvature' (default) or 'auto' (pilot chains choose ε; see hf-llc calibrate)",
-        type=_step_size,
+@dataclass
+class CardArguments:
+    """Where an LLC is recorded in MODEL's model card."""
+
+    write_card: bool = _opt(False, "record the LLC in MODEL's card (README.md)")
+    card_model_name: str | None = _opt(
+        None,
+        "the model-index model to record in (needed when the card lists several)",
+        metavar="NAME",
+    )
+
+
+@dataclass
+class EstimateArguments:
+    """The outputs of ``estimate`` and its checkpoints."""
+
+    output: Path | None = _opt(None, "write the result as JSON here")
+    plot: Path | None = _opt(None, "save the trace plot (PNG) here")
+    output_dir: Path | None = _opt(
+        None,
+        "save every chain's state here periodically, with result.json and a manifest; "
+        "Ctrl-C or SIGTERM saves and stops (exit 130 / 143)",
+        metavar="DIR",
+    )
+    resume: bool = _opt(False, "continue the run in --output-dir to the uninterrupted result")
+    checkpoint_every: int | None = _opt(
+        None, "with --output-dir: also checkpoint every N steps", metavar="N"
+    )
+    checkpoint_seconds: float = _opt(
+        300.0,
+        "with --output-dir: checkpoint a running chain at least every S seconds",
+        metavar="S",
+    )
+
+
+@dataclass
+class CalibrateArguments:
+    """The sweep of ``calibrate``."""
+
+    grid: list[float] | None = _opt(
+        None,
+        "step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -3..0, at and below "
+        "the curvature step ε_c)",
+        parse=_floats,
+    )
+    min_acceptance: float = _opt(0.9, "smallest MALA acceptance of a chosen ε")
+    pilot_burnin: int | None = _opt(None, "burn-in of each pilot chain (default: --num-burnin)")
+    pilot_draws: int | None = _opt(None, "draws of each pilot chain (default: min(draws, 200))")
+    output: Path | None = _opt(None, "write the sweep and the choice as JSON here")
+    plot: Path | None = _opt(None, "save λ̂ and acceptance against ε (PNG) here")
+
+
+@dataclass
+class ValidateArguments:
+    """The deep-linear-network cases of ``validate``."""
+
+    # hf_llc.validation.SUITES' names (not imported here: it loads the estimator's stack).
+    suite: str = _opt("quick", "the built-in suite to run", choices=("quick", "paper", "heldout"))
+    widths: list[int] | None = _opt(
+        None, "one case instead: widths like 7,4,6,5 (input, hidden…, output)", parse=_ints
+    )
+    rank: int | None = _opt(None, "true rank (origin: 0; default: the smallest width)")
+    construction: str | None = _opt(
+        None,
+        "where w* sits (default: full_rank, or aligned when --rank < min width)",
+        choices=("origin", "aligned", "full_rank"),
+    )
+    num_samples: int = _opt(100_000, "n, the teacher's sample size")
+    teacher_seed: int = _opt(0, "seed of the teacher problem (--seed seeds the chains)")
+    rescale: int | None = _opt(
+        None,
+        "move each teacher along its rescaling symmetries (per-layer and per-unit factors in "
+        "[0.1, 10], drawn from SEED): the same function and λ, a test of invariance",
+        metavar="SEED",
+    )
+    input_distribution: str = _opt("normal", "the teacher's inputs", choices=("normal", "uniform"))
+    loss_type: str = _opt(
+        "gaussian_nll",
+        "DLN loss: ½·squared error summed over outputs, or averaged (mse)",
+        choices=("gaussian_nll", "mse"),
+    )
+    jobs: int | None = _opt(None, "worker processes (default: the cores)")
+    output: Path | None = _opt(None, "write the results as JSON here")
+
+
+#: The dataclasses behind each command's flags, in ``--help`` order, with their group titles.
+COMMAND_ARGUMENTS: dict[str, tuple[tuple[type, str], ...]] = {
+    "validate": (
+        (ValidateArguments, "cases"),
+        (SamplerConfig, "sampler"),
+        (RunArguments, "run"),
     ),
-    "step_scale": SamplerFlag("c in ε = c / λ_max (curvature step size)"),
-    "localization": SamplerFlag("γ"),
-    "nbeta": SamplerFlag("nβ (default n / log n)"),
-    "num_chains": SamplerFlag(),
-    "num_draws": SamplerFlag(),
-    "num_burnin": SamplerFlag(),
-    "draw_every": SamplerFlag(),
-    "batch_size": SamplerFlag(),
-    "preconditioner": SamplerFlag(choices=PRECONDITIONERS),
-    "seed": SamplerFlag("seed of the chains (default 0)", flag="--sampler-seed"),
-    "mala": SamplerFlag("record MALA acceptance (diagnostic)"),
-    "chain_mode": SamplerFlag(
-        "run a process's chains one after another (default 'sequential'), batched under "
-        "torch.func.vmap, or 'auto' (batched when possible)",
-        choices=CHAIN_MODES,
+    "estimate": (
+        (DataArguments, "model and data"),
+        (EstimateArguments, "outputs and checkpoints"),
+        (CardArguments, "model card"),
+        (SamplerConfig, "sampler"),
+        (RunArguments, "run"),
     ),
-    "compile": SamplerFlag("torch.compile the loss and gradient"),
+    "calibrate": (
+        (DataArguments, "model and data"),
+        (CalibrateArguments, "sweep"),
+        (CardArguments, "model card (estimate at the chosen ε and record both)"),
+        (SamplerConfig, "sampler (the real chains' settings; --step-size is ignored)"),
+        (RunArguments, "run"),
+    ),
 }
 
 
-def _sampler_fields() -> list[tuple[Field, SamplerFlag]]:
-    """The :class:`SamplerConfig` field of every entry of :data:`SAMPLER_FLAGS`."""
-    by_name = {f.name: f for f in fields(SamplerConfig)}
-    return [(by_name[name], flag) for name, flag in SAMPLER_FLAGS.items()]
+def _value_type(hint: Any) -> type | None:
+    """``bool``, ``int``, ``float``, ``Path`` or ``str``: a field's value type, if simple."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    return next((k for k in (bool, int, float, Path, str) if k in options), None)
 
 
-def _flag_name(field: Field, flag: SamplerFlag) -> str:
-    return flag.flag or "--" + field.name.replace("_", "-")
+def _flag_names(f: Field) -> list[str]:
+    return ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
 
 
-def _dest(field: Field, flag: SamplerFlag) -> str:
-    """The attribute of the parsed arguments that holds the field's flag."""
-    return _flag_name(field, flag)[2:].replace("-", "_")
+def _default(f: Field) -> Any:
+    return None if f.default is MISSING else f.default
 
 
-def _value_type(field: Field) -> str | None:
-    """``"bool"``, ``"int"`` or ``"float"``: the first in the field's annotation, if any."""
-    annotation = field.type if isinstance(field.type, str) else str(field.type)
-    return next((t for t in re.findall(r"\w+", annotation) if t in ("bool", "int", "float")), None)
+def _help(f: Field) -> str:
+    text = f.metadata.get("help", "")
+    default = _default(f)
+    if default is None or default is False or "(default" in text or "(required" in text:
+        return text
+    return f"{text} (default: {default})"
 
 
-def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that override :class:`SamplerConfig` fields (defaults: the config's defaults)."""
-    g = parser.add_argument_group("sampler (defaults: SamplerConfig defaults)")
-    for field, flag in _sampler_fields():
-        options: dict[str, Any] = {"help": flag.help}
-        kind = _value_type(field)
-        if kind == "bool":
+def _flag_parser(parse: Any, name: str) -> Any:
+    """``parse`` whose ``ValueError`` ("name takes …") names the flag (``--name takes …``)."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            message = str(err)
+            if message.startswith(name + " "):
+                message = "--" + name.replace("_", "-") + message[len(name) :]
+            raise argparse.ArgumentTypeError(message) from err
+
+    return parse_flag
+
+
+def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": _help(f)}
+        kind = _value_type(hints[f.name])
+        if kind is bool:
             options["action"] = "store_true"
-        elif flag.choices is not None:
-            options["choices"] = flag.choices
         else:
-            options["type"] = flag.type or {"int": int, "float": float}.get(kind)  # else text
-        g.add_argument(_flag_name(field, flag), **options)
-    g.add_argument(
-        "--mixed-precision",
-        choices=["no", "bf16", "fp16"],
-        default=None,
-        help="autocast for forward/backward (default: accelerate's setting; fp16 is refused)",
-    )
+            if "choices" in f.metadata:
+                options["choices"] = f.metadata["choices"]
+            elif "parse" in f.metadata:
+                options["type"] = _flag_parser(f.metadata["parse"], f.name)
+            else:
+                options["type"] = kind or str
+                metavar = {int: "N", float: "X", Path: "PATH", str: "TEXT"}.get(kind)
+                options["metavar"] = f.metadata.get("metavar", metavar)
+        group.add_argument(*_flag_names(f), **options)
+        if "_" in f.name:  # the spelling of HfArgumentParser and accelerate, not in --help
+            group.add_argument("--" + f.name, **{**options, "help": argparse.SUPPRESS})
 
 
-def config_from_args(args: argparse.Namespace) -> SamplerConfig:
-    """The :class:`SamplerConfig` of the sampler flags; a flag not given keeps the default."""
-    given = {}
-    for field, flag in _sampler_fields():
-        value = getattr(args, _dest(field, flag))
-        if value is not None and value is not False:  # False: a switch that was not given
-            given[field.name] = value
-    return SamplerConfig(**given)
-
-
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL, --dataset and the flags that load them (shared by estimate and calibrate)."""
-    parser.add_argument("model", metavar="MODEL", help="Hub id or local checkpoint folder")
+def _add_command(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    if name != "validate":
+        parser.add_argument(
+            "model",
+            metavar="MODEL",
+            nargs="?",
+            help="Hub id or local checkpoint folder (required; or `model:` in --config)",
+        )
     parser.add_argument(
-        "--dataset",
-        required=True,
-        metavar="DATA",
-        help="Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML or JSON file of this command's settings (flag names, - or _); flags given "
+        "on the command line override it",
     )
-    parser.add_argument("--dataset-config", default=None, help="Hub dataset config")
-    parser.add_argument(
-        "--split", default=None, help="Hub dataset or save_to_disk split (default train)"
-    )
-    parser.add_argument("--text-column", default=None, help="raw text column to tokenize")
-    parser.add_argument("--max-length", type=int, default=None, help="truncate tokenized text")
-    parser.add_argument("--num-samples", type=int, default=None, help="use the first N rows")
-    parser.add_argument(
-        "--task", default=None, help="model head when config.architectures is unset"
-    )
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--allow-pickle", action="store_true", help="allow .bin (pickle) weights")
-    parser.add_argument("--allow-missing-weights", action="store_true")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--loss-fn", metavar="MODULE:FUNCTION", help="loss_fn(outputs, batch)")
-    group.add_argument(
-        "--model-loss-fn", metavar="MODULE:FUNCTION", help="model_loss_fn(model, batch)"
-    )
+    for cls, title in COMMAND_ARGUMENTS[name]:
+        _add_fields(parser.add_argument_group(title), cls)
+    return parser
 
 
-def _add_card_arguments(parser: argparse.ArgumentParser, write_card_help: str) -> None:
-    parser.add_argument("--write-card", action="store_true", help=write_card_help)
-    parser.add_argument(
-        "--card-model-name",
-        metavar="NAME",
-        help="with --write-card: the model-index model to record in (needed when the card "
-        "lists several)",
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-llc`` parser: the ``validate``, ``estimate`` and ``calibrate`` commands."""
+    parser = argparse.ArgumentParser(
+        prog="hf-llc",
+        description="Local Learning Coefficient estimation for Hugging Face models.",
+        epilog="Every --flag-name is also accepted as --flag_name. Each command takes "
+        "--config FILE (YAML or JSON) for any of its flags.",
     )
-
-
-def _add_validate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    v = sub.add_parser(
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_command(
+        sub,
         "validate",
         help="check λ̂ against exact deep-linear-network theory",
         description=(
@@ -197,118 +309,126 @@ def _add_validate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "λ̂ with Aoyagi's exact λ; with --widths/--rank/--construction, run that one case."
         ),
     )
-    # hf_llc.validation.SUITES' names (not imported here: it loads the estimator's stack).
-    v.add_argument("--suite", choices=["quick", "paper", "heldout"], default="quick")
-    v.add_argument("--widths", type=_ints, help="e.g. 7,4,6,5 (input, hidden…, output)")
-    v.add_argument("--rank", type=int, help="true rank (origin: 0, full_rank: min width)")
-    v.add_argument(
-        "--construction",
-        choices=["origin", "aligned", "full_rank"],
-        default=None,
-        help="where w* sits (default: full_rank, or aligned when --rank < min width)",
-    )
-    v.add_argument("--num-samples", type=int, default=None, help="n (default 100000)")
-    v.add_argument("--seed", type=int, default=0, help="seed of the teacher problem")
-    v.add_argument(
-        "--rescale",
-        type=int,
-        default=None,
-        metavar="SEED",
-        help="move each teacher along its rescaling symmetries (per-layer and per-unit factors "
-        "in [0.1, 10], drawn from SEED): the same function and λ, a test of invariance",
-    )
-    v.add_argument("--input-distribution", choices=["normal", "uniform"], default="normal")
-    v.add_argument(
-        "--loss-type",
-        choices=["gaussian_nll", "mse"],
-        default="gaussian_nll",
-        help="DLN loss: ½·squared error summed over outputs (default) or averaged (mse)",
-    )
-    v.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
-    v.add_argument("--output", type=Path, help="write the results as JSON here")
-    v.add_argument("--no-progress", action="store_true")
-    add_sampler_arguments(v)
-    return v
-
-
-def _add_estimate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    e = sub.add_parser(
+    _add_command(
+        sub,
         "estimate",
         help="estimate the LLC of a checkpoint (Hub id or local folder) on a dataset",
-        description="Estimate the LLC of MODEL at its weights on DATA and print a summary.",
-    )
-    add_checkpoint_arguments(e)
-    e.add_argument("--output", type=Path, help="write the result as JSON here")
-    _add_card_arguments(e, "record the LLC in MODEL's card")
-    e.add_argument("--plot", type=Path, help="save the trace plot (PNG) here")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    ck = e.add_argument_group(
-        "checkpoints (long runs)",
+        description="Estimate the LLC of MODEL at its weights on DATA and print a summary.\n\n"
         "With --output-dir, every chain's state is saved there periodically; Ctrl-C or SIGTERM "
-        "saves and stops (exit code 130 / 143), and the same command with --resume continues "
+        "saves and stops (exit code 130 / 143),\nand the same command with --resume continues "
         "to exactly the result of an uninterrupted run.",
     )
-    ck.add_argument(
-        "--output-dir", type=Path, metavar="DIR", help="checkpoints, result.json and manifest"
-    )
-    ck.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    ck.add_argument(
-        "--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps"
-    )
-    ck.add_argument(
-        "--checkpoint-seconds",
-        type=float,
-        default=None,
-        metavar="S",
-        help="checkpoint a running chain at least every S seconds (default 300)",
-    )
-    add_sampler_arguments(e)
-    return e
-
-
-def _add_calibrate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    c = sub.add_parser(
+    _add_command(
+        sub,
         "calibrate",
         help="choose the SGLD step size for a checkpoint with short pilot chains",
         description=(
             "Run short pilot chains of MODEL on DATA over a grid of step sizes ε, print the "
-            "sweep (pilot λ̂, MALA acceptance, flatness) and the chosen ε: the largest one that "
-            "is stable, flat and has MALA acceptance ≥ --min-acceptance. The sampler flags "
-            "are the settings the real chains will use (--step-size is ignored)."
+            "sweep (pilot λ̂, MALA acceptance, flatness)\nand the chosen ε: the largest one "
+            "that is stable, flat and has MALA acceptance ≥ --min-acceptance."
         ),
     )
-    add_checkpoint_arguments(c)
-    c.add_argument(
-        "--grid",
-        type=_floats,
-        help="step sizes to try, e.g. 1e-5,3e-5,1e-4 (default: ε_c·2^k, k = -3..0, at and below "
-        "the curvature step ε_c)",
-    )
-    c.add_argument("--min-acceptance", type=float, default=None, help="default 0.9")
-    c.add_argument("--pilot-burnin", type=int, default=None, help="default: --num-burnin")
-    c.add_argument("--pilot-draws", type=int, default=None, help="default min(draws, 200)")
-    c.add_argument("--output", type=Path, help="write the sweep and the choice as JSON here")
-    c.add_argument("--plot", type=Path, help="save λ̂ and acceptance against ε (PNG) here")
-    _add_card_arguments(
-        c,
-        "then estimate the LLC at the chosen ε and record it (with the sweep's choice) in "
-        "MODEL's card",
-    )
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_sampler_arguments(c)
-    return c
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``hf-llc`` parser: the ``validate``, ``estimate`` and ``calibrate`` commands."""
-    parser = argparse.ArgumentParser(
-        prog="hf-llc", description="Local Learning Coefficient estimation for Hugging Face models."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_validate, _add_estimate, _add_calibrate):
-        add(sub).add_argument(
-            "--debug",
-            action="store_true",
-            help="on an error, show the Python traceback instead of one error: line",
-        )
     return parser
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON settings file."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"--config {path}: cannot read it ({err}).") from err
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # json and yaml syntax errors
+        raise ValueError(f"--config {path}: not valid YAML/JSON ({err}).") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--config {path}: expected a mapping of settings, got a {type(data).__name__}."
+        )
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _config_value(path: Path, action: argparse.Action, value: Any) -> Any:
+    """A value from the settings file, parsed and checked as the flag's would be."""
+    name = action.option_strings[0] if action.option_strings else action.dest
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"--config {path}: {action.dest} must be true or false, got {value!r}."
+            )
+        return value
+    if isinstance(value, str) and action.type is not None:
+        try:
+            value = action.type(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"--config {path}: {action.dest}: {err}") from err
+    elif isinstance(value, list) and action.type is not None:
+        value = action.type(",".join(map(str, value)))
+    elif action.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif action.type is Path and isinstance(value, str):
+        value = Path(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(
+            f"--config {path}: {action.dest}={value!r} is not one of {list(action.choices)} "
+            f"({name})."
+        )
+    return value
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; merge ``--config``; fill in the defaults.
+
+    ``args.given`` is the set of settings given on the command line or in the file (a
+    setting not given holds its default).
+    """
+    args = parser.parse_args(argv)
+    command = _subparser(parser, args.command)
+    actions = {a.dest: a for a in command._actions if a.dest not in ("help", "config")}
+    given = {dest for dest in actions if getattr(args, dest) is not None}
+    if args.config is not None:
+        try:
+            settings = _read_config(args.config)
+        except ValueError as err:
+            command.error(str(err))
+        unknown = sorted(set(settings) - set(actions))
+        if unknown:
+            command.error(
+                f"--config {args.config}: unknown setting(s) {', '.join(unknown)} for "
+                f"`hf-llc {args.command}` (see hf-llc {args.command} --help)."
+            )
+        for dest, value in settings.items():
+            if dest in given:
+                continue  # the command line wins
+            try:
+                setattr(args, dest, _config_value(args.config, actions[dest], value))
+            except ValueError as err:
+                command.error(str(err))
+            given.add(dest)
+    for cls, _ in COMMAND_ARGUMENTS[args.command]:
+        for f in fields(cls):
+            if f.name not in given:
+                setattr(args, f.name, _default(f))
+            if f.metadata.get("required") and getattr(args, f.name) is None:
+                command.error(f"--{f.name.replace('_', '-')} is required (or set it in --config)")
+    if "model" in actions and args.model is None:
+        command.error("MODEL is required: a Hub id or local checkpoint folder")
+    args.given = given
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> SamplerConfig:
+    """The :class:`SamplerConfig` of the sampler flags (a flag not given holds its default)."""
+    return SamplerConfig(**{f.name: getattr(args, f.name) for f in fields(SamplerConfig)})

@@ -4,6 +4,7 @@ which runs one and turns an error into one ``error:`` line and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import signal
@@ -12,15 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..sampling import SamplerConfig
-from .arguments import build_parser, config_from_args
+from .arguments import build_parser, config_from_args, parse_args
 from .inputs import load_inputs
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..validation import DEFAULT_NUM_SAMPLES, SUITES, ValidationCase, format_table, run_suite
+    from ..validation import SUITES, ValidationCase, format_table, run_suite
 
     cfg = config_from_args(args)
-    n = args.num_samples if args.num_samples is not None else DEFAULT_NUM_SAMPLES
+    n = args.num_samples
     if n < 2:
         raise ValueError(f"--num-samples must be ≥ 2, got {n}.")
     if args.widths is not None:
@@ -52,7 +53,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     def report(r: dict) -> None:
         done.append(r)
-        if not args.no_progress and main_process:
+        if not args.quiet and main_process:
             print(
                 f"[{len(done)}/{len(cases)}] {','.join(map(str, r['widths']))} "
                 f"{r['construction']} r={r['rank']}: λ̂ = {r['llc_mean']:.4g} "
@@ -65,7 +66,7 @@ def _validate(args: argparse.Namespace) -> int:
         cases,
         cfg,
         num_samples=n,
-        seed=args.seed,
+        seed=args.teacher_seed,
         input_distribution=args.input_distribution,
         loss_type=args.loss_type,
         mixed_precision=args.mixed_precision,
@@ -106,17 +107,15 @@ def _check_flags(args: argparse.Namespace) -> None:
     """Refuse flags that would do nothing (so they are never recorded as if used)."""
     if getattr(args, "output_dir", None) is None:
         for flag in ("checkpoint_every", "checkpoint_seconds"):
-            if getattr(args, flag, None) is not None:
+            if flag in args.given:
                 name = "--" + flag.replace("_", "-")
                 raise ValueError(
                     f"{name} does nothing without --output-dir (the folder checkpoints are "
                     f"written to): add --output-dir DIR, or drop {name}."
                 )
-    if getattr(args, "checkpoint_seconds", None) is None:
-        args.checkpoint_seconds = 300.0  # the documented default
     if Path(args.dataset).is_file():
         for flag, value in (("--split", args.split), ("--dataset-config", args.dataset_config)):
-            if value is not None:
+            if flag[2:].replace("-", "_") in args.given:
                 raise ValueError(
                     f"{flag} {value!r} does nothing with the local data file --dataset "
                     f"{args.dataset} (it has one split and no configs): drop {flag}."
@@ -126,10 +125,13 @@ def _check_flags(args: argparse.Namespace) -> None:
             f"--dataset-config {args.dataset_config!r} does nothing with the save_to_disk "
             f"folder --dataset {args.dataset}: drop --dataset-config."
         )
+    if args.loss_fn is not None and args.model_loss_fn is not None:
+        raise ValueError(
+            "--loss-fn and --model-loss-fn are alternatives (loss_fn(outputs, batch) or "
+            "model_loss_fn(model, batch)): pass one of them."
+        )
     if args.card_model_name is not None and not args.write_card:
         raise ValueError("--card-model-name does nothing without --write-card: add it or drop it.")
-    if args.split is None:
-        args.split = "train"
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -267,7 +269,7 @@ def _check_writable(path: Path, flag: str = "--output") -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ..calibration import DEFAULT_MIN_ACCEPTANCE, calibrate_step_size
+    from ..calibration import calibrate_step_size
 
     cfg = config_from_args(args)
     _check_outputs(args)
@@ -277,9 +279,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         data,
         cfg,
         grid=args.grid,
-        min_acceptance=(
-            args.min_acceptance if args.min_acceptance is not None else DEFAULT_MIN_ACCEPTANCE
-        ),
+        min_acceptance=args.min_acceptance,
         pilot_burnin=args.pilot_burnin,
         pilot_draws=args.pilot_draws,
         **kwargs,
@@ -313,7 +313,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run ``hf-llc`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    if args.log_level is not None:
+        logging.getLogger("hf_llc").setLevel(args.log_level.upper())
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         if args.command == "validate":

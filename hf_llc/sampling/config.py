@@ -7,7 +7,7 @@ Symbols follow Lau et al. (arXiv 2308.12108) and Furman & Lau (arXiv 2402.03698)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PRECONDITIONERS = ("fisher-burnin", "identity", "rmsprop", "rmsprop-burnin")
@@ -15,6 +15,25 @@ CHAIN_MODES = ("auto", "batched", "sequential")
 STEP_SIZE_MODES = ("curvature", "auto")
 # The largest finite float32: the sampling state is fp32, so larger settings become inf there.
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+def parse_step_size(text: str) -> float | str:
+    """A step size written as text: a number, ``"curvature"`` or ``"auto"``."""
+    if text in STEP_SIZE_MODES:
+        return text
+    try:
+        return float(text)
+    except ValueError as err:
+        raise ValueError(
+            f"step_size takes a positive number, 'curvature' or 'auto', got {text!r}"
+        ) from err
+
+
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field with its command-line help (and ``choices``/``parse``) in
+    ``metadata``, which :mod:`hf_llc.cli` turns into a flag (``metadata["help"]`` as in
+    ``transformers.HfArgumentParser``)."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
@@ -101,29 +120,47 @@ class SamplerConfig:
             so it pays off only for long runs.
     """
 
-    step_size: float | str = "curvature"
-    step_scale: float = 0.3
-    localization: float = 1.0
-    nbeta: float | None = None
-    batch_size: int = 512
-    num_chains: int = 4
-    num_burnin: int = 2000
-    num_draws: int = 3000
-    draw_every: int = 1
-    preconditioner: Any = "fisher-burnin"
-    rmsprop_decay: float = 0.99
-    rmsprop_eps: float = 0.1
-    fisher_damping: float = 1e-4
-    seed: int = 0
-    mala: bool = False
-    init_loss_samples: int | None = None
-    curvature_iters: int = 10
-    num_adaptations: int = 8
-    divergence_factor: float = 1e3
-    divergence_retries: int = 2
-    check_every: int = 50
-    chain_mode: str = "sequential"
-    compile: bool = False
+    step_size: float | str = _setting(
+        "curvature",
+        "ε: a number, 'curvature' (ε = step_scale / λ_max, per chain) or 'auto' (pilot chains "
+        "choose ε; see hf-llc calibrate)",
+        parse=parse_step_size,
+    )
+    step_scale: float = _setting(0.3, "c in ε = c / λ_max (the curvature step size)")
+    localization: float = _setting(1.0, "γ, strength of the localization (γ/2)‖w − w*‖²")
+    nbeta: float | None = _setting(None, "nβ, inverse temperature times n (default n / log n)")
+    batch_size: int = _setting(512, "minibatch size of each SGLD step")
+    num_chains: int = _setting(4, "number of independent chains")
+    num_burnin: int = _setting(2000, "steps per chain before the first draw")
+    num_draws: int = _setting(3000, "draws per chain that enter the estimate")
+    draw_every: int = _setting(1, "steps between consecutive draws (thinning)")
+    preconditioner: Any = _setting(
+        "fisher-burnin", "the diagonal preconditioner A", choices=PRECONDITIONERS
+    )
+    rmsprop_decay: float = _setting(0.99, "α of the RMSProp running average of g²")
+    rmsprop_eps: float = _setting(0.1, "relative damping δ of the RMSProp preconditioners")
+    fisher_damping: float = _setting(1e-4, "relative damping δ of fisher-burnin")
+    seed: int = _setting(
+        0, "seed of the chains (chain c draws from (seed, c))", aliases=("--sampler-seed",)
+    )
+    mala: bool = _setting(False, "record the MALA acceptance of every draw (a diagnostic)")
+    init_loss_samples: int | None = _setting(
+        None, "compute L_n(w*) on the first N samples (default: all)"
+    )
+    curvature_iters: int = _setting(10, "power iterations per curvature estimate")
+    num_adaptations: int = _setting(8, "step-size re-estimates during burn-in")
+    divergence_factor: float = _setting(
+        1e3, "loss rise, in units of |L_n(w*)| + d/nβ, that counts as a divergence"
+    )
+    divergence_retries: int = _setting(2, "restarts of a diverged chain, each with half ε")
+    check_every: int = _setting(50, "steps between divergence checks (the only host sync)")
+    chain_mode: str = _setting(
+        "sequential",
+        "run a process's chains one after another, batched under torch.func.vmap, or 'auto' "
+        "(batched when possible)",
+        choices=CHAIN_MODES,
+    )
+    compile: bool = _setting(False, "torch.compile the loss and gradient")
 
     def __post_init__(self) -> None:
         self.validate()
