@@ -21,6 +21,8 @@ _EXPORTS = {
     "calibrate_step_size": ".calibration",
     "EstimateInterrupted": ".checkpoint",
     "OutputDirLocked": ".checkpoint",
+    "get_verbosity": "._logging",
+    "set_verbosity": "._logging",
     "LLCResult": ".estimator",
     "estimate_llc": ".estimator",
     "LLCCallback": ".integrations",
@@ -40,6 +42,7 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._logging import get_verbosity, set_verbosity
     from .calibration import CalibrationResult, calibrate_step_size
     from .checkpoint import EstimateInterrupted, OutputDirLocked
     from .estimator import LLCResult, estimate_llc
@@ -68,6 +71,7 @@ __all__ = [
     "DLNProblem",
     "estimate_llc",
     "EstimateInterrupted",
+    "get_verbosity",
     "LLCCallback",
     "LLCResult",
     "load_checkpoint",
@@ -76,5 +80,6 @@ __all__ = [
     "OutputDirLocked",
     "read_llc_from_model_card",
     "SamplerConfig",
+    "set_verbosity",
     "write_llc_to_model_card",
 ]

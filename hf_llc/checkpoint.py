@@ -25,7 +25,7 @@ One run at a time: the run holds ``.hf_llc.lock`` (created atomically, with
 folder until it returns, raises or is interrupted; a second run on the folder is refused at
 once with :class:`OutputDirLocked`, naming the holder. A lock left by a process that no longer
 exists (same host, process id not running: e.g. after ``kill -9`` or a crash) is stale: it is
-taken over with a warning that says so, which is what a ``--resume`` after a crash needs. A
+taken over with a logged warning that says so, which is what a ``--resume`` after a crash needs. A
 lock from another host cannot be checked and is never taken over (remove it by hand once that
 run is gone). Each process of a multi-process run locks its own file (``.hf_llc.lock.<rank>``
 beyond the main one). When the main process opens the folder, temporary files orphaned by a
@@ -51,7 +51,6 @@ import socket
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
@@ -62,8 +61,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._logging import get_logger
 from .sampling import ChainResult, ChainState
 from .serialization import atomic_write, describe_os_error, to_plain, write_json
+
+logger = get_logger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -414,12 +416,11 @@ class RunCheckpoint:
             aside.unlink(missing_ok=True)
             return
         aside.unlink(missing_ok=True)
-        warnings.warn(
-            f"output_dir={str(self.dir)!r}: took over a stale lock left by "
-            f"{_describe_holder(holder)}, which no longer runs (killed or crashed); its "
-            "checkpoints are kept.",
-            RuntimeWarning,
-            stacklevel=4,
+        logger.warning(
+            "output_dir=%r: took over a stale lock left by %s, which no longer runs (killed or "
+            "crashed); its checkpoints are kept.",
+            str(self.dir),
+            _describe_holder(holder),
         )
 
     def release(self) -> None:
@@ -539,12 +540,12 @@ class RunCheckpoint:
                     "output_dir (--output-dir) to start a new run."
                 )
             if saved.get("hf_llc_version") != manifest.get("hf_llc_version"):
-                warnings.warn(
-                    f"the run in {self.dir} was started with hf_llc "
-                    f"{saved.get('hf_llc_version')}, this is {manifest.get('hf_llc_version')}: "
-                    "the resumed result may differ from an uninterrupted run.",
-                    RuntimeWarning,
-                    stacklevel=3,
+                logger.warning(
+                    "the run in %s was started with hf_llc %s, this is %s: the resumed result "
+                    "may differ from an uninterrupted run.",
+                    self.dir,
+                    saved.get("hf_llc_version"),
+                    manifest.get("hf_llc_version"),
                 )
         elif self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)

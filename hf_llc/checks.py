@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ._logging import get_logger
+
+logger = get_logger(__name__)
 
 TOKEN_KINDS = ("causal-lm", "masked-lm", "token-classification", "sequence-classification")
 
@@ -151,13 +154,12 @@ def check_parameter_dtypes(model: nn.Module, mixed_precision: str) -> None:
                 "mixed_precision='bf16' with the fp32 model."
             )
     if bf16 is not None:
-        warnings.warn(
-            f"the model's parameters are bfloat16 (e.g. {bf16!r}) with mixed_precision='no': "
-            "the sampling state is fp32 regardless, but each forward/backward runs in bfloat16 "
-            "on weights rounded from it. For an fp32 forward pass model.float() (load_checkpoint "
+        logger.warning(
+            "the model's parameters are bfloat16 (e.g. %r) with mixed_precision='no': the "
+            "sampling state is fp32 regardless, but each forward/backward runs in bfloat16 on "
+            "weights rounded from it. For an fp32 forward pass model.float() (load_checkpoint "
             "loads float32); mixed_precision='bf16' with the fp32 model gives bf16 autocast.",
-            UserWarning,
-            stacklevel=3,
+            bf16,
         )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._logging import get_logger
 from ._text import fmt as _fmt
 from ._text import table_lines
 from .calibration import calibrate_posterior
@@ -61,6 +61,8 @@ from .posterior import (
 from .sampling import ChainResult, SamplerConfig, run_chains
 from .sampling.chain import max_curvature
 from .serialization import to_plain, write_json
+
+logger = get_logger(__name__)
 
 __all__ = [
     "FlatParameters",
@@ -259,7 +261,9 @@ def estimate_llc(
             and gathered to every process; the result does not depend on P. The model and
             data are never ``prepare()``-d (see :mod:`hf_llc.distributed`).
         mixed_precision: ``"no"``, ``"bf16"`` (forward/backward under autocast, sampling
-            state fp32) or ``"fp16"`` (refused); default: the accelerator's setting.
+            state fp32) or ``"fp16"`` (run in fp32 instead, with a logged warning: see
+            :func:`hf_llc.distributed.resolve_mixed_precision`); default: the accelerator's
+            setting, else ``ACCELERATE_MIXED_PRECISION``.
         progress: show a progress bar (on the main process).
         output_dir: a folder for checkpoints and results (see :mod:`hf_llc.checkpoint`):
             every chain's full state is saved there periodically and when it finishes, the
@@ -268,7 +272,7 @@ def estimate_llc(
             :class:`~hf_llc.checkpoint.EstimateInterrupted` (a ``KeyboardInterrupt``).
             Chains run one after another per process. The run holds the folder's lock until
             it ends (a second run on it gets :class:`~hf_llc.checkpoint.OutputDirLocked`; a
-            stale lock of a dead process is taken over with a warning), and with
+            stale lock of a dead process is taken over with a logged warning), and with
             ``step_size="auto"`` the calibration is kept there too. ``None``: nothing is
             written.
         resume: continue the run saved in ``output_dir`` (same model, data and settings, else
@@ -287,7 +291,8 @@ def estimate_llc(
 
     Returns:
         :class:`LLCResult`. Chains that diverge are excluded from the mean and reported in
-        ``diagnostics["divergences"]`` with their step and a suggestion, plus a warning.
+        ``diagnostics["divergences"]`` with their step and a suggestion, and each is logged
+        as a warning on the ``hf_llc`` logger (see :func:`hf_llc.set_verbosity`).
     """
     cfg = checked_config(config)
     with open_posterior(
@@ -429,18 +434,12 @@ def _assemble(
     mean, std, stderr = _mean_std_stderr(np.array([per_chain[i] for i in healthy]))
     for ch in chains if warn else []:
         for r in ch.retries[: len(ch.retries) - ch.diverged]:
-            warnings.warn(
-                f"{r['message']}; restarted it from w* with half the step size",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            logger.warning("%s; restarted it from w* with half the step size", r["message"])
     for d in divergences if warn else []:
-        warnings.warn(d["message"], RuntimeWarning, stacklevel=3)
+        logger.warning("%s", d["message"])
     if not healthy and warn:
-        warnings.warn(
-            "every chain diverged: the estimate is NaN; reduce step_size (or step_scale).",
-            RuntimeWarning,
-            stacklevel=3,
+        logger.warning(
+            "every chain diverged: the estimate is NaN; reduce step_size (or step_scale)."
         )
 
     result = LLCResult(

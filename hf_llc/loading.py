@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any
 
 import torch
@@ -32,7 +31,10 @@ from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_c
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.models.auto import modeling_auto
 
+from ._logging import get_logger
 from .models import dln as _dln  # noqa: F401  (registers the DLN architecture: its folders load)
+
+logger = get_logger(__name__)
 
 __all__ = ["TASKS", "load_checkpoint", "resolve_auto_class"]
 
@@ -369,7 +371,7 @@ def _check_loading_info(
             msg + ", or pass allow_missing_weights=True (CLI: --allow-missing-weights) to "
             "load anyway."
         )
-    warnings.warn(msg + ".", stacklevel=3)  # points at the caller of load_checkpoint
+    logger.warning("%s.", msg)
 
 
 def load_checkpoint(
@@ -398,7 +400,7 @@ def load_checkpoint(
         allow_pickle: allow ``pytorch_model.bin`` weights (safetensors still preferred).
             Pickle files can execute code when loaded; only enable for trusted sources.
         allow_missing_weights: load even if some parameters are not in the checkpoint
-            and are therefore randomly initialised (a warning is emitted).
+            and are therefore randomly initialised (a warning is logged on the ``hf_llc`` logger).
 
     Raises:
         ValueError: checkpoint not found, unknown task/architecture, custom code without

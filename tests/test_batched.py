@@ -11,7 +11,9 @@ would produce.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import warnings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -40,7 +42,8 @@ def _run(model, dataset, mode, **kw):
     base = dict(num_chains=3, num_burnin=40, num_draws=60, batch_size=32, chain_mode=mode)
     base.update(kw)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no fallback notice expected here
+        # No warning expected; a sequential fallback shows in diagnostics["chain_mode"].
+        warnings.simplefilter("error", UserWarning)
         return estimate_llc(
             model,
             dataset,
@@ -139,7 +142,7 @@ def _quadratic_data():
     return {"x": 1.0 + 0.1 * torch.randn(16, 4, generator=gen)}
 
 
-def test_diverging_chains_retry_like_sequential_chains():
+def test_diverging_chains_retry_like_sequential_chains(caplog):
     # εnβ = 10 explodes (ρ = 1 − εnβ/2 = −4), ε/2 too (ρ = −1.5), ε/4 is stable (ρ = −0.25):
     # every chain diverges twice and then samples; the retries run sequentially from the
     # generator state the batched attempt left, so everything matches the sequential run.
@@ -158,8 +161,8 @@ def test_diverging_chains_retry_like_sequential_chains():
     )
     out = {}
     for mode in ("sequential", "batched"):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_llc"):
             out[mode] = estimate_llc(
                 model,
                 data,
@@ -167,7 +170,7 @@ def test_diverging_chains_retry_like_sequential_chains():
                 loss_fn=_per_sample,
                 progress=False,
             )
-        out[mode + "-warnings"] = sorted(str(w.message) for w in caught)
+        out[mode + "-warnings"] = sorted(r.getMessage() for r in caplog.records)
     seq, bat = out["sequential"], out["batched"]
     assert bat.diagnostics["chain_mode"] == "batched"
     assert [(r["chain"], r["step"]) for r in bat.diagnostics["retries"]] == [
@@ -177,13 +180,14 @@ def test_diverging_chains_retry_like_sequential_chains():
     assert bat.diagnostics["step_size_per_chain"] == pytest.approx([0.025, 0.025])
     np.testing.assert_allclose(bat.loss_trace, seq.loss_trace, rtol=RTOL)
     assert out["batched-warnings"] == out["sequential-warnings"]
+    assert sum("restarted it" in m for m in out["batched-warnings"]) == 4
 
 
-def test_unvmappable_model_falls_back_to_sequential_with_a_notice():
+def test_unvmappable_model_falls_back_to_sequential_with_a_notice(caplog):
     data = _quadratic_data()
     model = Branchy(data["x"].mean(0))
     cfg = dict(step_size=1e-3, nbeta=100.0, batch_size=8, num_chains=2, num_burnin=5)
-    with pytest.warns(UserWarning, match=r"cannot run batched.*one after another") as caught:
+    with caplog.at_level(logging.INFO, logger="hf_llc"):
         result = estimate_llc(
             model,
             data,
@@ -191,8 +195,22 @@ def test_unvmappable_model_falls_back_to_sequential_with_a_notice():
             loss_fn=_per_sample,
             progress=False,
         )
-    notices = [w for w in caught if "cannot run batched" in str(w.message)]
-    assert len(notices) == 1 and "\n" not in str(notices[0].message)
+    notices = [r for r in caplog.records if "cannot run batched" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0].getMessage()
+    assert re.search(r"cannot run batched.*one after another", notices[0].getMessage())
+    # Asked for explicitly, the fallback is a warning; under "auto" only an info record.
+    assert notices[0].levelno == logging.WARNING
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_llc"):
+        estimate_llc(
+            model,
+            data,
+            SamplerConfig(num_draws=20, chain_mode="auto", **cfg),
+            loss_fn=_per_sample,
+            progress=False,
+        )
+    (auto,) = [r for r in caplog.records if "cannot run batched" in r.getMessage()]
+    assert auto.levelno == logging.INFO
     assert result.diagnostics["chain_mode"] == "sequential"
     plain = estimate_llc(
         model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -61,15 +62,16 @@ def gpt2_dir(tmp_path):
     return path, model
 
 
-def test_causal_lm_round_trip(gpt2_dir, recwarn):
+def test_causal_lm_round_trip(gpt2_dir, caplog):
     path, original = gpt2_dir
-    model = load_checkpoint(path)
+    with caplog.at_level(logging.WARNING, logger="hf_llc"):
+        model = load_checkpoint(path)
     assert type(model) is GPT2LMHeadModel
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
     _assert_same_weights(original, model)
     # Tied lm_head must not be reported as missing (no false positive on a clean round trip).
-    assert not [w for w in recwarn if "randomly initialised" in str(w.message)]
+    assert "randomly initialised" not in caplog.text
     # str paths and an explicit task give the same thing
     again = load_checkpoint(str(path), task="causal_lm")
     assert type(again) is GPT2LMHeadModel
@@ -82,7 +84,7 @@ def test_half_precision_checkpoint_loaded_as_float32(tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
 
 
-def test_bare_encoder_into_masked_lm_refused_then_allowed(tmp_path):
+def test_bare_encoder_into_masked_lm_refused_then_allowed(tmp_path, caplog):
     torch.manual_seed(0)
     bert = BertModel(_bert_config())
     bert.save_pretrained(tmp_path / "bert")
@@ -98,19 +100,22 @@ def test_bare_encoder_into_masked_lm_refused_then_allowed(tmp_path):
     assert "cls.predictions.transform.dense.weight" in msg
     assert "meaningless" in msg and "allow_missing_weights=True" in msg
 
-    with pytest.warns(UserWarning, match="randomly initialised"):
+    with caplog.at_level(logging.WARNING, logger="hf_llc"):
         mlm = load_checkpoint(tmp_path / "bert", task="masked-lm", allow_missing_weights=True)
+    (notice,) = [r for r in caplog.records if "randomly initialised" in r.getMessage()]
+    assert notice.levelno == logging.WARNING and notice.name == "hf_llc.loading"
     assert type(mlm) is BertForMaskedLM
     assert not mlm.training
 
 
-def test_masked_lm_round_trip_has_no_false_positive(tmp_path, recwarn):
+def test_masked_lm_round_trip_has_no_false_positive(tmp_path, caplog):
     model = BertForMaskedLM(_bert_config())
     model.save_pretrained(tmp_path / "mlm")
-    loaded = load_checkpoint(tmp_path / "mlm")
+    with caplog.at_level(logging.WARNING, logger="hf_llc"):
+        loaded = load_checkpoint(tmp_path / "mlm")
     assert type(loaded) is BertForMaskedLM
     _assert_same_weights(model, loaded)
-    assert not [w for w in recwarn if "randomly initialised" in str(w.message)]
+    assert "randomly initialised" not in caplog.text
 
 
 def _save_pickle_only(model: torch.nn.Module, path) -> None:

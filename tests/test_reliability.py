@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -214,14 +215,15 @@ LOCK_CASES = [
 
 
 @pytest.mark.parametrize("case", LOCK_CASES, ids=[c.id for c in LOCK_CASES])
-def test_existing_locks(case: LockCase, tmp_path, dln):
+def test_existing_locks(case: LockCase, tmp_path, dln, caplog):
     model, data = dln
     out = tmp_path / "run"
     case.lock(out)
     before = (out / LOCK).read_text()
     if case.error is None:
-        with pytest.warns(RuntimeWarning, match=r"took over a stale lock .*no longer runs"):
+        with caplog.at_level(logging.WARNING, logger="hf_llc"):
             estimate_llc(model, data, CFG, progress=False, output_dir=out)
+        assert re.search(r"took over a stale lock .*no longer runs", caplog.text)
         assert (out / "result.json").exists() and not (out / LOCK).exists()
     else:
         with pytest.raises(OutputDirLocked) as excinfo:

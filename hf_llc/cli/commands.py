@@ -4,7 +4,6 @@ which runs one and turns an error into one ``error:`` line and exit status 2."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import signal
@@ -12,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .._logging import set_verbosity
 from ..sampling import SamplerConfig
 from .arguments import build_parser, config_from_args, parse_args
 from .inputs import load_inputs
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     if args.log_level is not None:
-        logging.getLogger("hf_llc").setLevel(args.log_level.upper())
+        set_verbosity(args.log_level)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         if args.command == "validate":

@@ -18,12 +18,13 @@ A sequential chain is a stack of one (the eager engine); batched chains are a st
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from .._logging import get_logger
 from .chain import (
     WARM_START_DTYPE,
     ChainCheckpoint,
@@ -45,6 +46,8 @@ from .engines import (
 from .posterior import LocalPosterior
 from .sgld import mala_acceptance, potential, potential_grad, sgld_step_, sgld_step_chains_
 from .state import ChainStack
+
+logger = get_logger(__name__)
 
 
 def run_stack(
@@ -417,11 +420,13 @@ def _choose_engine(post, cfg: SamplerConfig, chains: list[int], todo: list[int])
         try:
             check_batchable(post.problem, post.w_star, cfg, len(todo), grad_fn)
         except NotBatchable as why:
-            warnings.warn(
-                f"hf_llc: chain_mode={cfg.chain_mode!r}: the chains cannot run batched under "
-                f"torch.func.vmap ({why}); running them one after another.",
-                UserWarning,
-                stacklevel=4,
+            # Asked for explicitly, the fallback is news; under "auto" it is a detail.
+            logger.log(
+                logging.WARNING if cfg.chain_mode == "batched" else logging.INFO,
+                "chain_mode=%r: the chains cannot run batched under torch.func.vmap (%s); "
+                "running them one after another.",
+                cfg.chain_mode,
+                why,
             )
         else:
             return "batched", VmapEngine(post.problem, grad_fn)
