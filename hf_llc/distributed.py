@@ -11,9 +11,14 @@
   (traces and diagnostics, on the CPU) cross processes, with ``gather_object``.
 - **Mixed precision.** ``"bf16"`` runs forward and backward under ``torch.autocast``; the
   parameters, w*, the noise, the preconditioner and the update stay fp32 (an SGLD step of
-  √ε ≈ 1e-3 is below bf16's resolution for weights ≈ 1). ``"fp16"`` is refused: nβ·∇L spans
-  many orders of magnitude over a run, and fp16's narrow exponent range under- and overflows
-  without loss scaling, which would silently bias the chain; bf16 has fp32's range.
+  √ε ≈ 1e-3 is below bf16's resolution for weights ≈ 1). ``"fp16"`` is not used for
+  sampling: nβ·∇L spans many orders of magnitude over a run, and fp16's narrow exponent range
+  under- and overflows without loss scaling, which would silently bias the chain (bf16 has
+  fp32's range). Asked for fp16, from the argument, the accelerator or
+  ``ACCELERATE_MIXED_PRECISION`` (e.g. a Trainer training in fp16), the chains run in fp32
+  and a warning is logged once per estimate; the CLI, :func:`hf_llc.estimate_llc` and
+  :class:`hf_llc.LLCCallback` all take this one path. (A model whose *weights* are float16 is
+  a different matter, refused by :func:`hf_llc.checks.check_parameter_dtypes`.)
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ from typing import Any
 
 import torch
 
+from ._logging import get_logger
+
+logger = get_logger(__name__)
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
+_ENV = "ACCELERATE_MIXED_PRECISION"
 
 
 class ProcessInfo:
@@ -74,21 +84,34 @@ def process_info(accelerator: Any | None, model_device: torch.device) -> Process
 
 
 def resolve_mixed_precision(mixed_precision: str | None, accelerator: Any | None) -> str:
-    """The argument, else the accelerator's setting, else ``ACCELERATE_MIXED_PRECISION``."""
-    value = mixed_precision
+    """The precision the chains' forward/backward run in: ``"no"`` or ``"bf16"``.
+
+    Taken from the argument, else the accelerator's setting, else
+    ``ACCELERATE_MIXED_PRECISION`` (default ``"no"``). ``"fp16"``, wherever it comes from,
+    becomes ``"no"`` (fp32) with a logged warning that says how to silence it: fp16 without
+    loss scaling would bias the chains (see this module's notes).
+
+    Raises:
+        ValueError: a value that is none of ``"no"``, ``"bf16"``, ``"fp16"``.
+    """
+    value, source = mixed_precision, "mixed_precision"
     if value is None and accelerator is not None:
-        value = getattr(accelerator, "mixed_precision", None)
+        value, source = getattr(accelerator, "mixed_precision", None), "the accelerator"
     if value is None:
-        value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        value, source = os.environ.get(_ENV, "no"), _ENV
     value = str(value).lower()
     if value not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision={value!r}: use one of {MIXED_PRECISION}.")
     if value == "fp16":
-        raise ValueError(
-            "mixed_precision='fp16' is not supported: SGLD gradients (nβ·∇L) span many orders "
-            "of magnitude and fp16 under/overflows without loss scaling, which would bias the "
-            "chains silently. Use 'bf16' (same range as fp32) or 'no'."
+        logger.warning(
+            "fp16 mixed precision (from %s) is not used for SGLD, whose gradients (nβ·∇L) "
+            "under/overflow in fp16 without loss scaling: sampling in fp32 instead. Pass "
+            "mixed_precision='bf16' or 'no' (CLI: --mixed-precision), or set %s=bf16 or no, "
+            "to silence this.",
+            source,
+            _ENV,
         )
+        value = "no"
     return value
 
 

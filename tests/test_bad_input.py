@@ -10,6 +10,7 @@ code 2, a one-line ``error:`` message on stderr and no Python traceback.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -432,14 +433,6 @@ API_CASES = [
         r"float16 .*mixed_precision='no'.*model\.float\(\)",
     ),
     ApiCase(
-        "mixed-precision-fp16",
-        lambda env, tmp: estimate_llc(
-            _dln(), _dln_data(), TINY, mixed_precision="fp16", progress=False
-        ),
-        ValueError,
-        r"mixed_precision='fp16' is not supported.*Use 'bf16'",
-    ),
-    ApiCase(
         "forward-returns-no-loss",
         lambda env, tmp: estimate_llc(_NoLoss(), {"inputs": torch.randn(16, 2)}, TINY),
         ValueError,
@@ -673,11 +666,6 @@ CLI_CASES = [
         r"'identity'",
     ),
     CliCase(
-        "mixed-precision-fp16",
-        lambda env, tmp: _estimate(env, "--mixed-precision", "fp16"),
-        r"mixed_precision='fp16' is not supported.*Use 'bf16'",
-    ),
-    CliCase(
         "loss-fn-without-colon",
         lambda env, tmp: _estimate(env, "--loss-fn", "mylosses"),
         r"--loss-fn takes MODULE:FUNCTION or path/to/file\.py:FUNCTION",
@@ -742,6 +730,27 @@ def test_cli_bad_input(case: CliCase, env, tmp_path, empty_hub_cache, capsys):
     assert re.search(case.message, lines[0]), lines[0]
     if case.untouched is not None:
         case.untouched(env, work)
+
+
+def test_cli_fp16_runs_in_fp32_with_a_logged_warning(env, tmp_path, empty_hub_cache, caplog):
+    # fp16 is not refused (the callback, estimate_llc and the CLI treat it alike): the run is
+    # the fp32 one, and a warning says so and how to silence it.
+    outputs = {}
+    for precision in ("no", "fp16"):
+        outputs[precision] = tmp_path / f"{precision}.json"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_llc"):
+            argv = _estimate(
+                env, "--mixed-precision", precision, "--output", str(outputs[precision])
+            )
+            assert main(argv) == 0
+        notices = [r for r in caplog.records if "fp16" in r.getMessage()]
+        assert len(notices) == (precision == "fp16"), caplog.text
+    (notice,) = notices
+    assert notice.levelno == logging.WARNING
+    assert "fp32" in notice.getMessage() and "ACCELERATE_MIXED_PRECISION" in notice.getMessage()
+    fp32, fp16 = (json.loads(outputs[p].read_text()) for p in ("no", "fp16"))
+    assert fp16["llc_per_chain"] == fp32["llc_per_chain"]
 
 
 def test_the_table_covers_the_issue_list():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 
 import hf_llc.sampling.loop as loop_mod
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
-from hf_llc.distributed import ProcessInfo
+from hf_llc.distributed import ProcessInfo, resolve_mixed_precision
 
 CFG = dict(num_chains=3, num_burnin=30, num_draws=40, batch_size=64)
 
@@ -93,12 +94,39 @@ def test_bf16_agrees_with_fp32_and_keeps_fp32_state():
     assert abs(bf16.llc_mean - fp32.llc_mean) <= 0.10 * float(lam) + 3 * se
 
 
-def test_fp16_is_refused_with_the_reason():
+def test_fp16_runs_in_fp32_with_a_logged_warning(caplog):
+    # fp16 (no loss scaling) would bias SGLD: asked for it, the chains run in fp32 instead, the
+    # same run as mixed_precision="no", and a warning says how to silence it.
     model, data, _ = _problem()
-    with pytest.raises(ValueError, match="bf16"):
-        estimate_llc(model, data, SamplerConfig(**CFG), mixed_precision="fp16", progress=False)
+    cfg = SamplerConfig(**CFG)
+    fp32 = estimate_llc(model, data, cfg, mixed_precision="no", progress=False)
+    with caplog.at_level(logging.WARNING, logger="hf_llc"):
+        fp16 = estimate_llc(model, data, cfg, mixed_precision="fp16", progress=False)
+    assert fp16.llc_per_chain == fp32.llc_per_chain
+    (notice,) = [r for r in caplog.records if "fp16" in r.getMessage()]
+    assert notice.levelno == logging.WARNING and notice.name == "hf_llc.distributed"
+    text = notice.getMessage()
+    assert "sampling in fp32" in text and "ACCELERATE_MIXED_PRECISION=bf16 or no" in text
     with pytest.raises(ValueError, match="mixed_precision"):
-        estimate_llc(model, data, SamplerConfig(**CFG), mixed_precision="fp8", progress=False)
+        estimate_llc(model, data, cfg, mixed_precision="fp8", progress=False)
+
+
+def test_fp16_from_the_accelerator_or_the_environment_is_fp32_too(monkeypatch, caplog):
+    class Accelerator:  # what resolve_mixed_precision reads of an accelerate.Accelerator
+        mixed_precision = "fp16"
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with caplog.at_level(logging.WARNING, logger="hf_llc"):
+        from_env = resolve_mixed_precision(None, None)
+        from_accelerator = resolve_mixed_precision(None, Accelerator())
+        explicit_bf16 = resolve_mixed_precision("bf16", Accelerator())
+    assert (from_env, from_accelerator, explicit_bf16) == ("no", "no", "bf16")
+    sources = [r.getMessage() for r in caplog.records if r.name == "hf_llc.distributed"]
+    assert len(sources) == 2
+    assert "(from ACCELERATE_MIXED_PRECISION)" in sources[0]
+    assert "(from the accelerator)" in sources[1]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_mixed_precision(None, None) == "bf16"
 
 
 @pytest.mark.slow
