@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+import transformers
 from transformers import Trainer, TrainingArguments
 
+import hf_llc
+import hf_llc.integrations.trainer as trainer_module
 from hf_llc import (
     DLNConfig,
     DLNModel,
@@ -36,8 +41,19 @@ FAST = SamplerConfig(
 )
 
 
-def _train(output_dir, callback_kwargs=None, *, steps=12, save_steps=8, dataset=None, cfg=CFG):
-    """Train a [4, 3, 4] DLN from a random init; with an LLCCallback if kwargs are given."""
+def _train(
+    output_dir,
+    callback_kwargs=None,
+    *,
+    steps=12,
+    save_steps=8,
+    dataset=None,
+    cfg=CFG,
+    resume=None,
+    **training_args,
+):
+    """Train a [4, 3, 4] DLN from a random init (256 rows, 8 steps an epoch); with an
+    LLCCallback if kwargs are given; ``resume``: a checkpoint folder to resume from."""
     if dataset is None:
         _, dataset, _ = make_dln_problem([4, 3, 4], 2, "aligned", num_samples=256, seed=0)
     torch.manual_seed(1)
@@ -53,13 +69,14 @@ def _train(output_dir, callback_kwargs=None, *, steps=12, save_steps=8, dataset=
         seed=3,
         use_cpu=True,
         disable_tqdm=True,
+        **training_args,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     callback = None
     if callback_kwargs is not None:
         callback = LLCCallback(trainer, config=cfg, **callback_kwargs)
         trainer.add_callback(callback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     return model, trainer, callback
 
 
@@ -72,7 +89,9 @@ def test_training_is_bit_identical_with_the_callback(tmp_path):
     # weights, the global RNG (which seeds the sampler) or the training step would show up
     # in the final weights and the logged losses.
     plain, t_plain, _ = _train(tmp_path / "plain")
-    tracked, t_tracked, callback = _train(tmp_path / "tracked", {"every_n_steps": 3})
+    tracked, t_tracked, callback = _train(
+        tmp_path / "tracked", {"every_n_steps": 3, "on_save": True}
+    )
     for a, b in zip(plain.parameters(), tracked.parameters()):
         assert torch.equal(a, b)
     assert _losses(t_plain) == _losses(t_tracked)
@@ -88,7 +107,7 @@ def test_training_is_bit_identical_with_the_callback(tmp_path):
 
 def test_logs_history_files_and_card(tmp_path):
     out = tmp_path / "run"
-    _, trainer, callback = _train(out, {"every_n_steps": 6}, cfg=FAST)
+    _, trainer, callback = _train(out, {"every_n_steps": 6, "on_save": True}, cfg=FAST)
     llc_logs = [e for e in trainer.state.log_history if "llc/mean" in e]
     assert [e["step"] for e in llc_logs] == [6, 8, 12]
     for entry in llc_logs:
@@ -177,11 +196,15 @@ def test_model_targets_refuses_classifiers_and_missing_labels():
     "kwargs, match",
     [
         ({"every_n_steps": 0}, "every_n_steps"),
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs"),
+        ({"every_n_epochs": True}, "every_n_epochs"),
         ({"at_steps": [-1]}, "at_steps"),
         ({"targets": "labels"}, "targets"),
         ({"num_samples": 1}, "num_samples"),
         ({"estimate_kwargs": {"num_samples": 10}}, "estimate_kwargs"),
-        ({"config": {"num_chains": 2}}, "config"),
+        ({"config": [2]}, "config"),
+        ({"config": {"num_chains": 0}}, "num_chains"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -195,6 +218,138 @@ def test_no_data_fails_at_train_begin(tmp_path):
     callback = LLCCallback(None, config=FAST)
     with pytest.raises(ValueError, match="dataset="):
         callback.on_train_begin(args, type("S", (), {"global_step": 0})(), None, model=model)
+
+
+def test_defaults_estimate_once_at_the_end_not_at_saves(tmp_path):
+    out = tmp_path / "run"
+    _, trainer, callback = _train(out, {}, cfg=FAST, save_steps=4)
+    assert (out / "checkpoint-4").is_dir() and (out / "checkpoint-8").is_dir()
+    assert [(e["step"], e["reason"]) for e in callback.history] == [(12, "end")]
+    assert not list(out.glob("checkpoint-*/llc.json"))
+    assert [e["step"] for e in trainer.state.log_history if "llc/mean" in e] == [12]
+
+
+def test_every_n_epochs(tmp_path):
+    # 8 steps an epoch, 3 epochs: the end of epoch 2 (step 16), then the end of training.
+    _, _, callback = _train(tmp_path, {"every_n_epochs": 2}, cfg=FAST, steps=24, save_steps=100)
+    assert [(e["step"], e["reason"]) for e in callback.history] == [(16, "epoch"), (24, "end")]
+    assert callback.history[0]["epoch"] == pytest.approx(2.0)
+    # Every epoch; the end of training falls on the last epoch's estimate, which is not repeated.
+    _, _, every = _train(tmp_path / "each", {"every_n_epochs": 1}, cfg=FAST, steps=16)
+    assert [(e["step"], e["reason"]) for e in every.history] == [(8, "epoch"), (16, "epoch")]
+
+
+def _stateful_history(checkpoint):
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = state["stateful_callbacks"]["LLCCallback"]
+    assert saved["args"]["every_n_steps"] == 4 and saved["args"]["config"]["seed"] == 5
+    return saved["attributes"]["history"]
+
+
+@pytest.mark.parametrize("rebuilt_by_trainer", [False, True])
+def test_resumed_training_keeps_the_history(tmp_path, rebuilt_by_trainer):
+    # Estimates every 4 steps and at each save (every 6): 4, 6 (save), 8, 12. The checkpoint
+    # at step 6 holds the history up to it, the save's own estimate included.
+    first = tmp_path / "first"
+    kwargs = {"every_n_steps": 4, "on_save": True}
+    _, _, callback = _train(first, kwargs, cfg=FAST, save_steps=6)
+    full = callback.history
+    assert [(e["step"], e["reason"]) for e in full] == [
+        (4, "step"),
+        (6, "save"),
+        (8, "step"),
+        (12, "step"),
+    ]
+    assert _stateful_history(first / "checkpoint-6") == full[:2]
+    assert _stateful_history(first / "checkpoint-12") == full
+
+    # Resume in a fresh folder holding only the checkpoint (no llc_history.json): the history
+    # comes from the checkpoint's trainer_state.json.
+    second = tmp_path / "second"
+    shutil.copytree(first / "checkpoint-6", second / "checkpoint-6")
+    options = {"restore_callback_states_from_checkpoint": True} if rebuilt_by_trainer else {}
+    _, trainer, callback = _train(
+        second, kwargs, cfg=FAST, save_steps=6, resume=second / "checkpoint-6", **options
+    )
+    if rebuilt_by_trainer:  # the Trainer replaced it by one made from state()
+        (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, LLCCallback)]
+        assert callback.trainer is None
+    resumed = callback.history
+    assert [(e["step"], e["reason"]) for e in resumed] == [(e["step"], e["reason"]) for e in full]
+    assert resumed[:2] == full[:2]  # the earlier estimates, unchanged
+    saved = json.loads((second / "llc_history.json").read_text())["history"]
+    assert [e["step"] for e in saved] == [4, 6, 8, 12]
+
+
+def test_state_round_trips_through_the_constructor():
+    callback = LLCCallback(
+        None, config=FAST, every_n_epochs=3, at_steps=[5, 1], on_save=True, plot=False
+    )
+    callback.history = [{"step": 1, "llc_mean": 2.5}]
+    state = json.loads(json.dumps(callback.state()))  # as trainer_state.json keeps it
+    rebuilt = LLCCallback(**state["args"])
+    assert rebuilt.config == FAST
+    assert (rebuilt.every_n_epochs, rebuilt.at_steps) == (3, {1, 5})
+    assert (rebuilt.on_save_flag, rebuilt.plot) == (True, False)
+    rebuilt.history = state["attributes"]["history"]
+    assert rebuilt.state() == callback.state()
+
+
+@pytest.fixture
+def keep_log_levels():
+    """hf_llc's level, and transformers' (which the Trainer sets from log_level), put back."""
+    library = logging.getLogger("hf_llc")
+    before, transformers_before = library.level, transformers.logging.get_verbosity()
+    yield
+    library.setLevel(before)
+    transformers.logging.set_verbosity(transformers_before)
+
+
+@pytest.mark.parametrize(
+    "log_level, expected", [("debug", logging.DEBUG), ("error", logging.ERROR), ("passive", None)]
+)
+def test_estimates_run_at_the_trainers_log_level(
+    tmp_path, monkeypatch, log_level, expected, keep_log_levels
+):
+    seen = []
+    real = trainer_module.estimate_llc
+
+    def estimate(*args, **kwargs):
+        seen.append(hf_llc.get_verbosity())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "estimate_llc", estimate)
+    hf_llc.set_verbosity("warning")
+    _train(tmp_path, {"at_steps": [2]}, cfg=FAST, steps=4, log_level=log_level)
+    after = hf_llc.get_verbosity()
+    # "passive" leaves hf_llc's own level; either way it is put back after each estimate.
+    assert seen == [expected or logging.WARNING] * 2  # step 2 and the end
+    assert after == logging.WARNING
+
+
+def test_error_log_level_silences_a_diverging_estimate(tmp_path, caplog, keep_log_levels):
+    diverging = SamplerConfig(
+        num_chains=2,
+        num_burnin=5,
+        num_draws=10,
+        batch_size=64,
+        step_size=1.0,
+        preconditioner="identity",
+        divergence_retries=0,
+    )
+    with caplog.at_level(logging.DEBUG):
+        _, _, quiet = _train(tmp_path / "quiet", {}, cfg=diverging, steps=2, log_level="error")
+    assert quiet.history[0]["divergent_chains"] == 2
+    assert quiet.history[0]["llc_mean"] is None  # NaN, kept as null in the JSON history
+    assert not [r for r in caplog.records if r.name.startswith("hf_llc")]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_llc"):
+        _train(tmp_path / "loud", {}, cfg=diverging, steps=2)  # log_level passive
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("every chain diverged" in m for m in messages)
+    # Training ends normally; the NaN estimate is kept out of the model card, with a notice.
+    assert any("not written into the model card" in m for m in messages)
+    assert not read_llc_from_model_card(tmp_path / "loud")
 
 
 DDP_SCRIPT = """

@@ -9,6 +9,10 @@
     trainer.add_callback(callback)
     trainer.train()   # logs llc/mean, llc/std, llc/stderr, ... and writes llc_history.json
 
+When to estimate: ``every_n_steps``, ``every_n_epochs``, ``at_steps``, ``on_evaluate``,
+``on_save`` (all off by default) and ``at_end`` (on by default: one estimate at the end of
+training). Two triggers at the same step give one estimate.
+
 What the callback guarantees:
 
 - **Training is not disturbed.** Each estimate samples a flat copy of the weights whose views
@@ -31,6 +35,20 @@ What the callback guarantees:
   on; ``raise_on_error=True`` raises it instead.
 - **Distributed.** Under DDP every process runs its share of the chains (chain c on process
   c mod P) and gets the gathered result; only the main process writes files.
+- **Resuming.** The history is part of the Trainer's checkpoint: the callback is an
+  ``ExportableState``, so each ``checkpoint-*/trainer_state.json`` holds it under
+  ``stateful_callbacks``, and ``Trainer.train(resume_from_checkpoint=...)`` continues the curve
+  from there (estimates after the checkpoint's step are dropped). Leave
+  ``TrainingArguments.restore_callback_states_from_checkpoint`` at its default ``False``:
+  the callback reads its history back itself and keeps its trainer, data and loss; set to
+  ``True``, the Trainer replaces it by one rebuilt from its plain settings (see
+  :meth:`LLCCallback.state`), which then falls back to the training data loader's dataset.
+- **Log level.** The Trainer's ``log_level`` / ``log_level_replica`` (``TrainingArguments``)
+  set hf_llc's verbosity (:func:`hf_llc.set_verbosity`) during each estimate, and it is put
+  back afterwards; ``"passive"`` (the default) leaves hf_llc's own level.
+- **Mixed precision.** The trainer's bf16 setting is used; an fp16 trainer gets fp32
+  estimates with a logged warning (:func:`hf_llc.distributed.resolve_mixed_precision`, the
+  same rule as ``estimate_llc`` and the CLI).
 - **Files** (main process, in ``args.output_dir``): ``llc_history.json`` after every
   estimate (atomically, so an interrupted run keeps every finished estimate), ``llc.json``
   inside each ``checkpoint-*`` folder for estimates made at a save, and at the end of
@@ -41,7 +59,6 @@ What the callback guarantees:
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 from collections.abc import Iterable, Mapping
@@ -51,17 +68,45 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.training_args import trainer_log_levels
 
+from .._logging import get_logger, verbosity
 from ..estimator import LLCResult, check_inputs, estimate_llc
 from ..sampling import SamplerConfig
-from ..serialization import to_plain, write_json
+from ..serialization import atomic_write, to_plain, write_json
 from ..targets import check_targets, model_targets
 
 HISTORY_FILE = "llc_history.json"
 PLOT_FILE = "llc_history.png"
 CHECKPOINT_RESULT_FILE = "llc.json"
+TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer's name for it in checkpoint-* folders
 
-logger = logging.getLogger("hf_llc")
+logger = get_logger(__name__)
+
+#: Settings of the callback that are plain values, kept in :meth:`LLCCallback.state`.
+_STATE_ARGS = (
+    "every_n_steps",
+    "every_n_epochs",
+    "at_steps",
+    "on_save",
+    "on_evaluate",
+    "at_end",
+    "num_samples",
+    "targets",
+    "dataset_name",
+    "write_model_card",
+    "plot",
+    "progress",
+    "raise_on_error",
+)
+
+#: Attribute names of settings whose attribute differs from the argument.
+_SETTING_ATTRS = {
+    "on_save": "on_save_flag",
+    "on_evaluate": "on_evaluate_flag",
+    "write_model_card": "write_card",
+}
 
 _CONTROL_FLAGS = (
     "should_log",
@@ -89,8 +134,11 @@ class _GlobalRandomState:
         random.setstate(self.python)
 
 
-class LLCCallback(TrainerCallback):
+class LLCCallback(TrainerCallback, ExportableState):
     """Estimate the LLC at chosen moments of ``Trainer`` training and log it.
+
+    By default it estimates once, at the end of training; ask for more with
+    ``every_n_steps``, ``every_n_epochs``, ``at_steps``, ``on_save`` or ``on_evaluate``.
 
     Args:
         trainer: the ``Trainer`` (recommended): its ``log`` is used for logging, its
@@ -101,12 +149,17 @@ class LLCCallback(TrainerCallback):
             values only reach ``state.log_history``.
         dataset: the data of L_n (default: the trainer's ``train_dataset``). Anything
             :func:`hf_llc.estimate_llc` accepts.
-        config: the :class:`SamplerConfig` of every estimate (default ``SamplerConfig()``).
+        config: the :class:`SamplerConfig` of every estimate (default ``SamplerConfig()``;
+            a dict of its fields, as :meth:`state` records it, is accepted too).
         every_n_steps: estimate when ``global_step`` is a multiple of this.
+        every_n_epochs: estimate at the end of every epoch whose number (``state.epoch``,
+            rounded) is a multiple of this.
         at_steps: estimate at these global steps (e.g. log-spaced, for stage-wise curves).
-        on_save: estimate whenever the Trainer saves a checkpoint (also written into it).
-        on_evaluate: estimate after every evaluation.
-        at_end: estimate at the end of training unless the last step already has one.
+        on_save: estimate whenever the Trainer saves a checkpoint (also written into it as
+            ``llc.json``). Default ``False``: saving costs no estimate unless asked.
+        on_evaluate: estimate after every evaluation (default ``False``).
+        at_end: estimate at the end of training unless the last step already has one
+            (default ``True``).
         num_samples: use the first N rows of the dataset (n, which sets nβ = n / log n).
         loss_fn: passed to :func:`hf_llc.estimate_llc` (``loss_fn(outputs, batch)``).
         targets: ``"data"`` (the dataset's labels) or ``"model"``: the realizable variant for
@@ -114,8 +167,9 @@ class LLCCallback(TrainerCallback):
             (:func:`hf_llc.targets.model_targets`), so the LLC is measured at a minimum of its
             loss even while training is far from one.
         estimate_kwargs: other keyword arguments of :func:`hf_llc.estimate_llc` (e.g.
-            ``forward_kwargs``, ``mixed_precision``). By default the trainer's bf16 setting is
-            used; an fp16 trainer gets fp32 estimates (SGLD refuses fp16).
+            ``forward_kwargs``, ``mixed_precision``). By default the trainer's mixed precision
+            is used: bf16 as is, fp16 as fp32 with a logged warning (SGLD does not sample in
+            fp16).
         dataset_name: the dataset's name in the model card (default ``"train_dataset"``).
         write_model_card: write the final estimate into ``output_dir/README.md``.
         plot: save ``llc_history.png`` at the end (needs matplotlib; skipped without it).
@@ -129,6 +183,9 @@ class LLCCallback(TrainerCallback):
             ``llc_std``, ``llc_stderr``, ``llc_per_chain``, ``init_loss``, ``nbeta``, ...);
             a skipped estimate has ``skipped: True`` and ``error`` (its reason) instead.
         last_result: the most recent :class:`~hf_llc.LLCResult`.
+
+    Raises:
+        ValueError: a bad setting (named in the message).
     """
 
     def __init__(
@@ -138,8 +195,9 @@ class LLCCallback(TrainerCallback):
         dataset: Any = None,
         config: SamplerConfig | None = None,
         every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
         at_steps: Iterable[int] | None = None,
-        on_save: bool = True,
+        on_save: bool = False,
         on_evaluate: bool = False,
         at_end: bool = True,
         num_samples: int | None = None,
@@ -152,16 +210,20 @@ class LLCCallback(TrainerCallback):
         progress: bool = False,
         raise_on_error: bool = False,
     ):
+        if isinstance(config, Mapping):
+            try:
+                config = SamplerConfig.from_dict(dict(config))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"config={dict(config)!r} is not a SamplerConfig: {err}") from err
         self.config = config if config is not None else SamplerConfig()
         if not isinstance(self.config, SamplerConfig):
             raise ValueError(f"config must be a SamplerConfig, got {type(config).__name__}.")
         self.config.validate()
-        if every_n_steps is not None and (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise ValueError(f"every_n_steps={every_n_steps!r}: pass a positive integer or None.")
+        for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}={value!r}: pass a positive integer or None.")
         steps = sorted(set(at_steps)) if at_steps is not None else []
         if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in steps):
             raise ValueError(f"at_steps={at_steps!r}: pass non-negative integer global steps.")
@@ -177,6 +239,7 @@ class LLCCallback(TrainerCallback):
             )
         self.dataset = dataset
         self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
         self.at_steps = {int(s) for s in steps}
         self.on_save_flag = bool(on_save)
         self.on_evaluate_flag = bool(on_evaluate)
@@ -194,6 +257,7 @@ class LLCCallback(TrainerCallback):
         self._last_step: int | None = None
         self._output_dir: Path | None = None
         self._is_main = True
+        self._loader_dataset: Any = None
         if trainer is not None:
             self.attach(trainer)
 
@@ -222,26 +286,66 @@ class LLCCallback(TrainerCallback):
             return self.dataset
         if self.trainer is not None and self.trainer.train_dataset is not None:
             return self.trainer.train_dataset
+        if self._loader_dataset is not None:  # rebuilt by the Trainer from state()
+            return self._loader_dataset
         raise ValueError(
             "LLCCallback has no data: pass dataset=... or LLCCallback(trainer, ...) with a "
             "trainer that has a train_dataset."
         )
 
-    # -- Trainer events ----------------------------------------------------------------
+    # -- checkpoint state (transformers' ExportableState) -------------------------------
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._data()  # fail at the start, not hours into training
-        self._dry_run(kwargs.get("model"))
-        self._output_dir = Path(args.output_dir) if args.output_dir else None
-        self._is_main = bool(state.is_world_process_zero)
-        self._last_step = None
+    def state(self) -> dict:
+        """What a Trainer checkpoint keeps of this callback (in ``trainer_state.json``, under
+        ``stateful_callbacks``): ``{"args": ..., "attributes": {"history": ...}}``.
+
+        ``args`` are the callback's plain settings and its config as a dict, enough for
+        ``LLCCallback(**args)`` to rebuild it without its trainer reference, dataset,
+        ``loss_fn`` and ``estimate_kwargs``; ``attributes`` holds :attr:`history`.
+        """
+        args = {name: getattr(self, _SETTING_ATTRS.get(name, name)) for name in _STATE_ARGS}
+        args["at_steps"] = sorted(self.at_steps)
+        args["config"] = self.config.to_dict()
+        return to_plain({"args": args, "attributes": {"history": self.history}})
+
+    def _restore_history(self, args, state) -> None:
+        """On resumed training, the history up to the checkpoint: from the checkpoint's
+        ``trainer_state.json`` if it holds this callback's state, else from
+        ``llc_history.json`` in ``output_dir``."""
         self.history = []
-        if state.global_step > 0 and self._output_dir is not None:
-            # Resumed training: keep the curve up to the checkpoint.
+        if state.global_step == 0:
+            return
+        saved = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+        if isinstance(saved, list):  # several callbacks of this class: the one with our args
+            mine = self.state()["args"]
+            saved = next((s for s in saved if s.get("args") == mine), None)
+        old = None
+        if isinstance(saved, Mapping):
+            old = (saved.get("attributes") or {}).get("history")
+        if old is None and self._output_dir is not None:
             path = self._output_dir / HISTORY_FILE
             if path.exists():
                 old = json.loads(path.read_text()).get("history", [])
-                self.history = [e for e in old if e.get("step", math.inf) <= state.global_step]
+        if old is not None:
+            self.history = [e for e in old if e.get("step", math.inf) <= state.global_step]
+
+    # -- Trainer events ----------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        loader = kwargs.get("train_dataloader")
+        self._loader_dataset = getattr(loader, "dataset", None)
+        self._data()  # fail at the start, not hours into training
+        with self._log_level(args):
+            self._dry_run(kwargs.get("model"))
+        self._output_dir = Path(args.output_dir) if args.output_dir else None
+        self._is_main = bool(state.is_world_process_zero)
+        self._last_step = None
+        self._restore_history(args, state)
+        stateful = getattr(state, "stateful_callbacks", None)
+        if isinstance(stateful, dict):
+            # A checkpoint saved without this callback lacks its entry, which the Trainer's
+            # next save would look up.
+            stateful.setdefault(type(self).__name__, self.state())
         if 0 in self.at_steps and state.global_step == 0:
             self._estimate(args, state, control, kwargs.get("model"), "start")
 
@@ -253,6 +357,11 @@ class LLCCallback(TrainerCallback):
         if due:
             self._estimate(args, state, control, kwargs.get("model"), "step")
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        n = self.every_n_epochs
+        if n is not None and state.epoch is not None and round(state.epoch) % n == 0:
+            self._estimate(args, state, control, kwargs.get("model"), "epoch")
+
     def on_save(self, args, state, control, **kwargs):
         if self.on_save_flag:
             entry = self._estimate(args, state, control, kwargs.get("model"), "save")
@@ -261,6 +370,23 @@ class LLCCallback(TrainerCallback):
                 ckpt = self._output_dir / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir() and self.last_result is not None:
                     self.last_result.save(ckpt / CHECKPOINT_RESULT_FILE)
+                    self._add_to_checkpoint_state(state, ckpt)
+
+    def _add_to_checkpoint_state(self, state, ckpt: Path) -> None:
+        """The Trainer wrote ``trainer_state.json`` before ``on_save``: add the estimate just
+        made at this save to the history it holds, so resuming from here keeps it."""
+        name = type(self).__name__
+        stateful = getattr(state, "stateful_callbacks", None)
+        path = ckpt / TRAINER_STATE_FILE
+        if not isinstance(stateful, dict) or not isinstance(stateful.get(name), dict):
+            return  # absent, or several callbacks of this class: left as the Trainer wrote it
+        stateful[name] = self.state()
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if isinstance((saved.get("stateful_callbacks") or {}).get(name), dict):
+                saved["stateful_callbacks"][name] = stateful[name]
+                text = json.dumps(saved, indent=2, sort_keys=True) + "\n"  # as the Trainer does
+                atomic_write(path, text.encode("utf-8"))
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self.on_evaluate_flag:
@@ -282,7 +408,8 @@ class LLCCallback(TrainerCallback):
                 except ImportError:
                     pass
         if self.write_card and self.last_result is not None:
-            self.write_model_card(self._output_dir)
+            with self._log_level(args):
+                self.write_model_card(self._output_dir)
 
     # -- work --------------------------------------------------------------------------
 
@@ -299,8 +426,6 @@ class LLCCallback(TrainerCallback):
         accelerator = getattr(self.trainer, "accelerator", None)
         if accelerator is not None:
             kwargs.setdefault("accelerator", accelerator)
-            if "mixed_precision" not in kwargs and accelerator.mixed_precision == "fp16":
-                kwargs["mixed_precision"] = "no"
         processing_class = getattr(self.trainer, "processing_class", None)
         if processing_class is not None and self.dataset is None:
             kwargs.setdefault("tokenizer", processing_class)
@@ -352,16 +477,17 @@ class LLCCallback(TrainerCallback):
         rng = _GlobalRandomState()
         modes = [(m, m.training) for m in model.modules()]
         try:
-            data, num_samples = self._inputs(model)
-            result = estimate_llc(
-                model,
-                data,
-                self.config,
-                loss_fn=self.loss_fn,
-                num_samples=num_samples,
-                progress=self.progress and self._is_main,
-                **kwargs,
-            )
+            with self._log_level(args):
+                data, num_samples = self._inputs(model)
+                result = estimate_llc(
+                    model,
+                    data,
+                    self.config,
+                    loss_fn=self.loss_fn,
+                    num_samples=num_samples,
+                    progress=self.progress and self._is_main,
+                    **kwargs,
+                )
         except Exception as err:  # not KeyboardInterrupt (nor EstimateInterrupted)
             if self.raise_on_error:
                 raise
@@ -407,6 +533,16 @@ class LLCCallback(TrainerCallback):
         if self._is_main and self._output_dir is not None:
             self._write_history()
         return entry
+
+    @staticmethod
+    def _log_level(args):
+        """hf_llc's verbosity at the Trainer's ``log_level`` (``log_level_replica`` on a process
+        that does not log) for the block; ``"passive"`` leaves it as it is."""
+        name = getattr(args, "log_level", "passive")
+        if not getattr(args, "should_log", True):
+            name = getattr(args, "log_level_replica", "passive")
+        level = trainer_log_levels.get(name, -1) if isinstance(name, str) else name
+        return verbosity(None if level is None or level < 0 else level)
 
     def _skipped(self, state, reason: str, err: Exception) -> dict:
         """Record a failed estimate as skipped (logged, in the history) so training goes on."""
@@ -458,9 +594,16 @@ class LLCCallback(TrainerCallback):
         """Write the latest estimate into ``output_dir/README.md`` (main process only).
 
         Call this after ``Trainer.create_model_card()`` if the callback has no trainer
-        reference (with one, it is re-applied automatically).
+        reference (with one, it is re-applied automatically). A non-finite estimate (every
+        chain diverged) is not written: a warning is logged and ``None`` returned.
         """
         if self.last_result is None or not self._is_main:
+            return None
+        if not math.isfinite(self.last_result.llc_mean):
+            logger.warning(
+                "LLCCallback: the latest LLC estimate is not finite (every chain diverged), so "
+                "it is not written into the model card; see llc_history.json."
+            )
             return None
         from ..modelcard import write_llc_to_model_card
 
