@@ -6,14 +6,13 @@ tiny]`` (all by default; the healthy case runs the defaults at n = 10⁵, about 
 """
 
 import sys
-import warnings
 
 import torch
 
-from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
+from hf_llc import SamplerConfig, estimate_llc, make_dln_problem, set_verbosity
 from hf_llc.validation import per_sample_loss_fn
 
-warnings.simplefilter("ignore", RuntimeWarning)
+set_verbosity("error")  # divergences show in each summary: no log records for them
 which = sys.argv[1:] or ["healthy", "offmin", "fewsteps", "large", "nbeta", "tiny"]
 
 
