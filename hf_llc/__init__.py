@@ -35,6 +35,8 @@ _EXPORTS = {
     "make_dln_problem": ".models.dln",
     "SamplerConfig": ".sampling",
     "model_targets": ".targets",
+    "model_task": ".tasks",
+    "normalise_task": ".tasks",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     )
     from .sampling import SamplerConfig
     from .targets import model_targets
+    from .tasks import model_task, normalise_task
 
 __all__ = [
     "__version__",
@@ -73,6 +76,8 @@ __all__ = [
     "load_checkpoint",
     "make_dln_problem",
     "model_targets",
+    "model_task",
+    "normalise_task",
     "OutputDirLocked",
     "read_llc_from_model_card",
     "SamplerConfig",

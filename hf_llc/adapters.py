@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checks
+from .tasks import ADAPTED_TASKS, model_task
 
 MASK_PROBABILITY = 0.15
 
@@ -38,19 +39,11 @@ LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
 
 
 def model_kind(model: nn.Module) -> str:
-    """``causal-lm``, ``masked-lm``, ``token-classification``, ``sequence-classification``
-    or ``other``, from the model's class name (as the Auto classes name them)."""
-    name = type(model).__name__
-    for suffix, kind in (
-        ("ForCausalLM", "causal-lm"),
-        ("LMHeadModel", "causal-lm"),
-        ("ForMaskedLM", "masked-lm"),
-        ("ForTokenClassification", "token-classification"),
-        ("ForSequenceClassification", "sequence-classification"),
-    ):
-        if name.endswith(suffix):
-            return kind
-    return "other"
+    """The loss hf_llc builds for ``model``: its task (:func:`hf_llc.tasks.model_task`) when
+    that is one of :data:`~hf_llc.tasks.ADAPTED_TASKS` (``causal-lm``, ``masked-lm``,
+    ``token-classification``, ``sequence-classification``), else ``"other"``."""
+    task = model_task(model)
+    return task if task in ADAPTED_TASKS else "other"
 
 
 @dataclass

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-TOKEN_KINDS = ("causal-lm", "masked-lm", "token-classification", "sequence-classification")
+from .tasks import ADAPTED_TASKS
+
+TOKEN_KINDS = ADAPTED_TASKS
 
 
 def check_optional_positive_int(name: str, value: Any) -> None:

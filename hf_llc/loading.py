@@ -33,63 +33,9 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.models.auto import modeling_auto
 
 from .models import dln as _dln  # noqa: F401  (registers the DLN architecture: its folders load)
+from .tasks import _SUFFIX_TASKS, TASKS, normalise_task, task_for_architecture
 
 __all__ = ["TASKS", "load_checkpoint", "resolve_auto_class"]
-
-# task name -> (Auto class name, name of the transformers *_MAPPING_NAMES table it uses).
-# The order is the priority used when an architecture appears in several tables
-# (e.g. GPT2LMHeadModel is both the causal-LM and the pre-training class of gpt2).
-TASKS: dict[str, tuple[str, str]] = {
-    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-    "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
-    "seq2seq-lm": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
-    "sequence-classification": (
-        "AutoModelForSequenceClassification",
-        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "token-classification": (
-        "AutoModelForTokenClassification",
-        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "question-answering": (
-        "AutoModelForQuestionAnswering",
-        "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-    ),
-    "multiple-choice": ("AutoModelForMultipleChoice", "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES"),
-    "image-classification": (
-        "AutoModelForImageClassification",
-        "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "image-text-to-text": (
-        "AutoModelForImageTextToText",
-        "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
-    ),
-    "speech-seq2seq": ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
-    "audio-classification": (
-        "AutoModelForAudioClassification",
-        "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "pretraining": ("AutoModelForPreTraining", "MODEL_FOR_PRETRAINING_MAPPING_NAMES"),
-    "base": ("AutoModel", "MODEL_MAPPING_NAMES"),
-}
-
-# Fallback for architectures transformers does not list (custom code): class-name suffix
-# -> task. Checked in order, so more specific suffixes come first.
-_SUFFIX_TASKS: tuple[tuple[str, str], ...] = (
-    ("ForCausalLM", "causal-lm"),
-    ("LMHeadModel", "causal-lm"),  # GPT2LMHeadModel, OpenAIGPTLMHeadModel, XLNetLMHeadModel...
-    ("ForMaskedLM", "masked-lm"),
-    ("ForSeq2SeqLM", "seq2seq-lm"),
-    ("ForConditionalGeneration", "seq2seq-lm"),  # T5/BART; VLMs are found in the tables
-    ("ForSequenceClassification", "sequence-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("ForMultipleChoice", "multiple-choice"),
-    ("ForImageClassification", "image-classification"),
-    ("ForAudioClassification", "audio-classification"),
-    ("ForPreTraining", "pretraining"),
-    ("Model", "base"),
-)
 
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -97,28 +43,6 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 def _task_list() -> str:
     return ", ".join(repr(t) for t in TASKS)
-
-
-def _normalise_task(task: str) -> str:
-    key = task.strip().lower().replace("_", "-").replace(" ", "-")
-    if key not in TASKS:
-        raise ValueError(f"Unknown task {task!r}. Supported tasks: {_task_list()}.")
-    return key
-
-
-def _task_for_architecture(model_type: str | None, architecture: str) -> str | None:
-    """Exact lookup in the transformers mapping tables, then class-name suffix."""
-    if model_type is not None:
-        for task, (_, table_name) in TASKS.items():
-            table = getattr(modeling_auto, table_name, {})
-            entry = table.get(model_type)
-            names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-            if architecture in names:
-                return task
-    for suffix, task in _SUFFIX_TASKS:
-        if architecture.endswith(suffix):
-            return task
-    return None
 
 
 def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
@@ -129,7 +53,7 @@ def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
     neither determines a class.
     """
     if task is not None:
-        key = _normalise_task(task)
+        key = normalise_task(task)
     else:
         archs = config.get("architectures") or []
         if not archs:
@@ -137,7 +61,7 @@ def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
                 "The checkpoint's config.json has no 'architectures' entry, so the model "
                 f"head cannot be inferred; pass task=... (one of {_task_list()})."
             )
-        key = _task_for_architecture(config.get("model_type"), archs[0])
+        key = task_for_architecture(archs[0], config.get("model_type"))
         if key is None:
             suffixes = ", ".join(s for s, _ in _SUFFIX_TASKS)
             raise ValueError(
