@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["adapter_info", "is_peft_model", "require_peft"]
+__all__ = ["adapter_info", "frozen_adapter_hint", "is_peft_model", "require_peft"]
 
 
 def require_peft(why: str) -> Any:
@@ -77,3 +77,15 @@ def adapter_info(model: Any) -> dict[str, Any] | None:
         "num_trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "adapter_name": name,
     }
+
+
+def frozen_adapter_hint(model: Any) -> str:
+    """For the "no trainable parameters" error: how to load a peft model's adapter trainable
+    (peft loads adapters frozen, for inference, by default); empty for other models."""
+    if not is_peft_model(model):
+        return ""
+    return (
+        " It is a peft model whose adapter is frozen (peft loads adapters for inference by "
+        "default): load it with PeftModel.from_pretrained(base, path, is_trainable=True), or "
+        "with hf_llc.load_checkpoint(path), so that the adapter's weights are sampled."
+    )

@@ -32,6 +32,7 @@ from .adapters import LABEL_ALIASES, data_info, default_loss_fn, model_kind, pre
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
 from .checkpoint import RunCheckpoint, tensor_sha256
 from .distributed import ProcessInfo, autocast, process_info, resolve_mixed_precision
+from .peft_support import frozen_adapter_hint
 from .sampling import LocalPosterior, SamplerConfig
 from .serialization import settings_hash
 
@@ -60,6 +61,7 @@ class FlatParameters:
         if not flats:
             raise ValueError(
                 "the model has no trainable parameters (requires_grad=True) to sample."
+                + frozen_adapter_hint(model)
             )
         self.numel = offset
         self.sizes = [shape.numel() for shape in self.shapes]
@@ -553,7 +555,10 @@ def check_inputs(
     data = prepared.data
     _check_sizes(cfg, data.num_samples)
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no trainable parameters (requires_grad=True) to sample.")
+        raise ValueError(
+            "the model has no trainable parameters (requires_grad=True) to sample."
+            + frozen_adapter_hint(model)
+        )
     with _eval_mode(model):
         # The loss at w* is the model's own forward: no flat copy of the weights is needed
         # (for a large model it would be a second copy in memory).
