@@ -9,6 +9,11 @@ What the adapter decides, once, before sampling:
   from ``seed`` (15% of tokens; 80% → mask token, 10% → random token, 10% kept), so that
   L_n is one fixed function of the weights rather than a new random objective per batch.
   ``label``/``label_ids`` columns are renamed ``labels``.
+- **Rows.** Rows without a target (a causal-LM text of fewer than two tokens, token labels all
+  −100, …) are dropped before n is counted, and counted (``drop_empty_rows``); with
+  ``block_size`` a causal LM's texts are concatenated and cut into equal blocks instead. What
+  became of the rows, and the dataset's name, config, split and revision
+  (:func:`describe_dataset`), are recorded for ``result.diagnostics["data"]``.
 - **Loss.** For token-level losses (causal LM, masked LM, token classification) the
   per-sample loss is the sum of that sample's token losses divided by T̄, the dataset's mean
   number of target tokens per sample. Its mean over any batch is an unbiased estimate of
