@@ -17,6 +17,7 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 _EXPORTS = {
+    "describe_dataset": ".adapters",
     "CalibrationResult": ".calibration",
     "calibrate_step_size": ".calibration",
     "EstimateInterrupted": ".checkpoint",
@@ -27,6 +28,7 @@ _EXPORTS = {
     "estimate_llc": ".estimator",
     "LLCCallback": ".integrations",
     "load_checkpoint": ".loading",
+    "tokenizer_path": ".loading",
     "read_llc_from_model_card": ".modelcard",
     "write_llc_to_model_card": ".modelcard",
     "DLNConfig": ".models.dln",
@@ -35,19 +37,23 @@ _EXPORTS = {
     "dln_learning_coefficient": ".models.dln",
     "dln_truth": ".models.dln",
     "make_dln_problem": ".models.dln",
+    "adapter_info": ".peft_support",
     "SamplerConfig": ".sampling",
     "model_targets": ".targets",
+    "model_task": ".tasks",
+    "normalise_task": ".tasks",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._logging import get_verbosity, set_verbosity
+    from .adapters import describe_dataset
     from .calibration import CalibrationResult, calibrate_step_size
     from .checkpoint import EstimateInterrupted, OutputDirLocked
     from .estimator import LLCResult, estimate_llc
     from .integrations import LLCCallback
-    from .loading import load_checkpoint
+    from .loading import load_checkpoint, tokenizer_path
     from .modelcard import read_llc_from_model_card, write_llc_to_model_card
     from .models.dln import (
         DLNConfig,
@@ -57,13 +63,17 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         dln_truth,
         make_dln_problem,
     )
+    from .peft_support import adapter_info
     from .sampling import SamplerConfig
     from .targets import model_targets
+    from .tasks import model_task, normalise_task
 
 __all__ = [
     "__version__",
+    "adapter_info",
     "calibrate_step_size",
     "CalibrationResult",
+    "describe_dataset",
     "dln_learning_coefficient",
     "dln_truth",
     "DLNConfig",
@@ -77,9 +87,12 @@ __all__ = [
     "load_checkpoint",
     "make_dln_problem",
     "model_targets",
+    "model_task",
+    "normalise_task",
     "OutputDirLocked",
     "read_llc_from_model_card",
     "SamplerConfig",
     "set_verbosity",
+    "tokenizer_path",
     "write_llc_to_model_card",
 ]

@@ -13,10 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from ._logging import get_logger
+from .tasks import ADAPTED_TASKS
 
 logger = get_logger(__name__)
 
-TOKEN_KINDS = ("causal-lm", "masked-lm", "token-classification", "sequence-classification")
+TOKEN_KINDS = ADAPTED_TASKS
 
 
 def check_optional_positive_int(name: str, value: Any) -> None:

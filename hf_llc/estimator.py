@@ -18,6 +18,7 @@ runs the chains and :func:`_assemble` turns them into an :class:`LLCResult`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -44,6 +45,7 @@ from .checkpoint import (
 )
 from .diagnostics import assess_estimate, trace_checks
 from .distributed import ProcessInfo
+from .peft_support import adapter_info
 from .plotting import plot_llc_result
 from .posterior import (
     FlatParameters,
@@ -224,6 +226,9 @@ def estimate_llc(
     text_column: str | None = None,
     max_length: int | None = None,
     num_samples: int | None = None,
+    drop_empty_rows: bool = True,
+    block_size: int | None = None,
+    dataset_description: Mapping[str, Any] | None = None,
     accelerator: Any = None,
     mixed_precision: str | None = None,
     progress: bool = True,
@@ -254,7 +259,24 @@ def estimate_llc(
             skips the adapter's tokenization and padding.
         tokenizer, text_column, max_length: tokenize a raw-text column (truncating at
             ``max_length``); a ``text`` column is used by default for language models.
-        num_samples: use the first N rows (required for an ``IterableDataset``).
+        num_samples: use the first N rows (required for an ``IterableDataset``); with
+            ``drop_empty_rows``, the first N rows that have a target (rows are read until there
+            are N), and with ``block_size``, N blocks.
+        drop_empty_rows: drop the rows without a target before n is counted (default): rows
+            of fewer than two tokens for a causal LM (nothing to predict), rows whose labels
+            are all −100 for token classification, rows without a maskable token for a masked
+            LM, rows without a token for sequence classification. n, and so nβ = n / log n,
+            counts only rows that carry loss. The count is in
+            ``result.diagnostics["data"]["rows_dropped_empty"]``. Rows are checked where
+            hf_llc makes the columns (a ``datasets`` dataset of raw text or ``input_ids``, for
+            those model kinds); not with ``collate_fn`` or a dict of tensors.
+        block_size: causal LMs: concatenate the tokenized texts, in order, and cut them into
+            samples of exactly this many tokens (the last incomplete block dropped), as
+            transformers' language-modelling examples do; texts are not truncated (do not
+            pass ``max_length`` too). Other model kinds: a ``ValueError``.
+        dataset_description: fields of ``diagnostics["data"]["dataset"]`` (``name``,
+            ``config``, ``split``, ``revision``) that override the ones read from the dataset
+            (:func:`hf_llc.adapters.describe_dataset`), e.g. the Hub id it was loaded from.
         accelerator: an ``accelerate.Accelerator``; without one, ``accelerate launch`` /
             ``torchrun`` environments are detected. Chains are split over the processes (chain
             c on process c mod P), each on its process's device (the model is moved there),
@@ -289,10 +311,18 @@ def estimate_llc(
     ``*ForSequenceClassification``) get per-sample losses computed from the logits, token
     losses weighted so that L_n is the dataset's mean token loss (see :mod:`hf_llc.adapters`).
 
+    A peft model (a ``PeftModel`` with a LoRA or other adapter, e.g. from
+    :func:`hf_llc.load_checkpoint` on an adapter folder) is sampled like any model: only its
+    parameters with ``requires_grad=True``, the adapter's, are sampled; the base model's
+    frozen weights stay at w*. The adapter is described in ``diagnostics["adapter"]``
+    (:func:`hf_llc.peft_support.adapter_info`; ``None`` for other models).
+
     Returns:
         :class:`LLCResult`. Chains that diverge are excluded from the mean and reported in
         ``diagnostics["divergences"]`` with their step and a suggestion, and each is logged
-        as a warning on the ``hf_llc`` logger (see :func:`hf_llc.set_verbosity`).
+        as a warning on the ``hf_llc`` logger (see :func:`hf_llc.set_verbosity`). What
+        became of the dataset's rows (read, dropped as empty, used: n) and the dataset's
+        name, config, split and revision are in ``diagnostics["data"]``.
     """
     cfg = checked_config(config)
     with open_posterior(
@@ -307,6 +337,9 @@ def estimate_llc(
         text_column=text_column,
         max_length=max_length,
         num_samples=num_samples,
+        drop_empty_rows=drop_empty_rows,
+        block_size=block_size,
+        dataset_description=dataset_description,
         accelerator=accelerator,
         mixed_precision=mixed_precision,
         output_dir=output_dir,
@@ -453,7 +486,11 @@ def _assemble(
         num_samples=n,
         num_params=posterior.num_params,
         config=cfg.to_dict(),
-        diagnostics=_sampler_diagnostics(chains, cfg, divergences),
+        diagnostics={
+            **_sampler_diagnostics(chains, cfg, divergences),
+            "data": copy.deepcopy(posterior.data_info),
+            "adapter": adapter_info(posterior.problem.model),
+        },
         timings={
             "init_loss_seconds": posterior.init_seconds,
             "sampling_seconds": sum(ch.seconds for ch in chains),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -33,65 +34,11 @@ from transformers.models.auto import modeling_auto
 
 from ._logging import get_logger
 from .models import dln as _dln  # noqa: F401  (registers the DLN architecture: its folders load)
+from .tasks import _SUFFIX_TASKS, TASKS, normalise_task, task_for_architecture
 
 logger = get_logger(__name__)
 
-__all__ = ["TASKS", "load_checkpoint", "resolve_auto_class"]
-
-# task name -> (Auto class name, name of the transformers *_MAPPING_NAMES table it uses).
-# The order is the priority used when an architecture appears in several tables
-# (e.g. GPT2LMHeadModel is both the causal-LM and the pre-training class of gpt2).
-TASKS: dict[str, tuple[str, str]] = {
-    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-    "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
-    "seq2seq-lm": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
-    "sequence-classification": (
-        "AutoModelForSequenceClassification",
-        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "token-classification": (
-        "AutoModelForTokenClassification",
-        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "question-answering": (
-        "AutoModelForQuestionAnswering",
-        "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-    ),
-    "multiple-choice": ("AutoModelForMultipleChoice", "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES"),
-    "image-classification": (
-        "AutoModelForImageClassification",
-        "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "image-text-to-text": (
-        "AutoModelForImageTextToText",
-        "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
-    ),
-    "speech-seq2seq": ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
-    "audio-classification": (
-        "AutoModelForAudioClassification",
-        "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
-    ),
-    "pretraining": ("AutoModelForPreTraining", "MODEL_FOR_PRETRAINING_MAPPING_NAMES"),
-    "base": ("AutoModel", "MODEL_MAPPING_NAMES"),
-}
-
-# Fallback for architectures transformers does not list (custom code): class-name suffix
-# -> task. Checked in order, so more specific suffixes come first.
-_SUFFIX_TASKS: tuple[tuple[str, str], ...] = (
-    ("ForCausalLM", "causal-lm"),
-    ("LMHeadModel", "causal-lm"),  # GPT2LMHeadModel, OpenAIGPTLMHeadModel, XLNetLMHeadModel...
-    ("ForMaskedLM", "masked-lm"),
-    ("ForSeq2SeqLM", "seq2seq-lm"),
-    ("ForConditionalGeneration", "seq2seq-lm"),  # T5/BART; VLMs are found in the tables
-    ("ForSequenceClassification", "sequence-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("ForMultipleChoice", "multiple-choice"),
-    ("ForImageClassification", "image-classification"),
-    ("ForAudioClassification", "audio-classification"),
-    ("ForPreTraining", "pretraining"),
-    ("Model", "base"),
-)
+__all__ = ["TASKS", "load_checkpoint", "resolve_auto_class", "tokenizer_path"]
 
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -99,28 +46,6 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 def _task_list() -> str:
     return ", ".join(repr(t) for t in TASKS)
-
-
-def _normalise_task(task: str) -> str:
-    key = task.strip().lower().replace("_", "-").replace(" ", "-")
-    if key not in TASKS:
-        raise ValueError(f"Unknown task {task!r}. Supported tasks: {_task_list()}.")
-    return key
-
-
-def _task_for_architecture(model_type: str | None, architecture: str) -> str | None:
-    """Exact lookup in the transformers mapping tables, then class-name suffix."""
-    if model_type is not None:
-        for task, (_, table_name) in TASKS.items():
-            table = getattr(modeling_auto, table_name, {})
-            entry = table.get(model_type)
-            names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-            if architecture in names:
-                return task
-    for suffix, task in _SUFFIX_TASKS:
-        if architecture.endswith(suffix):
-            return task
-    return None
 
 
 def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
@@ -131,7 +56,7 @@ def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
     neither determines a class.
     """
     if task is not None:
-        key = _normalise_task(task)
+        key = normalise_task(task)
     else:
         archs = config.get("architectures") or []
         if not archs:
@@ -139,7 +64,7 @@ def resolve_auto_class(config: dict[str, Any], task: str | None = None) -> type:
                 "The checkpoint's config.json has no 'architectures' entry, so the model "
                 f"head cannot be inferred; pass task=... (one of {_task_list()})."
             )
-        key = _task_for_architecture(config.get("model_type"), archs[0])
+        key = task_for_architecture(archs[0], config.get("model_type"))
         if key is None:
             suffixes = ", ".join(s for s, _ in _SUFFIX_TASKS)
             raise ValueError(
@@ -173,7 +98,10 @@ def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, A
     if is_local:
         cfg_file = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_file):
-            raise ValueError(f"{path!r} is a folder but has no config.json; not a checkpoint.")
+            raise ValueError(
+                f"{path!r} is a folder but has no config.json (nor a peft adapter_config.json); "
+                "not a checkpoint."
+            )
     else:
         try:
             cfg_file = hf_hub_download(path, "config.json", revision=revision)
@@ -255,7 +183,13 @@ def _check_remote_code(config: dict[str, Any], path: str, trust_remote_code: boo
         )
 
 
-def _available_weights(path: str, revision: str | None, is_local: bool) -> tuple[bool, bool]:
+def _available_weights(
+    path: str,
+    revision: str | None,
+    is_local: bool,
+    safe: tuple[str, ...] = _SAFE_WEIGHTS,
+    pickle: tuple[str, ...] = _PICKLE_WEIGHTS,
+) -> tuple[bool, bool]:
     """Return ``(has_safetensors, has_pickle)``; ``(True, True)`` if it cannot be told."""
 
     def present(name: str) -> bool | None:
@@ -275,8 +209,8 @@ def _available_weights(path: str, revision: str | None, is_local: bool) -> tuple
         results = [present(n) for n in names]
         return any(r is None or r for r in results)
 
-    has_safe = any_present(_SAFE_WEIGHTS)
-    has_pickle = False if has_safe else any_present(_PICKLE_WEIGHTS)
+    has_safe = any_present(safe)
+    has_pickle = False if has_safe else any_present(pickle)
     return has_safe, has_pickle
 
 
@@ -382,8 +316,16 @@ def load_checkpoint(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     allow_missing_weights: bool = False,
+    base_model: str | os.PathLike[str] | None = None,
 ) -> transformers.PreTrainedModel:
     """Load a trained checkpoint as a float32 model in eval mode.
+
+    A peft adapter folder (``adapter_config.json`` with ``adapter_model.safetensors``, as
+    ``PeftModel.save_pretrained`` writes) loads as a peft model: its base model is loaded from
+    ``base_model_name_or_path`` (or ``base_model``) with all the checks below, then the
+    adapter on top of it for training (``is_trainable=True``), so that the adapter's weights
+    have ``requires_grad=True`` and the base model's do not: :func:`hf_llc.estimate_llc` then
+    samples the adapter alone. Needs the ``peft`` extra.
 
     Args:
         path_or_id: a local folder written by ``save_pretrained`` or a Hub repo id
@@ -401,6 +343,10 @@ def load_checkpoint(
             Pickle files can execute code when loaded; only enable for trusted sources.
         allow_missing_weights: load even if some parameters are not in the checkpoint
             and are therefore randomly initialised (a warning is logged on the ``hf_llc`` logger).
+        base_model: for an adapter folder, the base model to load instead of the one its
+            ``adapter_config.json`` names (e.g. where that path does not exist here).
+            ``task`` and the other options apply to the base model; ``revision`` to the
+            adapter (the base model's revision is the adapter config's ``revision``).
 
     Raises:
         ValueError: checkpoint not found, unknown task/architecture, custom code without
@@ -408,7 +354,26 @@ def load_checkpoint(
             weights without ``allow_missing_weights``.
     """
     path, is_local = _locate(os.fspath(path_or_id))
-    config = _read_config(path, revision, is_local)
+    options = dict(
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        allow_missing_weights=allow_missing_weights,
+    )
+    adapter = _adapter_config(path, revision, is_local) if is_local else None
+    if adapter is not None:
+        return _load_adapter(path, is_local, adapter, task, revision, base_model, options)
+    try:
+        config = _read_config(path, revision, is_local)
+    except ValueError:
+        adapter = None if is_local else _adapter_config(path, revision, is_local)
+        if adapter is None:
+            raise
+        return _load_adapter(path, is_local, adapter, task, revision, base_model, options)
+    if base_model is not None:
+        raise ValueError(
+            f"base_model={os.fspath(base_model)!r} is for adapter folders, but {path!r} is a full "
+            "checkpoint (config.json, no adapter_config.json): leave base_model unset."
+        )
     _check_remote_code(config, path, trust_remote_code)
     auto_cls = resolve_auto_class(config, task)
     _check_weight_files(path, revision, is_local, allow_pickle)
@@ -433,3 +398,178 @@ def load_checkpoint(
         model = model.to(torch.float32)  # e.g. modules kept in another dtype by the class
     model.eval()
     return model
+
+
+# --------------------------------------------------------------------------- peft adapters
+
+ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_SAFE = ("adapter_model.safetensors",)
+_ADAPTER_PICKLE = ("adapter_model.bin",)
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _hub_file(path: str, name: str, revision: str | None) -> str | None:
+    """A file of a Hub repo: from the cache, else (online) downloaded; ``None`` if absent."""
+    hit = try_to_load_from_cache(path, name, revision=revision)
+    if isinstance(hit, str):
+        return hit
+    if is_offline_mode():
+        return None
+    try:
+        return hf_hub_download(path, name, revision=revision)
+    except Exception:  # absent (EntryNotFound, 404) or unreachable
+        return None
+
+
+def _adapter_config(path: str, revision: str | None, is_local: bool) -> dict[str, Any] | None:
+    """The parsed ``adapter_config.json`` of a peft adapter folder or repo, else ``None``."""
+    if is_local:
+        cfg_file = os.path.join(path, ADAPTER_CONFIG)
+        if not os.path.isfile(cfg_file):
+            return None
+    else:
+        cfg_file = _hub_file(path, ADAPTER_CONFIG, revision)
+        if cfg_file is None:
+            return None
+    try:
+        with open(cfg_file, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{cfg_file} is not valid JSON ({exc}); fix or regenerate it "
+            "(PeftModel.save_pretrained writes it)."
+        ) from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_file} holds a JSON {type(config).__name__}, not an object.")
+    return config
+
+
+def _adapter_base(
+    path: str, adapter: dict[str, Any], base_model: str | os.PathLike[str] | None
+) -> str:
+    if base_model is not None:
+        return os.fspath(base_model)
+    base = adapter.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ValueError(
+            f"the adapter {path!r} does not name its base model (adapter_config.json has no "
+            "base_model_name_or_path): pass base_model=... (CLI: --base-model)."
+        )
+    return base
+
+
+def _load_adapter(
+    path: str,
+    is_local: bool,
+    adapter: dict[str, Any],
+    task: str | None,
+    revision: str | None,
+    base_model: str | os.PathLike[str] | None,
+    options: dict[str, Any],
+) -> Any:
+    """The base model (loaded by :func:`load_checkpoint`) with the adapter at ``path`` on it,
+    its adapter weights trainable and the base weights frozen; float32, eval mode."""
+    from .peft_support import require_peft
+
+    peft = require_peft(f"loading the peft adapter {path!r}")
+    base_id = _adapter_base(path, adapter, base_model)
+    if task is None and adapter.get("task_type"):
+        try:
+            task = normalise_task(str(adapter["task_type"]))
+        except ValueError:
+            task = None  # a task type hf_llc has no head for: the base config decides
+    base_revision = adapter.get("revision") if base_model is None else None
+    try:
+        base = load_checkpoint(base_id, task=task, revision=base_revision, **options)
+    except ValueError as exc:
+        raise ValueError(
+            f"the base model of the adapter {path!r} ({base_id!r}, from "
+            f"{'base_model' if base_model is not None else 'its adapter_config.json'}) could "
+            f"not be loaded: {exc} Pass base_model=... (CLI: --base-model) to load another "
+            "copy of it."
+        ) from exc
+
+    has_safe, has_pickle = _available_weights(
+        path, revision, is_local, _ADAPTER_SAFE, _ADAPTER_PICKLE
+    )
+    if not (has_safe or has_pickle):
+        raise ValueError(
+            f"the adapter {path!r} has no weights (looked for "
+            f"{', '.join(_ADAPTER_SAFE + _ADAPTER_PICKLE)})."
+        )
+    if not has_safe and not options["allow_pickle"]:
+        raise ValueError(
+            f"the adapter {path!r} only has pickle weights (adapter_model.bin). Unpickling can "
+            "execute arbitrary code from the file; pass allow_pickle=True (CLI: --allow-pickle) "
+            "only if you trust the source."
+        )
+    kwargs: dict[str, Any] = {"is_trainable": True}
+    if revision is not None and not is_local:
+        kwargs["revision"] = revision
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = peft.PeftModel.from_pretrained(base, path, **kwargs)
+        except Exception as exc:  # mismatched shapes, unknown target modules, bad files
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise ValueError(
+                f"could not put the adapter {path!r} on its base model {base_id!r} ({detail}); "
+                "check that the adapter was trained on this base model."
+            ) from exc
+    missing = []
+    for w in caught:
+        if "missing adapter keys" in str(w.message):
+            missing.append(str(w.message))
+        else:  # everything else is passed on as it came
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if missing:
+        msg = (
+            f"the adapter {path!r} lacks weights its config declares ({missing[0][:300]}): "
+            "those adapter weights keep their initial values"
+        )
+        if not options["allow_missing_weights"]:
+            raise ValueError(
+                msg + "; re-save the adapter, or pass allow_missing_weights=True (CLI: "
+                "--allow-missing-weights) to load it anyway."
+            )
+        logger.warning("%s.", msg)
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model = model.to(torch.float32)
+    model.eval()
+    return model
+
+
+def tokenizer_path(
+    model_path: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    base_model: str | os.PathLike[str] | None = None,
+) -> tuple[str, str | None]:
+    """Where the tokenizer of a checkpoint is: ``(path or repo id, revision)``.
+
+    A full checkpoint: itself, at ``revision``. A peft adapter folder (or Hub repo): itself
+    when it holds tokenizer files (a fine-tuning run that changed the tokenizer saves it
+    there), else its base model (``base_model``, or ``base_model_name_or_path`` at the adapter
+    config's ``revision``). Pass the result to ``AutoTokenizer.from_pretrained(path,
+    revision=revision)``.
+    """
+    path, is_local = _locate(os.fspath(model_path))
+    adapter = _adapter_config(path, revision, is_local)
+    if adapter is None:
+        return path, revision
+    if is_local:
+        own = any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES)
+    else:
+        own = any(_hub_file(path, f, revision) is not None for f in _TOKENIZER_FILES[:2])
+    if own:
+        return path, revision
+    base = _adapter_base(path, adapter, base_model)
+    return base, (adapter.get("revision") if base_model is None else None)

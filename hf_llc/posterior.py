@@ -28,10 +28,11 @@ from torch import Tensor, nn
 
 from . import checks
 from ._version import __version__
-from .adapters import LABEL_ALIASES, default_loss_fn, model_kind, prepare_dataset
+from .adapters import LABEL_ALIASES, data_info, default_loss_fn, model_kind, prepare_dataset
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
 from .checkpoint import RunCheckpoint, tensor_sha256
 from .distributed import ProcessInfo, autocast, process_info, resolve_mixed_precision
+from .peft_support import frozen_adapter_hint
 from .sampling import LocalPosterior, SamplerConfig
 from .serialization import settings_hash
 
@@ -60,6 +61,7 @@ class FlatParameters:
         if not flats:
             raise ValueError(
                 "the model has no trainable parameters (requires_grad=True) to sample."
+                + frozen_adapter_hint(model)
             )
         self.numel = offset
         self.sizes = [shape.numel() for shape in self.shapes]
@@ -362,6 +364,8 @@ class PreparedData:
     forward_kwargs: Mapping[str, Any] | None
     #: Batch columns kept from ``forward`` (the labels when the loss is taken from logits).
     exclude: frozenset[str]
+    #: What became of the dataset's rows: ``diagnostics["data"]`` (see :func:`_prepare_data`).
+    info: dict[str, Any]
 
     def problem(self, model: nn.Module, flat: Any, precision: str) -> ModelLoss:
         """The :class:`ModelLoss` of ``model`` on these batches, under ``precision``."""
@@ -392,12 +396,28 @@ def _prepare_data(
     text_column: str | None,
     max_length: int | None,
     num_samples: int | None,
+    drop_empty_rows: bool = True,
+    block_size: int | None = None,
+    dataset_description: Mapping[str, Any] | None = None,
 ) -> PreparedData:
     """Prepare the data (see :mod:`hf_llc.adapters`) and check it against the model, once,
-    before any loss is computed."""
+    before any loss is computed.
+
+    The returned ``info`` (``diagnostics["data"]``) says what became of the rows: ``rows_in``
+    (rows read), ``rows_dropped_empty`` (rows without a target, dropped before n was counted;
+    ``None`` where not checked: ``collate_fn``, a dict of tensors, a model kind whose targets
+    hf_llc does not know), ``rows_used`` (n), ``block_size``, ``num_samples``,
+    ``drop_empty_rows`` and ``dataset`` (:func:`hf_llc.adapters.describe_dataset`).
+    """
     exclude: frozenset[str] = frozenset()
     dropped: dict[str, str] = {}
     kind = model_kind(model)
+    options = dict(
+        num_samples=num_samples,
+        drop_empty_rows=drop_empty_rows,
+        block_size=block_size,
+        dataset_description=dataset_description,
+    )
     if collate_fn is None:
         prepared = prepare_dataset(
             model,
@@ -405,9 +425,10 @@ def _prepare_data(
             tokenizer=tokenizer,
             text_column=text_column,
             max_length=max_length,
-            num_samples=num_samples,
             seed=cfg.seed,
+            **options,
         )
+        info = prepared.info
         dropped = prepared.dropped
         dataset = prepared.columns if prepared.columns is not None else prepared.dataset
         if loss_fn is None and model_loss_fn is None:
@@ -416,13 +437,23 @@ def _prepare_data(
                 exclude = frozenset({"labels"})
         if prepared.kind == "causal-lm":
             forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
+    else:
+        if block_size is not None:
+            raise ValueError(
+                "block_size is hf_llc's own data preparation, which collate_fn replaces: cut "
+                "the blocks in collate_fn's dataset yourself, or leave collate_fn unset."
+            )
+        info = data_info(dataset, **options)
     data = TensorBatches(dataset, device, collate_fn)
+    info["rows_used"] = data.num_samples
+    if info["rows_in"] is None:
+        info["rows_in"] = data.num_samples
     data.dropped = {**dropped, **data.dropped}
     checks.check_finite_columns(data.columns)
     checks.check_model_data(model, kind, data.columns)
     if model_loss_fn is None:
         checks.check_forward_inputs(model, data.columns, forward_kwargs, data.dropped)
-    return PreparedData(data, loss_fn, model_loss_fn, forward_kwargs, exclude)
+    return PreparedData(data, loss_fn, model_loss_fn, forward_kwargs, exclude, info)
 
 
 def _check_sizes(cfg: SamplerConfig, n: int) -> float:
@@ -486,6 +517,9 @@ def check_inputs(
     text_column: str | None = None,
     max_length: int | None = None,
     num_samples: int | None = None,
+    drop_empty_rows: bool = True,
+    block_size: int | None = None,
+    dataset_description: Mapping[str, Any] | None = None,
     mixed_precision: str | None = None,
     accelerator: Any = None,
     **_unused: Any,
@@ -514,11 +548,17 @@ def check_inputs(
         text_column=text_column,
         max_length=max_length,
         num_samples=num_samples,
+        drop_empty_rows=drop_empty_rows,
+        block_size=block_size,
+        dataset_description=dataset_description,
     )
     data = prepared.data
     _check_sizes(cfg, data.num_samples)
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no trainable parameters (requires_grad=True) to sample.")
+        raise ValueError(
+            "the model has no trainable parameters (requires_grad=True) to sample."
+            + frozen_adapter_hint(model)
+        )
     with _eval_mode(model):
         # The loss at w* is the model's own forward: no flat copy of the weights is needed
         # (for a large model it would be a second copy in memory).
@@ -614,6 +654,8 @@ class Posterior:
     precond_diagonal: Tensor | None
     #: Seconds spent computing L_n(w*).
     init_seconds: float
+    #: What became of the dataset's rows (``diagnostics["data"]``, see :func:`_prepare_data`).
+    data_info: dict[str, Any] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -660,7 +702,9 @@ def build_posterior(
     if init_n != data.num_samples:
         cache = None
     t_init = time.perf_counter() - t0
-    return Posterior(flat, problem, w_star, nbeta, init_loss, cache, precond_diag, t_init)
+    return Posterior(
+        flat, problem, w_star, nbeta, init_loss, cache, precond_diag, t_init, prepared.info
+    )
 
 
 @contextmanager
@@ -677,6 +721,9 @@ def open_posterior(
     text_column: str | None = None,
     max_length: int | None = None,
     num_samples: int | None = None,
+    drop_empty_rows: bool = True,
+    block_size: int | None = None,
+    dataset_description: Mapping[str, Any] | None = None,
     accelerator: Any = None,
     mixed_precision: str | None = None,
     output_dir: str | Path | None = None,
@@ -712,6 +759,9 @@ def open_posterior(
         text_column=text_column,
         max_length=max_length,
         num_samples=num_samples,
+        drop_empty_rows=drop_empty_rows,
+        block_size=block_size,
+        dataset_description=dataset_description,
     )
     nbeta = _check_sizes(cfg, prepared.data.num_samples)
     with _eval_mode(model):
