@@ -25,6 +25,7 @@ _EXPORTS = {
     "estimate_llc": ".estimator",
     "LLCCallback": ".integrations",
     "load_checkpoint": ".loading",
+    "push_llc_to_hub": ".modelcard",
     "read_llc_from_model_card": ".modelcard",
     "write_llc_to_model_card": ".modelcard",
     "DLNConfig": ".models.dln",
@@ -45,7 +46,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .estimator import LLCResult, estimate_llc
     from .integrations import LLCCallback
     from .loading import load_checkpoint
-    from .modelcard import read_llc_from_model_card, write_llc_to_model_card
+    from .modelcard import push_llc_to_hub, read_llc_from_model_card, write_llc_to_model_card
     from .models.dln import (
         DLNConfig,
         DLNModel,
@@ -74,6 +75,7 @@ __all__ = [
     "make_dln_problem",
     "model_targets",
     "OutputDirLocked",
+    "push_llc_to_hub",
     "read_llc_from_model_card",
     "SamplerConfig",
     "write_llc_to_model_card",
