@@ -79,7 +79,13 @@ from huggingface_hub.utils import validate_repo_id, yaml_dump
 
 from ._text import fmt
 from ._version import __version__
-from .serialization import atomic_write, check_output_path, settings_hash, to_plain
+from .serialization import (
+    atomic_write,
+    check_format,
+    check_output_path,
+    settings_hash,
+    to_plain,
+)
 
 __all__ = [
     "LLC_CARD_TEMPLATE",
@@ -724,6 +730,7 @@ def _line_ending(text: str) -> str:
 
 def _getter(result: Any):
     if isinstance(result, Mapping):
+        check_format(result, "llc_result")  # not, say, a calibration's dict
         return result.get
     return lambda key: getattr(result, key, None)
 
