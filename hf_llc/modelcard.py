@@ -971,12 +971,20 @@ def _card_dataset_name(name: str, card_dir: Path | None) -> str:
     return text
 
 
+#: Suffixes of local data files: a name ending in one is a path, not a Hub dataset id, even
+#: where the file is not found from here (a result read back on another machine).
+_DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow")
+
+
 def _dataset_type(name: str) -> str:
-    """``dataset.type`` of a ``model-index`` entry: a Hub id as given, a local dataset by its
-    file or folder name (never a path of this machine)."""
+    """``dataset.type`` of a ``model-index`` entry: a Hub id as given, a local dataset (a path
+    that exists, an absolute or ``./`` path, a data file's name) by its file or folder name,
+    never a path of this machine."""
     text = str(name)
     if _is_local_path(text):
         return Path(os.path.expanduser(text)).resolve().name or text
+    if text.startswith(("./", "../", ".\\", "..\\")) or text.lower().endswith(_DATA_FILE_SUFFIXES):
+        return Path(text.replace("\\", "/")).name or text
     return text
 
 

@@ -380,6 +380,14 @@ def test_local_dataset_path_never_becomes_dataset_type(tmp_path):
     assert str(tmp_path) not in text
 
 
+@pytest.mark.parametrize("name", ["data/train.jsonl", "./corpus", "../shared/dev.csv"])
+def test_recorded_local_path_not_found_here_is_not_a_dataset_type(name):
+    """A result read back elsewhere records a path that does not exist here."""
+    result = make_result(diagnostics={"data": {"dataset": {"name": name}}})
+    ev = llc_eval_result(result)
+    assert "/" not in ev.dataset_type and ev.dataset_type == name.rsplit("/", 1)[-1]
+
+
 def test_llc_results_keep_their_place_among_other_results():
     """LLC results sit where the first one was; other tasks' results keep order and values."""
     text = update_llc_card_text(CARD, make_result(), dataset_name="a", date=DATE)
