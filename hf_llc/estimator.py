@@ -186,8 +186,10 @@ class LLCResult:
         ``arviz.rhat`` and ``arviz.ess`` (bulk, tail) of ``llc`` are the statistics hf_llc
         computes itself (``diagnostics["rhat_rank"]``, ``["ess_bulk"]``, ``["ess_tail"]``,
         the same definitions of Vehtari et al. 2021) when the result has no paired trace
-        (``diagnostics["checks"]["trace"] == "loss"``); with the per-sample cache hf_llc's are
-        of the paired excess, which the result does not store. Needs arviz
+        (``diagnostics["checks"]["trace"] == "loss"``): R̂ to machine precision, the ESS too
+        unless the draws stay correlated over the whole chain, where the two cut the sum of
+        autocorrelations at slightly different lags (docs/results.md). With the per-sample
+        cache hf_llc's are of the paired excess, which the result does not store. Needs arviz
         (``pip install 'hf-llc[arviz]'``).
 
         Raises:
