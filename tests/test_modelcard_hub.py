@@ -380,7 +380,7 @@ def test_local_dataset_path_never_becomes_dataset_type(tmp_path):
     assert str(tmp_path) not in text
 
 
-@pytest.mark.parametrize("name", ["data/train.jsonl", "./corpus", "../shared/dev.csv"])
+@pytest.mark.parametrize("name", ["data/train.jsonl", "./corpus", "../corpora/dev.csv"])
 def test_recorded_local_path_not_found_here_is_not_a_dataset_type(name):
     """A result read back elsewhere records a path that does not exist here."""
     result = make_result(diagnostics={"data": {"dataset": {"name": name}}})
