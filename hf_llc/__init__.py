@@ -29,6 +29,7 @@ _EXPORTS = {
     "LLCCallback": ".integrations",
     "load_checkpoint": ".loading",
     "tokenizer_path": ".loading",
+    "push_llc_to_hub": ".modelcard",
     "read_llc_from_model_card": ".modelcard",
     "write_llc_to_model_card": ".modelcard",
     "DLNConfig": ".models.dln",
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .estimator import LLCResult, estimate_llc
     from .integrations import LLCCallback
     from .loading import load_checkpoint, tokenizer_path
-    from .modelcard import read_llc_from_model_card, write_llc_to_model_card
+    from .modelcard import push_llc_to_hub, read_llc_from_model_card, write_llc_to_model_card
     from .models.dln import (
         DLNConfig,
         DLNModel,
@@ -90,6 +91,7 @@ __all__ = [
     "model_task",
     "normalise_task",
     "OutputDirLocked",
+    "push_llc_to_hub",
     "read_llc_from_model_card",
     "SamplerConfig",
     "set_verbosity",

@@ -27,6 +27,7 @@ choice are in ``LLCResult.diagnostics["calibration"]`` and in the model card.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,7 +44,7 @@ from .diagnostics import flatness_threshold, trace_flatness
 from .plotting import _import_matplotlib, save_figure
 from .posterior import Posterior, RunContext, checked_config, open_posterior
 from .sampling import SamplerConfig, run_chain
-from .serialization import to_plain
+from .serialization import check_format, format_header, to_plain, write_json
 
 #: Mean MALA acceptance a pilot needs to be chosen ("healthy ≈ 0.9"): the Euler step inflates
 #: the stiffest directions' variance by 1 / (1 − εh/2), so the bias grows as acceptance falls.
@@ -74,9 +75,11 @@ class CalibrationResult:
     pilot: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (see :meth:`from_dict`)."""
+        """JSON-ready dict (see :meth:`from_dict`), headed by ``"format":
+        "hf_llc.calibration_result"`` and ``"format_version"``."""
         return to_plain(
             {
+                **format_header("calibration_result"),
                 "sweep": self.sweep,
                 "chosen_step_size": self.chosen_step_size,
                 "reason": self.reason,
@@ -87,8 +90,12 @@ class CalibrationResult:
         )
 
     @classmethod
-    def from_dict(cls, data: dict) -> CalibrationResult:
-        """Inverse of :meth:`to_dict` (``None`` values, as JSON leaves NaN, become NaN)."""
+    def from_dict(cls, data: dict, *, source: str | Path | None = None) -> CalibrationResult:
+        """Inverse of :meth:`to_dict` (``None`` values, as JSON leaves NaN, become NaN; other
+        keys, such as the CLI's ``model`` and ``config``, are ignored). A dict without
+        ``format`` loads too; another kind of file or a newer ``format_version`` raises
+        ``ValueError`` (``source`` names the file)."""
+        check_format(data, "calibration_result", source)
         nan = float("nan")
         rows = [
             {
@@ -105,6 +112,15 @@ class CalibrationResult:
             min_acceptance=data.get("min_acceptance", DEFAULT_MIN_ACCEPTANCE),
             pilot=data.get("pilot") or {},
         )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the sweep as JSON (atomically; see :func:`hf_llc.serialization.write_json`)."""
+        return write_json(path, self.to_dict(), make_parents=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationResult:
+        """Read a sweep written by :meth:`save` (or ``hf-llc calibrate --output``)."""
+        return cls.from_dict(json.loads(Path(path).read_text()), source=path)
 
     def table(self) -> str:
         """The sweep as a plain-text table, the chosen row marked with ``*``."""

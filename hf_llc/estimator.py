@@ -19,6 +19,7 @@ runs the chains and :func:`_assemble` turns them into an :class:`LLCResult`.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import signal
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from ._logging import get_logger
 from ._text import fmt as _fmt
 from ._text import table_lines
+from ._version import __version__
 from .calibration import calibrate_posterior
 from .checkpoint import (
     PARTIAL_RESULT,
@@ -62,7 +64,7 @@ from .posterior import (
 )
 from .sampling import ChainResult, SamplerConfig, run_chains
 from .sampling.chain import max_curvature
-from .serialization import to_plain, write_json
+from .serialization import check_format, format_header, to_plain, write_json
 
 logger = get_logger(__name__)
 
@@ -109,8 +111,10 @@ class LLCResult:
     llc_paired_per_chain: list[float] | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready dict of plain floats and lists (missing values are ``None``)."""
-        out = {}
+        """JSON-ready dict of plain floats and lists (missing values are ``None``), headed by
+        ``"format": "hf_llc.llc_result"`` and ``"format_version"`` (see
+        :func:`hf_llc.serialization.format_header`)."""
+        out = format_header("llc_result")
         for key in self.__dataclass_fields__:
             out[key] = to_plain(getattr(self, key))
         return out
@@ -120,7 +124,12 @@ class LLCResult:
         return write_json(path, self.to_dict(), make_parents=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> LLCResult:
+    def from_dict(cls, data: dict, *, source: str | Path | None = None) -> LLCResult:
+        """Inverse of :meth:`to_dict`; keys it does not know (``format``, the CLI's ``model``
+        and ``dataset``) are ignored. A dict without ``format`` (written before it existed)
+        loads too; another kind of file or a newer ``format_version`` raises ``ValueError``
+        (``source`` names the file)."""
+        check_format(data, "llc_result", source)
         data = dict(data)
         trace = data.get("loss_trace") or []
         data["loss_trace"] = np.array(
@@ -135,8 +144,113 @@ class LLCResult:
 
     @classmethod
     def load(cls, path: str | Path) -> LLCResult:
-        """Read a result written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a result written by :meth:`save` (or the CLI's ``--output``)."""
+        return cls.from_dict(json.loads(Path(path).read_text()), source=path)
+
+    def llc_trace(self) -> np.ndarray:
+        """(chains × draws) of nβ·(L_{B_t}(w_t) − L_n(w*)): the draws whose mean over a chain
+        is its λ̂_c (``llc_per_chain``); NaN where ``loss_trace`` is."""
+        return self.nbeta * (np.asarray(self.loss_trace, dtype=np.float64) - self.init_loss)
+
+    def to_pandas(self):
+        """The draws in long format: a ``pandas.DataFrame`` with one row per chain × draw.
+
+        Columns: ``chain`` and ``draw`` (0-based), ``loss`` (L_{B_t}(w_t), the minibatch loss
+        of draw t), ``llc`` (nβ·(loss − L_n(w*)), whose mean over a chain's draws is its λ̂_c),
+        ``step_size`` (the chain's step size during the draws, when recorded) and ``diverged``
+        (whether the chain diverged; its draws after the divergence are NaN). Needs pandas
+        (``pip install 'hf-llc[pandas]'``).
+        """
+        pd = _import_extra("pandas", "LLCResult.to_pandas()")
+        trace = self._trace_2d()
+        chains, draws = trace.shape
+        chain = np.repeat(np.arange(chains), draws)
+        columns = {
+            "chain": chain,
+            "draw": np.tile(np.arange(draws), chains),
+            "loss": trace.reshape(-1),
+            "llc": self.nbeta * (trace.reshape(-1) - self.init_loss),
+        }
+        steps = self._step_sizes(chains)
+        if steps is not None:
+            columns["step_size"] = np.repeat(steps, draws)
+        columns["diverged"] = np.isin(chain, sorted(self._diverged_chains()))
+        return pd.DataFrame(columns)
+
+    def to_inference_data(self, *, include_diverged: bool = False):
+        """The draws as an ``arviz.InferenceData``, for ArviZ's summaries and plots.
+
+        ``posterior`` holds ``llc`` (nβ·(L_{B_t}(w_t) − L_n(w*)), see :meth:`llc_trace`) and
+        ``loss`` per chain and draw; ``sample_stats`` the chain's ``step_size`` per draw when
+        recorded. The ``chain`` coordinate keeps hf_llc's chain numbers; diverged chains are
+        left out unless ``include_diverged`` (their draws after the divergence are NaN, which
+        makes ArviZ's statistics NaN). The attributes hold λ̂, nβ, L_n(w*), n and hf_llc's own
+        convergence statistics.
+
+        ``arviz.rhat`` and ``arviz.ess`` (bulk, tail) of ``llc`` are the statistics hf_llc
+        computes itself (``diagnostics["rhat_rank"]``, ``["ess_bulk"]``, ``["ess_tail"]``,
+        the same definitions of Vehtari et al. 2021) when the result has no paired trace
+        (``diagnostics["checks"]["trace"] == "loss"``): R̂ to machine precision, the ESS too
+        unless the draws stay correlated over the whole chain, where the two cut the sum of
+        autocorrelations at slightly different lags (docs/results.md). With the per-sample
+        cache hf_llc's are of the paired excess, which the result does not store. Needs arviz
+        (``pip install 'hf-llc[arviz]'``).
+
+        Raises:
+            ValueError: every chain diverged (and ``include_diverged`` is false).
+        """
+        az = _import_extra("arviz", "LLCResult.to_inference_data()")
+        trace = self._trace_2d()
+        chains, draws = trace.shape
+        diverged = self._diverged_chains()
+        keep = [c for c in range(chains) if include_diverged or c not in diverged]
+        if not keep:
+            raise ValueError(
+                "every chain diverged: there are no draws to export (pass include_diverged=True "
+                "for the NaN-padded traces)."
+            )
+        posterior = {"llc": self.llc_trace()[keep], "loss": trace[keep]}
+        steps = self._step_sizes(chains)
+        sample_stats = None
+        if steps is not None:
+            sample_stats = {"step_size": np.repeat(steps[keep, None], draws, axis=1)}
+        diag = self.diagnostics or {}
+        attrs = {
+            "inference_library": "hf_llc",
+            "inference_library_version": __version__,
+            "llc_mean": self.llc_mean,
+            "llc_std": self.llc_std,
+            "nbeta": self.nbeta,
+            "init_loss": self.init_loss,
+            "num_samples": self.num_samples,
+            **{f"hf_llc_{k}": diag.get(k) for k in ("rhat_rank", "ess_bulk", "ess_tail")},
+        }
+        attrs = {k: v for k, v in to_plain(attrs).items() if v is not None}
+        return az.from_dict(
+            posterior=posterior,
+            sample_stats=sample_stats,
+            coords={"chain": keep, "draw": np.arange(draws)},
+            attrs=attrs,
+        )
+
+    def _trace_2d(self) -> np.ndarray:
+        trace = np.asarray(self.loss_trace, dtype=np.float64)
+        if trace.ndim != 2:
+            trace = trace.reshape(len(self.llc_per_chain), -1)
+        return trace
+
+    def _diverged_chains(self) -> set[int]:
+        return {
+            d.get("chain")
+            for d in (self.diagnostics or {}).get("divergences") or []
+            if isinstance(d, Mapping)
+        }
+
+    def _step_sizes(self, chains: int) -> np.ndarray | None:
+        steps = (self.diagnostics or {}).get("step_size_per_chain")
+        if steps is None or len(steps) != chains:
+            return None
+        return np.array([np.nan if s is None else s for s in steps], dtype=np.float64)
 
     def plot(self, path: str | Path | None = None, *, title: str | None = None):
         """Trace and per-chain λ̂ figure (needs the ``plot`` extra); saved to ``path`` if given."""
@@ -210,6 +324,16 @@ class LLCResult:
         return "\n".join(
             [f"{line}\nverdict: {self.verdict}", *(f"  {r}" for r in self.verdict_reasons)]
         )
+
+
+def _import_extra(name: str, what: str):
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(
+            f"{what} needs {name}: pip install 'hf-llc[{name}]' (or pip install {name})."
+        ) from err
 
 
 @releases_run_locks  # the output_dir lock is released however the call ends

@@ -1,38 +1,52 @@
-"""Record LLC estimates in a Hugging Face model card (README.md).
+"""Record LLC estimates in a Hugging Face model card (README.md), locally or on the Hub.
 
     from hf_llc.modelcard import write_llc_to_model_card, read_llc_from_model_card
     write_llc_to_model_card("my-model/", result, dataset_name="wikitext",
                             dataset_config="wikitext-2-raw-v1", dataset_split="train")
     read_llc_from_model_card("my-model/")  # -> [{"value": ..., "std": ..., ...}]
 
+    from hf_llc import push_llc_to_hub
+    push_llc_to_hub("user/my-model", result, dataset_name="wikitext")  # opens a pull request
+
 What is written, in the card's YAML front matter:
 
 * ``model-index``: one metric per estimate, ``type: llc``, ``name: Local Learning
   Coefficient``, ``value`` = λ̂ (a plain float), under a result whose ``task.type`` is
-  ``local-learning-coefficient`` and whose ``dataset`` carries the dataset's name, config and
-  split. The metric's ``config`` is the estimate's settings id (a hash of the sampler settings
-  and nβ) and its ``args`` hold ``std`` (the spread of λ̂ over chains), ``stderr``, ``nbeta``,
-  ``num_samples``, ``num_chains``, ``num_draws`` and ``seed``. All of this round-trips through
-  :class:`huggingface_hub.ModelCardData` / :class:`huggingface_hub.EvalResult` (``metric_config``
-  and ``metric_args``), and estimates of one dataset/config/split share one result, which is
-  how ``ModelCardData`` groups them, so a later ``ModelCard`` save leaves them as they are.
+  ``local-learning-coefficient`` and whose ``dataset`` carries the dataset's name, config,
+  split and revision (``dataset.type`` is the Hub id, or a local dataset's file name). The
+  metric's ``config`` is the estimate's settings id (a hash of the sampler settings and nβ)
+  and its ``args`` hold ``std`` (the spread of λ̂ over chains), ``stderr``, ``nbeta``,
+  ``num_samples``, ``num_chains``, ``num_draws`` and ``seed``. The entry is a
+  :class:`huggingface_hub.EvalResult` (:func:`llc_eval_result`), merged with the LLC results
+  already in the card by huggingface_hub's ``model_index_to_eval_results`` /
+  ``eval_results_to_model_index``, so estimates of one dataset/config/split/revision share one
+  result, as ``ModelCardData`` groups them, and a later ``ModelCard`` save leaves them as
+  they are.
 * ``hf_llc``: a list with one entry per estimate holding everything needed to reproduce it:
-  the value, std, stderr and per-chain values, the dataset's name/config/split/fingerprint,
-  the full sampler settings, nβ, n, the seed, chains × draws, the initial loss, the model
-  revision, library versions, the UTC date and a small diagnostics summary (chains used,
-  rank-normalized R̂ and bulk/tail ESS, MALA acceptance, number of divergences and restarts,
-  the verdict and its reasons, and, for ``step_size="auto"``, the chosen step size with the
-  grid it was chosen from).
+  the value, std, stderr and per-chain values, the dataset's
+  name/config/split/revision/fingerprint, the full sampler settings, nβ, n, the seed,
+  chains × draws, the initial loss, the model revision, library versions, the UTC date, a
+  small diagnostics summary (chains used, rank-normalized R̂ and bulk/tail ESS, MALA
+  acceptance, number of divergences and restarts, the verdict and its reasons, and, for
+  ``step_size="auto"``, the chosen step size with the grid it was chosen from) and, for the
+  LLC of a PEFT adapter, the ``adapter`` the result records (type, base model, rank, …).
 
 and in its body, a ``## Local Learning Coefficient`` section (between the HTML comments
 ``<!-- hf_llc:llc:start -->`` and ``<!-- hf_llc:llc:end -->``) with a table of every recorded
 estimate and the trace plots, regenerated from the ``hf_llc`` entries on each write.
 
-An estimate is identified by dataset name + config + split + settings id; writing it again
-replaces its entry, anything else adds one. The rest of the card is kept as it was: the YAML
-text of every other top-level key (comments and formatting included) and the body outside
-the markers are copied byte for byte; only the ``model-index`` and ``hf_llc`` keys are
-re-serialised (values of other ``model-index`` results are unchanged, their formatting may be).
+The dataset is the one given (``dataset_name=`` …), else the one the result records in
+``diagnostics["data"]["dataset"]``. An estimate is identified by dataset name + config +
+split + revision + settings id; writing it again replaces its entry, anything else adds one.
+The rest of the card is kept as it was: the YAML text of every other top-level key (comments
+and formatting included) and the body outside the markers are copied byte for byte; only the
+``model-index`` and ``hf_llc`` keys are re-serialised (results of other tasks keep their
+values and place, their formatting may change).
+
+:func:`update_llc_card_text` does all of this on a string; :func:`write_llc_to_model_card`
+applies it to a local file, :func:`push_llc_to_hub` to a Hub repo's README.md (one commit,
+a pull request by default; :func:`check_hub_model_card` is its pre-flight). The Hub functions
+are tested offline only, against a mocked ``huggingface_hub.HfApi``.
 
 ``transformers.Trainer.create_model_card()`` (and ``Trainer.push_to_hub()``) rewrite
 README.md from scratch, dropping what was recorded here: write the LLC after them.
@@ -52,19 +66,37 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import ModelCard
-from huggingface_hub.utils import yaml_dump
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard
+from huggingface_hub.errors import (
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from huggingface_hub.utils import validate_repo_id, yaml_dump
 
 from ._text import fmt
 from ._version import __version__
-from .serialization import atomic_write, check_output_path, settings_hash, to_plain
+from .serialization import (
+    atomic_write,
+    check_format,
+    check_output_path,
+    settings_hash,
+    to_plain,
+)
 
 __all__ = [
     "LLC_CARD_TEMPLATE",
     "LLC_METRIC_TYPE",
     "LLC_TASK_TYPE",
+    "check_hub_model_card",
     "check_model_card",
+    "llc_eval_result",
+    "push_llc_to_hub",
     "read_llc_from_model_card",
+    "update_llc_card_text",
     "write_llc_to_model_card",
 ]
 
@@ -103,9 +135,10 @@ def write_llc_to_model_card(
     model_dir_or_readme: str | os.PathLike,
     result: Any,
     *,
-    dataset_name: str,
-    dataset_split: str = "train",
+    dataset_name: str | None = None,
+    dataset_split: str | None = None,
     dataset_config: str | None = None,
+    dataset_revision: str | None = None,
     dataset_fingerprint: str | None = None,
     model_name: str | None = None,
     model_revision: str | None = None,
@@ -119,8 +152,13 @@ def write_llc_to_model_card(
             ``.md`` card. A missing card is created from :data:`LLC_CARD_TEMPLATE`.
         result: an :class:`hf_llc.LLCResult`, or the dict of its ``to_dict()``.
         dataset_name: the dataset's Hub id (or a descriptive name), e.g. ``"wikitext"``.
-        dataset_split: the split the estimate used.
-        dataset_config: the dataset's config name, if any.
+            Default: the dataset the result records (``result.diagnostics["data"]["dataset"]``,
+            when the estimate was made on a Hub dataset); one of the two is required.
+        dataset_split: the split the estimate used (default: the recorded one, else
+            ``"train"``).
+        dataset_config: the dataset's config name, if any (default: the recorded one).
+        dataset_revision: the dataset's commit/revision (default: the recorded one); estimates
+            on different revisions are different entries.
         dataset_fingerprint: e.g. ``datasets.Dataset._fingerprint``, to pin the exact data.
         model_name: the ``model-index`` name and the new card's title when the card has
             none (default: the directory's name). When the card's ``model-index`` lists
@@ -130,74 +168,184 @@ def write_llc_to_model_card(
         plot_path: a trace plot to link from the card; a path inside the model directory is
             written relative to it (so it renders on the Hub once uploaded with the card), any
             other as its file name only (no local absolute path goes into a card). A local
-            ``dataset_name`` (a file or folder) is shown the same way.
+            ``dataset_name`` (a file or folder) is shown the same way, and its ``model-index``
+            ``dataset.type`` is its file name (never a local path).
         date: override the recorded UTC date (ISO string or datetime); for reproducible
             output in tests.
 
-    Writing the same dataset + config + split + sampler settings again replaces that entry
-    (metadata and table row); other metadata keys and body text are left untouched, and a
-    UTF-8 byte order mark before the front matter is kept. The file is replaced atomically;
-    a symbolic link is written through to its target. ``Trainer.create_model_card()``
+    Writing the same dataset + config + split + revision + sampler settings again replaces
+    that entry (metadata and table row); other metadata keys and body text are left untouched,
+    and a UTF-8 byte order mark before the front matter is kept. The file is replaced
+    atomically; a symbolic link is written through to its target. ``Trainer.create_model_card()``
     rewrites README.md, so call this after it. Everything that can be checked before
-    sampling is checked by :func:`check_model_card`.
+    sampling is checked by :func:`check_model_card`. The text itself is made by
+    :func:`update_llc_card_text`.
 
     Raises:
         ValueError: the card's YAML metadata (or its LLC section markers) is malformed, the
             card is read-only or not a regular file, ``model_name`` does not choose one
-            ``model-index`` block (the file is left untouched), or λ̂ is not finite.
+            ``model-index`` block (the file is left untouched), λ̂ is not finite, or no
+            dataset name is given or recorded.
         FileNotFoundError: the model directory does not exist.
     """
     readme = check_model_card(model_dir_or_readme, model_name=model_name, what="model card")
+    bom, original = _read_card(readme)
+    folder_name = readme.parent.resolve().name
+    if original is None:
+        original = LLC_CARD_TEMPLATE.replace("{model_name}", model_name or folder_name or "Model")
+    text = update_llc_card_text(
+        bom + original,
+        result,
+        dataset_name=dataset_name,
+        dataset_split=dataset_split,
+        dataset_config=dataset_config,
+        dataset_revision=dataset_revision,
+        dataset_fingerprint=dataset_fingerprint,
+        model_name=model_name,
+        model_revision=model_revision,
+        plot_path=plot_path,
+        date=date,
+        card_dir=readme.parent,
+        default_model_name=folder_name or "model",
+        source=readme,
+    )
+    # A symlinked README.md is written through to its target.
+    atomic_write(readme, text.encode("utf-8"))
+    return readme
 
+
+def update_llc_card_text(
+    text: str | None,
+    result: Any,
+    *,
+    dataset_name: str | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
+    dataset_revision: str | None = None,
+    dataset_fingerprint: str | None = None,
+    model_name: str | None = None,
+    model_revision: str | None = None,
+    plot_path: str | os.PathLike | None = None,
+    date: str | datetime | None = None,
+    card_dir: str | os.PathLike | None = None,
+    default_model_name: str = "model",
+    source: str | os.PathLike = "README.md",
+) -> str:
+    """The text of a model card with an LLC estimate recorded in it (no file is touched).
+
+    The pure core of :func:`write_llc_to_model_card` and :func:`push_llc_to_hub`: ``text`` is
+    the card's current text (``None``: a new card from :data:`LLC_CARD_TEMPLATE`), the other
+    arguments are theirs. The ``model-index`` entry is :func:`llc_eval_result`'s, merged with
+    the LLC results already there through huggingface_hub's
+    :func:`~huggingface_hub.repocard_data.model_index_to_eval_results` and
+    :func:`~huggingface_hub.repocard_data.eval_results_to_model_index`; results of other tasks
+    keep their values and place. Every other metadata key's YAML text and the body outside the
+    LLC section are kept byte for byte, as is a UTF-8 byte order mark.
+
+    Args:
+        card_dir: the folder the card lives in, to show local paths (``plot_path``, a local
+            dataset) relative to it; ``None`` (a card on the Hub): ``plot_path`` is written as
+            given when relative (the file's path in the repository), as its file name when
+            absolute.
+        default_model_name: the ``model-index`` name when ``model_name`` is not given and the
+            card has no ``model-index`` yet (and the new card's title).
+        source: what the errors call the card.
+
+    Raises:
+        ValueError: as :func:`write_llc_to_model_card`.
+    """
+    bom = ""
+    if text is None:
+        text = LLC_CARD_TEMPLATE.replace("{model_name}", model_name or default_model_name)
+    elif text.startswith(_BOM):
+        bom, text = _BOM, text[len(_BOM) :]
     get = _getter(result)
     value = to_plain(get("llc_mean"))
     if value is None:
         raise ValueError(
-            f"cannot record a non-finite LLC ({get('llc_mean')!r}) in {readme}: "
+            f"cannot record a non-finite LLC ({get('llc_mean')!r}) in {source}: "
             "every chain diverged? Check result.diagnostics['divergences']."
         )
-
-    bom, original = _read_card(readme)
-    if original is None:
-        title = model_name or readme.parent.resolve().name or "Model"
-        original = LLC_CARD_TEMPLATE.replace("{model_name}", title)
-    front, body, data = _parse(original, readme)
-    newline = _line_ending(original)
+    folder = Path(card_dir) if card_dir is not None else None
+    front, body, data = _parse(text, source)
+    newline = _line_ending(text)
     model_index = copy.deepcopy(data.get("model-index")) or []
-    block = _choose_block(model_index, model_name, readme)
+    block = _choose_block(model_index, model_name, source)
 
-    entry = _make_entry(
+    entry, dataset_type = _entry_for(
         get,
         value=value,
-        dataset_name=_card_dataset_name(dataset_name, readme.parent),
-        dataset_config=dataset_config,
+        dataset_name=dataset_name,
         dataset_split=dataset_split,
+        dataset_config=dataset_config,
+        dataset_revision=dataset_revision,
         dataset_fingerprint=dataset_fingerprint,
         model_revision=model_revision,
-        plot=_plot_link(plot_path, readme.parent),
+        plot=_plot_link(plot_path, folder),
         date=date,
+        card_dir=folder,
+        source=source,
     )
     if len(model_index) > 1:
         entry["model_name"] = model_index[block].get("name")  # the estimate is of that model
 
-    entries = _entries(data, readme)
+    entries = _entries(data, source)
     _upsert(entries, entry, _entry_key)
-    name = model_name or readme.parent.resolve().name or "model"
-    _upsert_model_index(model_index, entry, name, block)
+    evaluation = _eval_result(entry, dataset_type)
+    _merge_model_index(model_index, evaluation, model_name or default_model_name, block)
 
     new_front = _set_top_level_keys(
         front, data, {"model-index": model_index, METADATA_KEY: entries}, newline
     )
-    new_body = _set_section(body, _render_section(entries, newline), readme, newline)
-    text = f"---{newline}{new_front}{newline}---{newline}{new_body}"
+    new_body = _set_section(body, _render_section(entries, newline), source, newline)
+    out = f"---{newline}{new_front}{newline}---{newline}{new_body}"
 
     # Whatever we wrote must load as a model card and give our entries back.
-    new_data = _parse(text, readme)[2]
+    new_data = _parse(out, source)[2]
     if new_data.get(METADATA_KEY) != entries:
-        raise RuntimeError(f"internal error: the LLC entries of {readme} did not round-trip.")
-    # A symlinked README.md is written through to its target; the BOM, if any, is kept.
-    atomic_write(readme, (bom + text).encode("utf-8"))
-    return readme
+        raise RuntimeError(f"internal error: the LLC entries of {source} did not round-trip.")
+    return bom + out
+
+
+def llc_eval_result(
+    result: Any,
+    *,
+    dataset_name: str | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
+    dataset_revision: str | None = None,
+) -> EvalResult:
+    """The ``model-index`` entry of an estimate as a :class:`huggingface_hub.EvalResult`.
+
+    ``task_type`` is :data:`LLC_TASK_TYPE`, ``metric_type`` :data:`LLC_METRIC_TYPE`,
+    ``metric_value`` λ̂, ``metric_config`` the estimate's settings id and ``metric_args`` its
+    std, stderr, nβ, n, chains, draws and seed. The dataset arguments default to what the
+    result records, as in :func:`write_llc_to_model_card`; a local dataset path gives its file
+    name as ``dataset_type``. Pass it to ``huggingface_hub.ModelCardData(eval_results=...)``
+    to build a card with huggingface_hub alone.
+
+    Raises:
+        ValueError: λ̂ is not finite, or no dataset name is given or recorded.
+    """
+    get = _getter(result)
+    value = to_plain(get("llc_mean"))
+    if value is None:
+        raise ValueError(f"cannot make a model-index entry of a non-finite LLC ({value!r}).")
+    entry, dataset_type = _entry_for(
+        get,
+        value=value,
+        dataset_name=dataset_name,
+        dataset_split=dataset_split,
+        dataset_config=dataset_config,
+        dataset_revision=dataset_revision,
+        dataset_fingerprint=None,
+        model_revision=None,
+        plot=None,
+        date=None,
+        card_dir=None,
+        source="the model-index entry",
+    )
+    return _eval_result(entry, dataset_type)
 
 
 def check_model_card(
@@ -252,7 +400,9 @@ def _read_card(readme: Path) -> tuple[str, str | None]:
     return "", text
 
 
-def _choose_block(model_index: Any, model_name: str | None, readme: Path) -> int | None:
+def _choose_block(
+    model_index: Any, model_name: str | None, readme: str | os.PathLike
+) -> int | None:
     """The index of the ``model-index`` block to record in (``None``: there is none yet)."""
     if not isinstance(model_index, list) or not model_index:
         return None
@@ -279,24 +429,255 @@ def _choose_block(model_index: Any, model_name: str | None, readme: Path) -> int
     return matches[0]
 
 
-def read_llc_from_model_card(model_dir_or_readme: str | os.PathLike) -> list[dict]:
+def read_llc_from_model_card(
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> list[dict]:
     """The LLC entries recorded in a model card (``[]`` if it has none or does not exist).
 
+    ``model`` is a local model folder or ``.md`` card, or a Hub model repo id
+    (``"user/model"``), whose README.md (at ``revision``, with ``token`` for a private or
+    gated repo) is downloaded through huggingface_hub. A path that exists locally is always
+    read locally; a name that is not a valid repo id is read as a local path.
+
     Each entry is a dict with ``value`` (λ̂), ``std``, ``stderr``, ``per_chain``,
-    ``dataset``, ``dataset_config``, ``dataset_split``, ``dataset_fingerprint``,
-    ``settings_id``, ``settings`` (the sampler settings), ``nbeta``, ``num_samples``,
-    ``num_params``, ``seed``, ``num_chains``, ``num_draws``, ``num_burnin``, ``init_loss``,
-    ``model_revision``, ``versions``, ``date``, ``diagnostics`` and ``plot``.
+    ``dataset``, ``dataset_config``, ``dataset_split``, ``dataset_revision``,
+    ``dataset_fingerprint``, ``settings_id``, ``settings`` (the sampler settings), ``nbeta``,
+    ``num_samples``, ``num_params``, ``seed``, ``num_chains``, ``num_draws``, ``num_burnin``,
+    ``init_loss``, ``model_revision``, ``versions``, ``date``, ``diagnostics`` and ``plot``,
+    and ``adapter`` for the LLC of a PEFT adapter (entries written by older versions lack the
+    newer keys).
 
     Raises:
-        ValueError: the card's metadata is malformed.
+        ValueError: the card's metadata is malformed, or the Hub repo (or revision) cannot be
+            reached.
     """
-    readme = _readme_path(model_dir_or_readme)
-    _, text = _read_card(readme)
-    if text is None:
-        return []
-    _, _, data = _parse(text, readme)
-    return copy.deepcopy(_entries(data, readme))
+    if _is_hub_repo(model):
+        repo_id = str(model)
+        source = _hub_source(repo_id, revision)
+        text = _download_card(HfApi(token=token), repo_id, revision, source)
+        if text is None:
+            return []
+        if text.startswith(_BOM):
+            text = text[len(_BOM) :]
+    else:
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r} is for a Hub repo id, but {model} is a local path."
+            )
+        source = _readme_path(model)
+        text = _read_card(source)[1]
+        if text is None:
+            return []
+    _, _, data = _parse(text, source)
+    return copy.deepcopy(_entries(data, source))
+
+
+def check_hub_model_card(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    model_name: str | None = None,
+) -> str:
+    """Check, before sampling, that :func:`push_llc_to_hub` can record in this Hub repo.
+
+    The repo (at ``revision``) must be reachable with ``token`` (or the saved login), a token
+    must be available at all (a commit needs one), and its README.md, when there is one, must
+    be valid UTF-8 with well-formed metadata whose ``model-index`` ``model_name`` can choose
+    a block of (as :func:`check_model_card` checks a local card). Write access is not
+    checked: with ``create_pr=True`` (the default of :func:`push_llc_to_hub`) a pull request
+    needs none. Returns the commit sha the card was read at.
+
+    Only the offline parts of this (a mocked ``HfApi``) are tested in hf_llc's test suite;
+    the requests to the Hub itself are huggingface_hub's.
+
+    Raises:
+        ValueError: naming the repo and the fix.
+    """
+    api = HfApi(token=token)
+    if token is False or (token is None and _saved_token() is None):
+        raise ValueError(
+            f"pushing to {repo_id} needs a Hugging Face token: log in (hf auth login), set "
+            "HF_TOKEN, or pass token= (--hub-token)."
+        )
+    sha, text = _fetch_hub_card(api, repo_id, revision)
+    if text is not None:
+        source = _hub_source(repo_id, revision)
+        _, _, data = _parse(text[len(_BOM) :] if text.startswith(_BOM) else text, source)
+        _entries(data, source)
+        _choose_block(data.get("model-index") or [], model_name, source)
+    return sha
+
+
+def push_llc_to_hub(
+    repo_id: str,
+    result: Any,
+    *,
+    dataset_name: str | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
+    dataset_revision: str | None = None,
+    dataset_fingerprint: str | None = None,
+    model_name: str | None = None,
+    model_revision: str | None = None,
+    plot_path: str | os.PathLike | None = None,
+    plot_path_in_repo: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = True,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    date: str | datetime | None = None,
+):
+    """Record an LLC estimate in a Hub model repo's README.md, as a pull request by default.
+
+    The repo's current README.md (at ``revision``; a repo without one gets a new card from
+    :data:`LLC_CARD_TEMPLATE`) is updated by :func:`update_llc_card_text`, exactly as
+    :func:`write_llc_to_model_card` updates a local card, and committed with
+    ``HfApi.create_commit`` together with the trace plot ``plot_path`` when given (uploaded
+    to ``plot_path_in_repo``, default its file name, and linked from the card). The commit's
+    parent is the commit the card was read at, so a card changed in between is not
+    overwritten.
+
+    Args:
+        repo_id: the model repo, e.g. ``"user/model"``.
+        result, dataset_*, model_name, model_revision, date: as
+            :func:`write_llc_to_model_card` (``model_name`` defaults to the repo's name).
+        plot_path: a local image file to upload and link from the card.
+        plot_path_in_repo: where the plot goes in the repo (default: its file name).
+        revision: the branch to read the card from and commit to (default ``main``); with
+            ``create_pr=True``, the branch the pull request is opened against.
+        create_pr: open a pull request (the default: the owner reviews it) instead of
+            committing to ``revision`` directly (needs write access).
+        token: a Hub token (default: the saved login or ``HF_TOKEN``).
+        commit_message, commit_description: default: a message naming the estimate.
+
+    Returns:
+        huggingface_hub's ``CommitInfo`` (a ``str``, the commit's URL); its ``pr_url`` is
+        the pull request's URL when ``create_pr``.
+
+    Call :func:`check_hub_model_card` before sampling to find a missing login, a wrong repo
+    id or a malformed card early. Status: the composed commit (files, bytes, arguments) is
+    tested offline against a mocked ``HfApi``; the live Hub round trip is not exercised by
+    hf_llc's tests.
+
+    Raises:
+        ValueError: as :func:`write_llc_to_model_card`, or the repo (or revision) cannot be
+            reached; errors of the commit itself are huggingface_hub's.
+    """
+    if plot_path is not None and not Path(plot_path).is_file():
+        raise ValueError(f"plot_path {plot_path} is not a file; write the plot first.")
+    api = HfApi(token=token)
+    sha, text = _fetch_hub_card(api, repo_id, revision)
+    in_repo = None
+    if plot_path is not None:
+        in_repo = (plot_path_in_repo or Path(plot_path).name).lstrip("/")
+    new_text = update_llc_card_text(
+        text,
+        result,
+        dataset_name=dataset_name,
+        dataset_split=dataset_split,
+        dataset_config=dataset_config,
+        dataset_revision=dataset_revision,
+        dataset_fingerprint=dataset_fingerprint,
+        model_name=model_name,
+        model_revision=model_revision,
+        plot_path=in_repo,
+        date=date,
+        card_dir=None,
+        default_model_name=repo_id.split("/")[-1],
+        source=_hub_source(repo_id, revision),
+    )
+    operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=new_text.encode())]
+    if plot_path is not None:
+        operations.append(
+            CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(Path(plot_path)))
+        )
+    if commit_message is None:
+        get = _getter(result)
+        name = dataset_name or _recorded_dataset(get).get("name")
+        commit_message = (
+            f"Record the local learning coefficient on {_card_dataset_name(name, None)} "
+            f"(λ̂ = {to_plain(get('llc_mean')):.4g}, hf_llc)"
+        )
+    return api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message=commit_message,
+        commit_description=commit_description or _commit_description(),
+        revision=revision,
+        create_pr=create_pr,
+        parent_commit=sha,
+    )
+
+
+def _commit_description() -> str:
+    return f"Written by hf_llc {__version__} (push_llc_to_hub)."
+
+
+def _saved_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def _is_hub_repo(model: str | os.PathLike) -> bool:
+    """A Hub repo id: not an existing local path, not a ``.md`` file, a valid repo id."""
+    if not isinstance(model, str) or os.path.exists(model) or model.lower().endswith(".md"):
+        return False
+    if model.startswith((".", "~", "/")) or os.sep != "/" and os.sep in model:
+        return False
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_source(repo_id: str, revision: str | None) -> str:
+    """How errors name a Hub card."""
+    return f"README.md of {repo_id}" + (f" (revision {revision})" if revision else "")
+
+
+def _hub_error(repo_id: str, revision: str | None, err: Exception) -> ValueError:
+    if isinstance(err, RevisionNotFoundError):
+        fix = f"revision {revision!r} does not exist there; pass an existing branch or commit"
+    elif isinstance(err, RepositoryNotFoundError):  # also gated repos and missing logins
+        fix = (
+            "check the repo id, and for a private or gated repo your login (hf auth login, "
+            "HF_TOKEN or token=)"
+        )
+    elif isinstance(err, OfflineModeIsEnabled):
+        fix = "HF_HUB_OFFLINE is set; unset it to reach the Hub"
+    else:
+        fix = "check the repo id and your connection"
+    return ValueError(f"cannot read Hub model repo {repo_id}: {type(err).__name__}: {fix}.")
+
+
+def _fetch_hub_card(api, repo_id: str, revision: str | None) -> tuple[str, str | None]:
+    """(the commit sha at ``revision``, README.md's text there or ``None`` without one)."""
+    try:
+        sha = api.model_info(repo_id, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled) as err:
+        raise _hub_error(repo_id, revision, err) from err
+    return sha, _download_card(api, repo_id, sha, _hub_source(repo_id, revision))
+
+
+def _download_card(api, repo_id: str, revision: str | None, source: str) -> str | None:
+    """README.md's text at ``revision`` (``None``: the repo has none)."""
+    try:
+        path = api.hf_hub_download(repo_id, "README.md", revision=revision)
+    except RemoteEntryNotFoundError:
+        return None
+    except (RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled) as err:
+        raise _hub_error(repo_id, revision, err) from err
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source} is not UTF-8 text ({err}); save it as UTF-8.") from err
 
 
 # --------------------------------------------------------------------------- parsing
@@ -309,7 +690,7 @@ def _readme_path(path: str | os.PathLike) -> Path:
     return path / "README.md"
 
 
-def _parse(text: str, readme: Path) -> tuple[str | None, str, dict]:
+def _parse(text: str, readme: str | os.PathLike) -> tuple[str | None, str, dict]:
     """(YAML text or None, body, metadata dict), validated by huggingface_hub's ModelCard."""
     match = _YAML_BLOCK.search(text) or _EMPTY_BLOCK.search(text)
     front, body = (match.group(2), text[match.end() :]) if match else (None, text)
@@ -330,7 +711,7 @@ def _parse(text: str, readme: Path) -> tuple[str | None, str, dict]:
     return front, body, data
 
 
-def _entries(data: dict, readme: Path) -> list[dict]:
+def _entries(data: dict, readme: str | os.PathLike) -> list[dict]:
     entries = data.get(METADATA_KEY) or []
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ValueError(
@@ -349,8 +730,74 @@ def _line_ending(text: str) -> str:
 
 def _getter(result: Any):
     if isinstance(result, Mapping):
+        check_format(result, "llc_result")  # not, say, a calibration's dict
         return result.get
     return lambda key: getattr(result, key, None)
+
+
+def _recorded_dataset(get) -> dict:
+    """The dataset the result records (``diagnostics["data"]["dataset"]``: name, config,
+    split, revision), as plain strings; ``{}`` when it records none."""
+    diag = get("diagnostics")
+    data = diag.get("data") if isinstance(diag, Mapping) else None
+    dataset = data.get("dataset") if isinstance(data, Mapping) else None
+    if not isinstance(dataset, Mapping):
+        return {}
+    out = {}
+    for key in ("name", "config", "split", "revision"):
+        value = dataset.get(key)
+        if value is not None and str(value) != "":
+            out[key] = str(value)
+    return out
+
+
+def _recorded_adapter(get) -> dict | None:
+    """The PEFT adapter the result records (``diagnostics["adapter"]``), if any."""
+    diag = get("diagnostics")
+    adapter = diag.get("adapter") if isinstance(diag, Mapping) else None
+    return to_plain(dict(adapter)) if isinstance(adapter, Mapping) and adapter else None
+
+
+def _entry_for(
+    get,
+    *,
+    value,
+    dataset_name,
+    dataset_split,
+    dataset_config,
+    dataset_revision,
+    dataset_fingerprint,
+    model_revision,
+    plot,
+    date,
+    card_dir: Path | None,
+    source,
+) -> tuple[dict, str]:
+    """The ``hf_llc`` entry of an estimate (the arguments given, else what the result
+    records: dataset name, config, split, revision; else the defaults) and the
+    ``model-index`` ``dataset.type`` of its dataset."""
+    recorded = _recorded_dataset(get)
+    name = dataset_name if dataset_name is not None else recorded.get("name")
+    if name is None or str(name) == "":
+        raise ValueError(
+            f"cannot record the LLC in {source} without a dataset name: pass dataset_name= "
+            "(the result does not record the dataset it was estimated on)."
+        )
+    entry = _make_entry(
+        get,
+        value=value,
+        dataset_name=_card_dataset_name(name, card_dir),
+        dataset_config=dataset_config if dataset_config is not None else recorded.get("config"),
+        dataset_split=dataset_split or recorded.get("split") or "train",
+        dataset_revision=(
+            dataset_revision if dataset_revision is not None else recorded.get("revision")
+        ),
+        dataset_fingerprint=dataset_fingerprint,
+        model_revision=model_revision,
+        plot=plot,
+        date=date,
+    )
+    return entry, _dataset_type(name)
 
 
 def _make_entry(
@@ -360,6 +807,7 @@ def _make_entry(
     dataset_name,
     dataset_config,
     dataset_split,
+    dataset_revision,
     dataset_fingerprint,
     model_revision,
     plot,
@@ -369,7 +817,7 @@ def _make_entry(
     nbeta = to_plain(get("nbeta"))
     settings_id = _settings_id(settings, nbeta)
     per_chain = to_plain(list(get("llc_per_chain") or []))
-    return {
+    entry = {
         "value": value,
         "std": to_plain(get("llc_std")),
         "stderr": to_plain(get("llc_stderr")),
@@ -378,6 +826,7 @@ def _make_entry(
         "dataset": dataset_name,
         "dataset_config": dataset_config,
         "dataset_split": dataset_split,
+        "dataset_revision": dataset_revision,
         "dataset_fingerprint": dataset_fingerprint,
         "settings_id": settings_id,
         "settings": settings,
@@ -396,6 +845,10 @@ def _make_entry(
         "sampling_seconds": to_plain((get("timings") or {}).get("sampling_seconds")),
         "plot": plot,
     }
+    adapter = _recorded_adapter(get)
+    if adapter is not None:  # a PEFT adapter's LLC: which adapter, on which base model
+        entry["adapter"] = adapter
+    return entry
 
 
 def _settings_id(settings: dict, nbeta: Any) -> str:
@@ -408,6 +861,7 @@ def _entry_key(entry: Mapping) -> tuple:
         entry.get("dataset"),
         entry.get("dataset_config"),
         entry.get("dataset_split"),
+        entry.get("dataset_revision"),
         entry.get("settings_id"),
     )
 
@@ -481,91 +935,123 @@ def _date(date: str | datetime | None) -> str:
     return date.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
-def _card_link(path: str | os.PathLike, card_dir: Path) -> str:
+def _card_link(path: str | os.PathLike, card_dir: Path | None) -> str:
     """A local path as a card may show it: relative to the card's folder when inside it, else
     the file's name (an absolute path of this machine means nothing on the Hub)."""
     local = Path(path).expanduser()
+    if card_dir is None:
+        return local.name
     try:
         return local.resolve().relative_to(card_dir.resolve()).as_posix()
     except ValueError:
         return local.name
 
 
-def _plot_link(plot_path: str | os.PathLike | None, card_dir: Path) -> str | None:
+def _plot_link(plot_path: str | os.PathLike | None, card_dir: Path | None) -> str | None:
+    """``plot_path`` as the card links it; without a folder (a card on the Hub), a relative
+    path is the file's path in the repository and is kept as it is."""
     if plot_path is None:
         return None
+    if card_dir is None and not Path(os.path.expanduser(plot_path)).is_absolute():
+        return Path(plot_path).as_posix()
     return _card_link(plot_path, card_dir)
 
 
-def _card_dataset_name(name: str, card_dir: Path) -> str:
-    """A Hub dataset id as given; a local file or folder (absolute, or one that exists) as
-    :func:`_card_link` shows it."""
+def _is_local_path(name: str) -> bool:
+    """Whether a dataset name is a local file or folder (absolute, or one that exists)."""
+    expanded = os.path.expanduser(str(name))
+    return os.path.isabs(expanded) or os.path.exists(expanded)
+
+
+def _card_dataset_name(name: str, card_dir: Path | None) -> str:
+    """A Hub dataset id as given; a local file or folder as :func:`_card_link` shows it."""
     text = str(name)
-    expanded = os.path.expanduser(text)
-    if os.path.isabs(expanded) or os.path.exists(expanded):
-        return _card_link(expanded, card_dir)
+    if _is_local_path(text):
+        return _card_link(os.path.expanduser(text), card_dir)
+    return text
+
+
+#: Suffixes of local data files: a name ending in one is a path, not a Hub dataset id, even
+#: where the file is not found from here (a result read back on another machine).
+_DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow")
+
+
+def _dataset_type(name: str) -> str:
+    """``dataset.type`` of a ``model-index`` entry: a Hub id as given, a local dataset (a path
+    that exists, an absolute or ``./`` path, a data file's name) by its file or folder name,
+    never a path of this machine."""
+    text = str(name)
+    if _is_local_path(text):
+        return Path(os.path.expanduser(text)).resolve().name or text
+    if text.startswith(("./", "../", ".\\", "..\\")) or text.lower().endswith(_DATA_FILE_SUFFIXES):
+        return Path(text.replace("\\", "/")).name or text
     return text
 
 
 # --------------------------------------------------------------------------- model-index
 
 
-def _metric(entry: dict) -> dict:
+def _eval_result(entry: dict, dataset_type: str | None = None) -> EvalResult:
+    """An ``hf_llc`` entry's ``model-index`` metric, as huggingface_hub represents one;
+    ``dataset_type`` defaults to the entry's dataset name."""
     args = {
-        "std": entry["std"],
-        "stderr": entry["stderr"],
-        "nbeta": entry["nbeta"],
-        "num_samples": entry["num_samples"],
-        "num_chains": entry["num_chains"],
-        "num_draws": entry["num_draws"],
-        "seed": entry["seed"],
+        "std": entry.get("std"),
+        "stderr": entry.get("stderr"),
+        "nbeta": entry.get("nbeta"),
+        "num_samples": entry.get("num_samples"),
+        "num_chains": entry.get("num_chains"),
+        "num_draws": entry.get("num_draws"),
+        "seed": entry.get("seed"),
     }
-    return {
-        "type": LLC_METRIC_TYPE,
-        "value": entry["value"],
-        "name": LLC_METRIC_NAME,
-        "config": entry["settings_id"],
-        "args": {k: v for k, v in args.items() if v is not None},
-    }
+    return EvalResult(
+        task_type=LLC_TASK_TYPE,
+        task_name=LLC_TASK_NAME,
+        dataset_type=dataset_type or entry["dataset"],
+        dataset_name=entry["dataset"],
+        dataset_config=entry.get("dataset_config"),
+        dataset_split=entry.get("dataset_split"),
+        dataset_revision=entry.get("dataset_revision"),
+        metric_type=LLC_METRIC_TYPE,
+        metric_value=entry["value"],
+        metric_name=LLC_METRIC_NAME,
+        metric_config=entry.get("settings_id"),
+        metric_args={k: v for k, v in args.items() if v is not None},
+    )
 
 
-def _upsert_model_index(
-    model_index: list, entry: dict, model_name: str, block: int | None = None
+def _merge_model_index(
+    model_index: list, new: EvalResult, model_name: str, block: int | None = None
 ) -> None:
-    """Put the entry's metric under the (LLC task, dataset, config, split) result of the
-    ``model-index`` block ``block`` (see :func:`_choose_block`; ``None``: a new block)."""
-    dataset = {
-        "name": entry["dataset"],
-        "type": entry["dataset"],
-        "config": entry["dataset_config"],
-        "split": entry["dataset_split"],
-    }
-    dataset = {k: v for k, v in dataset.items() if v is not None}
-    metric = _metric(entry)
+    """Put ``new`` into the ``model-index`` block ``block`` (see :func:`_choose_block`;
+    ``None``: a new block named ``model_name``).
+
+    The block's LLC results are read into ``EvalResult`` objects, ``new`` replaces the one of
+    the same estimate (or is added), and they are written back, grouped by task and dataset
+    as huggingface_hub groups them, where the first LLC result was (at the end if none was).
+    Results of other tasks are kept as they are, in their place.
+    """
     if block is None:
         model_index.append({"name": model_name, "results": []})
         block = len(model_index) - 1
-    results = model_index[block].setdefault("results", [])
-    for res in results:
-        task, ds = res.get("task") or {}, res.get("dataset") or {}
-        same = (
-            task.get("type") == LLC_TASK_TYPE
-            and ds.get("type") == dataset["type"]
-            and ds.get("config") == entry["dataset_config"]
-            and ds.get("split") == entry["dataset_split"]
-            and ds.get("revision") is None
-        )
-        if same:
-            metrics = res.setdefault("metrics", [])
-            _upsert(metrics, metric, lambda m: (m.get("type"), m.get("config")))
-            return
-    results.append(
-        {
-            "task": {"type": LLC_TASK_TYPE, "name": LLC_TASK_NAME},
-            "dataset": dataset,
-            "metrics": [metric],
-        }
-    )
+    results = model_index[block].get("results") or []
+    is_llc = [
+        isinstance(r, Mapping) and (r.get("task") or {}).get("type") == LLC_TASK_TYPE
+        for r in results
+    ]
+    ours = [r for r, llc in zip(results, is_llc) if llc]
+    evals = model_index_to_eval_results([{"name": model_name, "results": ours}])[1] if ours else []
+    _upsert(evals, new, lambda e: (e.unique_identifier, e.metric_type, e.metric_config))
+    merged = eval_results_to_model_index(model_name, evals)[0]["results"]
+    out, placed = [], False
+    for r, llc in zip(results, is_llc):
+        if not llc:
+            out.append(r)
+        elif not placed:
+            out.extend(merged)
+            placed = True
+    if not placed:
+        out.extend(merged)
+    model_index[block]["results"] = out
 
 
 # --------------------------------------------------------------------------- YAML splicing
@@ -680,7 +1166,7 @@ def _render_section(entries: list[dict], newline: str) -> str:
     return newline.join(lines)
 
 
-def _set_section(body: str, section: str, readme: Path, newline: str) -> str:
+def _set_section(body: str, section: str, readme: str | os.PathLike, newline: str) -> str:
     starts, ends = body.count(SECTION_START), body.count(SECTION_END)
     if starts == 0 and ends == 0:
         if body and not body.endswith(("\n", "\r")):

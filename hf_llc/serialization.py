@@ -52,6 +52,71 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
+#: Version of the result files' layout (``"format_version"``); bumped when a reader of this
+#: version could misread a newer file.
+FORMAT_VERSION = 1
+#: The kinds of result file, by the ``"format"`` key they carry.
+FORMAT_KINDS = {
+    "llc_result": "hf_llc.llc_result",
+    "calibration_result": "hf_llc.calibration_result",
+    "validation_report": "hf_llc.validation_report",
+}
+
+
+def format_header(kind: str) -> dict:
+    """``{"format": "hf_llc.<kind>", "format_version": FORMAT_VERSION}``: the first keys of a
+    result file of ``kind`` (``"llc_result"``, ``"calibration_result"``,
+    ``"validation_report"``), so that a reader knows what it holds and which layout."""
+    return {"format": _format_name(kind), "format_version": FORMAT_VERSION}
+
+
+def check_format(data: Any, kind: str, source: str | os.PathLike | None = None) -> None:
+    """Check that ``data`` (a loaded result file) is a ``kind`` file this hf_llc can read.
+
+    A file without a ``"format"`` key (written before the key existed) passes; so does one of
+    this kind at ``FORMAT_VERSION`` or older. ``source`` names the file in the errors.
+
+    Raises:
+        ValueError: ``data`` is not a mapping, is another kind of file (the error names the
+            kind and how to load it), or was written by a newer hf_llc (upgrade).
+    """
+    where = f"{source}: " if source is not None else ""
+    expected = _format_name(kind)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}expected a JSON object ({expected}), got {type(data).__name__}.")
+    found = data.get("format")
+    if found is None:
+        return
+    if found != expected:
+        raise ValueError(
+            f"{where}this is a {found!r} file, not {expected!r}"
+            + (f" ({_LOADERS[found]} reads it)." if found in _LOADERS else ".")
+        )
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{where}format_version {version!r} is not an integer.")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{where}{expected} format_version {version} was written by a newer hf_llc; this "
+            f"one reads up to version {FORMAT_VERSION}: upgrade hf_llc (pip install -U hf-llc)."
+        )
+
+
+_LOADERS = {
+    "hf_llc.llc_result": "hf_llc.LLCResult.load",
+    "hf_llc.calibration_result": "hf_llc.CalibrationResult.load",
+    "hf_llc.validation_report": "json.load",
+}
+
+
+def _format_name(kind: str) -> str:
+    if kind in FORMAT_KINDS:
+        return FORMAT_KINDS[kind]
+    if kind in FORMAT_KINDS.values():
+        return kind
+    raise ValueError(f"unknown result kind {kind!r}; one of {', '.join(FORMAT_KINDS)}.")
+
+
 def settings_hash(settings: Mapping[str, Any], length: int = 16) -> str:
     """The first ``length`` hex digits of the SHA-256 of ``settings`` as canonical JSON (keys
     sorted, anything not JSON-native by its ``str``): equal settings, equal hash."""

@@ -24,6 +24,7 @@ from ._text import table_lines
 from .estimator import estimate_llc
 from .models.dln import dln_truth, make_dln_problem, rescale_dln
 from .sampling import SamplerConfig
+from .serialization import format_header
 
 DEFAULT_NUM_SAMPLES = 100_000
 
@@ -215,7 +216,8 @@ def run_suite(
 
     ``case_kwargs`` (``num_samples``, ``seed``, ``input_distribution``, ``loss_type``,
     ``mixed_precision``, ``rescale``) go to :func:`run_case` for every case alike. Returns
-    ``{"cases": [...], "summary": {...}}`` with the cases in their given order.
+    ``{"format": "hf_llc.validation_report", "format_version": 1, "cases": [...],
+    "summary": {...}}`` with the cases in their given order.
     """
     cfg = config if config is not None else SamplerConfig()
     kwargs = case_kwargs
@@ -237,6 +239,7 @@ def run_suite(
                 if on_result:
                     on_result(results[futures[fut]])
     return {
+        **format_header("validation_report"),
         "cases": results,
         "summary": summarise(results, cfg, time.perf_counter() - start, num_samples),
     }
