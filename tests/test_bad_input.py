@@ -709,7 +709,7 @@ CLI_CASES = [
     CliCase(
         "write-card-hub-id",
         lambda env, tmp: ["estimate", "org/model", "--dataset", str(env.data), "--write-card"],
-        r"--write-card writes README\.md in a local checkpoint folder; download the model",
+        r"--write-card writes README\.md in a local checkpoint folder.*--push-to-hub org/model",
     ),
 ]
 

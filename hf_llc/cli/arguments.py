@@ -81,14 +81,40 @@ class DataArguments:
         "Hub dataset name, a save_to_disk folder, or a json/jsonl/csv/parquet/txt file (required)",
         metavar="DATA",
         required=True,
+        aliases=("--dataset-name", "--dataset_name"),
     )
-    dataset_config: str | None = _opt(None, "Hub dataset config name")
+    dataset_config: str | None = _opt(
+        None, "Hub dataset config name", aliases=("--dataset-config-name", "--dataset_config_name")
+    )
     split: str = _opt("train", "Hub dataset or save_to_disk split")
+    dataset_revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of --dataset")
     text_column: str | None = _opt(None, "raw text column to tokenize (default: auto-detected)")
     max_length: int | None = _opt(None, "truncate tokenized texts to this many tokens")
-    num_samples: int | None = _opt(None, "use only the first N rows (default: all)")
-    task: str | None = _opt(None, "model head when config.architectures is unset (e.g. causal-lm)")
+    num_samples: int | None = _opt(
+        None, "use only the first N rows that have a target token (default: all)"
+    )
+    block_size: int | None = _opt(
+        None,
+        "causal LMs: concatenate the tokenized texts and cut them into blocks of N tokens, "
+        "each one sample (as transformers' run_clm does; default: one sample per row)",
+    )
+    keep_empty_rows: bool = _opt(
+        False,
+        "count rows without a target token (empty texts) in n; by default they are dropped "
+        "and the count is reported",
+    )
+    task: str | None = _opt(
+        None,
+        "model head when config.architectures is unset: causal-lm, or a Hub pipeline tag "
+        "(text-generation, fill-mask, …) or peft task type (CAUSAL_LM, …)",
+    )
     revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of MODEL")
+    base_model: str | None = _opt(
+        None,
+        "MODEL a PEFT adapter folder: load it on this base model (Hub id or folder) instead of "
+        "the one its adapter_config.json names",
+        metavar="MODEL",
+    )
     trust_remote_code: bool = _opt(False, "allow MODEL's custom modelling code to run")
     allow_pickle: bool = _opt(False, "allow .bin (pickle) weights")
     allow_missing_weights: bool = _opt(
@@ -112,6 +138,28 @@ class CardArguments:
         "the model-index model to record in (needed when the card lists several)",
         metavar="NAME",
     )
+
+
+@dataclass
+class HubArguments:
+    """Recording the LLC on the Hub: a pull request on the model repository's card."""
+
+    push_to_hub: str | None = _opt(
+        None,
+        "open a pull request on this Hub model repository whose README.md gains the LLC "
+        "(needs a token with write access)",
+        metavar="REPO_ID",
+    )
+    no_pr: bool = _opt(
+        False, "with --push-to-hub: commit to the branch directly instead of opening a PR"
+    )
+    hub_revision: str | None = _opt(
+        None, "with --push-to-hub: the branch to update (default: the repository's default)"
+    )
+    hub_token: str | None = _opt(
+        None, "Hub token for --push-to-hub (default: HF_TOKEN or the saved login)"
+    )
+    commit_message: str | None = _opt(None, "with --push-to-hub: the commit message")
 
 
 @dataclass
@@ -198,6 +246,7 @@ COMMAND_ARGUMENTS: dict[str, tuple[tuple[type, str], ...]] = {
         (DataArguments, "model and data"),
         (EstimateArguments, "outputs and checkpoints"),
         (CardArguments, "model card"),
+        (HubArguments, "Hub"),
         (SamplerConfig, "sampler"),
         (RunArguments, "run"),
     ),
@@ -205,6 +254,7 @@ COMMAND_ARGUMENTS: dict[str, tuple[tuple[type, str], ...]] = {
         (DataArguments, "model and data"),
         (CalibrateArguments, "sweep"),
         (CardArguments, "model card (estimate at the chosen ε and record both)"),
+        (HubArguments, "Hub (estimate at the chosen ε and record both)"),
         (SamplerConfig, "sampler (the real chains' settings; --step-size is ignored)"),
         (RunArguments, "run"),
     ),
@@ -277,7 +327,8 @@ def _add_command(sub: argparse._SubParsersAction, name: str, **kwargs) -> argpar
             "model",
             metavar="MODEL",
             nargs="?",
-            help="Hub id or local checkpoint folder (required; or `model:` in --config)",
+            help="Hub id, local checkpoint folder, or PEFT adapter folder (only the adapter's "
+            "weights are sampled) (required; or `model:` in --config)",
         )
     parser.add_argument(
         "--config",

@@ -120,6 +120,18 @@ def _check_flags(args: argparse.Namespace) -> None:
                     f"{flag} {value!r} does nothing with the local data file --dataset "
                     f"{args.dataset} (it has one split and no configs): drop {flag}."
                 )
+    if args.dataset_revision is not None and Path(args.dataset).exists():
+        raise ValueError(
+            f"--dataset-revision {args.dataset_revision!r} does nothing with the local "
+            f"--dataset {args.dataset} (revisions are the Hub's): drop --dataset-revision."
+        )
+    if args.push_to_hub is None:
+        for flag in ("no_pr", "hub_revision", "hub_token", "commit_message"):
+            if flag in args.given:
+                name = "--" + flag.replace("_", "-")
+                raise ValueError(
+                    f"{name} does nothing without --push-to-hub REPO_ID: add it, or drop {name}."
+                )
     if args.dataset_config is not None and Path(args.dataset).is_dir():
         raise ValueError(
             f"--dataset-config {args.dataset_config!r} does nothing with the save_to_disk "
@@ -130,8 +142,11 @@ def _check_flags(args: argparse.Namespace) -> None:
             "--loss-fn and --model-loss-fn are alternatives (loss_fn(outputs, batch) or "
             "model_loss_fn(model, batch)): pass one of them."
         )
-    if args.card_model_name is not None and not args.write_card:
-        raise ValueError("--card-model-name does nothing without --write-card: add it or drop it.")
+    if args.card_model_name is not None and not (args.write_card or args.push_to_hub):
+        raise ValueError(
+            "--card-model-name does nothing without --write-card or --push-to-hub: add one "
+            "or drop it."
+        )
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -147,14 +162,25 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_plot_path(args.plot, "--plot")
     if args.write_card and not Path(args.model).is_dir():
         raise ValueError(
-            "--write-card writes README.md in a local checkpoint folder; download the model "
-            "(e.g. huggingface-cli download) and pass its folder."
+            f"--write-card writes README.md in a local checkpoint folder, and {args.model} is "
+            f"not one: to record the LLC on the Hub, use --push-to-hub {args.model} (opens a "
+            "pull request on its card); or download the model and pass its folder."
         )
     if args.write_card:
         from ..modelcard import check_model_card
 
         # A malformed, read-only or ambiguous card fails now, not after sampling.
         check_model_card(args.model, model_name=args.card_model_name, what="--write-card")
+    if args.push_to_hub is not None:
+        from ..modelcard import check_hub_model_card
+
+        # An unreachable repository or an unreadable card fails now, not after sampling.
+        check_hub_model_card(
+            args.push_to_hub,
+            revision=args.hub_revision,
+            token=args.hub_token,
+            model_name=args.card_model_name,
+        )
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -227,6 +253,7 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
             "name": args.dataset,
             "config": args.dataset_config,
             "split": args.split,
+            "revision": args.dataset_revision,
             "fingerprint": getattr(data, "_fingerprint", None),
         }
         write_json(args.output, out)
@@ -243,12 +270,35 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
             dataset_name=args.dataset,
             dataset_split=args.split,
             dataset_config=args.dataset_config,
+            dataset_revision=args.dataset_revision,
             dataset_fingerprint=getattr(data, "_fingerprint", None),
             model_revision=args.revision,
             model_name=args.card_model_name,
             plot_path=args.plot,
         )
         print(f"wrote the LLC into {card}")
+    if args.push_to_hub is not None:
+        from ..modelcard import push_llc_to_hub
+
+        commit = push_llc_to_hub(
+            args.push_to_hub,
+            result,
+            dataset_name=args.dataset,
+            dataset_split=args.split,
+            dataset_config=args.dataset_config,
+            dataset_revision=args.dataset_revision,
+            dataset_fingerprint=getattr(data, "_fingerprint", None),
+            model_revision=args.revision,
+            model_name=args.card_model_name,
+            plot_path=args.plot,
+            revision=args.hub_revision,
+            create_pr=not args.no_pr,
+            token=args.hub_token,
+            commit_message=args.commit_message,
+        )
+        url = getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or commit
+        what = "opened a pull request" if not args.no_pr else "committed"
+        print(f"{what} with the LLC on {args.push_to_hub}: {url}")
     return 0
 
 
@@ -298,7 +348,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         if args.plot is not None:
             calibration.plot(args.plot)
             print(f"wrote {args.plot}")
-    if not args.write_card:
+    if not args.write_card and args.push_to_hub is None:
         return 0
     from ..estimator import estimate_llc
 

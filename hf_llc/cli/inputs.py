@@ -37,8 +37,11 @@ def _import_function(spec: str, flag: str):
     return fn
 
 
-def load_data(name: str, *, config: str | None = None, split: str = "train"):
-    """A ``datasets.Dataset`` from a Hub name, a ``save_to_disk`` folder or a local file."""
+def load_data(
+    name: str, *, config: str | None = None, split: str = "train", revision: str | None = None
+):
+    """A ``datasets.Dataset`` from a Hub name (at ``revision``), a ``save_to_disk`` folder or
+    a local file."""
     import datasets
 
     path = Path(name)
@@ -82,7 +85,7 @@ def load_data(name: str, *, config: str | None = None, split: str = "train"):
             return loaded[split]
         return loaded
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split, revision=revision)
     except Exception as err:  # datasets raises many types for "not found"/offline
         from huggingface_hub import is_offline_mode
 
@@ -129,9 +132,22 @@ def load_tokenizer(model: str, revision: str | None, trust_remote_code: bool):
         ) from err
 
 
+def _dataset_description(args: argparse.Namespace) -> dict | None:
+    """What the flags say of a Hub dataset (name, config, split, revision), recorded in the
+    result and the card; ``None`` for a local file or folder (never a path as its name)."""
+    if Path(args.dataset).exists():
+        return None
+    return {
+        "name": args.dataset,
+        "config": args.dataset_config,
+        "split": args.split,
+        "revision": args.dataset_revision,
+    }
+
+
 def load_inputs(args: argparse.Namespace) -> tuple:
     """(model, data, estimate_llc keyword arguments) from the checkpoint flags."""
-    from ..loading import load_checkpoint
+    from ..loading import load_checkpoint, tokenizer_path
 
     loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
     model_loss_fn = (
@@ -144,9 +160,14 @@ def load_inputs(args: argparse.Namespace) -> tuple:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         allow_missing_weights=args.allow_missing_weights,
+        base_model=args.base_model,
     )
-    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
-    data = load_data(args.dataset, config=args.dataset_config, split=args.split)
+    # A PEFT adapter folder without tokenizer files uses its base model's tokenizer.
+    where, revision = tokenizer_path(args.model, args.revision, base_model=args.base_model)
+    tokenizer = load_tokenizer(where, revision, args.trust_remote_code)
+    data = load_data(
+        args.dataset, config=args.dataset_config, split=args.split, revision=args.dataset_revision
+    )
     kwargs = dict(
         loss_fn=loss_fn,
         model_loss_fn=model_loss_fn,
@@ -154,6 +175,9 @@ def load_inputs(args: argparse.Namespace) -> tuple:
         text_column=args.text_column,
         max_length=args.max_length,
         num_samples=args.num_samples,
+        block_size=args.block_size,
+        drop_empty_rows=not args.keep_empty_rows,
+        dataset_description=_dataset_description(args),
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
     )
