@@ -64,7 +64,7 @@ def test_adapter_folder_as_model_samples_only_the_adapter(base_dir, tmp_path):
     assert adapter["num_adapter_params"] == adapter_params
 
 
-def test_empty_rows_are_dropped_by_default_and_kept_on_request(base_dir, tmp_path):
+def test_empty_rows_are_dropped_by_default_and_kept_on_request(base_dir, tmp_path, capsys):
     rows = texts(12)
     rows[2] = rows[7] = ""  # no token, so no next-token target
     rows[5] = "cat"  # one token: nothing to predict either
@@ -73,6 +73,7 @@ def test_empty_rows_are_dropped_by_default_and_kept_on_request(base_dir, tmp_pat
     common = ["estimate", str(base_dir), "--dataset", str(data), "--output", str(out), *TINY]
 
     assert main(common) == 0
+    assert "data: 3 of 12 rows have no target token" in capsys.readouterr().out
     info = json.loads(out.read_text())["diagnostics"]["data"]
     assert (info["rows_in"], info["rows_dropped_empty"], info["rows_used"]) == (12, 3, 9)
     assert json.loads(out.read_text())["num_samples"] == 9

@@ -236,6 +236,12 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
 
         print(CalibrationResult.from_dict(diag["calibration"]).table())
     print(result.summary())
+    rows = diag.get("data") or {}
+    if rows.get("rows_dropped_empty"):
+        print(
+            f"data: {rows['rows_dropped_empty']} of {rows['rows_in']} rows have no target token "
+            "(e.g. empty texts) and are not counted in n (--keep-empty-rows counts them)"
+        )
     print(
         f"chains × draws: {cfg.num_chains} × {cfg.num_draws} (burn-in {cfg.num_burnin}), "
         f"L_n(w*) = {result.init_loss:.6g}, "

@@ -149,6 +149,13 @@ def load_inputs(args: argparse.Namespace) -> tuple:
     """(model, data, estimate_llc keyword arguments) from the checkpoint flags."""
     from ..loading import load_checkpoint, tokenizer_path
 
+    if args.quiet:  # the loading bars of datasets and transformers too
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+
     loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
     model_loss_fn = (
         _import_function(args.model_loss_fn, "--model-loss-fn") if args.model_loss_fn else None

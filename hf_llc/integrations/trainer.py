@@ -170,7 +170,8 @@ class LLCCallback(TrainerCallback, ExportableState):
             ``forward_kwargs``, ``mixed_precision``). By default the trainer's mixed precision
             is used: bf16 as is, fp16 as fp32 with a logged warning (SGLD does not sample in
             fp16).
-        dataset_name: the dataset's name in the model card (default ``"train_dataset"``).
+        dataset_name: the dataset's name in the model card (default: the name the result
+            records from the dataset's ``info``, e.g. a Hub id, else ``"train_dataset"``).
         write_model_card: write the final estimate into ``output_dir/README.md``.
         plot: save ``llc_history.png`` at the end (needs matplotlib; skipped without it).
         progress: show a progress bar during each estimate.
@@ -246,7 +247,7 @@ class LLCCallback(TrainerCallback, ExportableState):
         self.at_end = bool(at_end)
         self.num_samples = num_samples
         self.loss_fn = loss_fn
-        self.dataset_name = dataset_name or "train_dataset"
+        self.dataset_name = dataset_name
         self.write_card = bool(write_model_card)
         self.plot = bool(plot)
         self.progress = bool(progress)
@@ -614,9 +615,15 @@ class LLCCallback(TrainerCallback, ExportableState):
         return write_llc_to_model_card(
             directory,
             self.last_result,
-            dataset_name=self.dataset_name,
+            dataset_name=self.dataset_name or _recorded_name(self.last_result) or "train_dataset",
             plot_path=plot if plot.exists() else None,
         )
+
+
+def _recorded_name(result: Any) -> str | None:
+    """The dataset name an estimate recorded (``diagnostics["data"]["dataset"]["name"]``)."""
+    data = (result.diagnostics or {}).get("data") or {}
+    return (data.get("dataset") or {}).get("name")
 
 
 def _first_rows(data: Any, num_samples: int | None) -> Any:
