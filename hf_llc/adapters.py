@@ -150,27 +150,7 @@ def prepare_dataset(
     reader = _RowReader(dataset, num_samples, rows_counted=block_size is None)
     first = reader.first()
     checks.check_not_empty(first)
-    names = list(first.column_names or [])
-    checks.check_label_columns(names)
-    if text_column is not None and text_column not in names:
-        raise ValueError(
-            f"text_column={text_column!r} is not a column of the dataset (columns: {names}); "
-            "pass the name of its raw-text column as text_column (CLI: --text-column)."
-        )
-    if text_column is None and "input_ids" not in names and "text" in names and kind != "other":
-        text_column = "text"
-    if text_column is not None:
-        if tokenizer is None:
-            raise ValueError(
-                f"the dataset has raw text in {text_column!r}: pass tokenizer=... (the CLI uses "
-                "the checkpoint's own tokenizer)."
-            )
-        checks.check_text_column(first, text_column)
-    if block_size is not None and text_column is None and "input_ids" not in names:
-        raise ValueError(
-            f"block_size needs raw text (text_column) or an 'input_ids' column to concatenate, "
-            f"but the dataset has columns {names}."
-        )
+    text_column = _text_column(first, text_column, tokenizer, kind, block_size)
 
     def tokenized(chunk):
         if text_column is None:
@@ -214,6 +194,35 @@ def prepare_dataset(
             )
         tokens = total / len(targets)
     return PreparedData(columns, rows, kind, tokens, dropped, info)
+
+
+def _text_column(
+    first: Any, text_column: str | None, tokenizer: Any, kind: str, block_size: int | None
+) -> str | None:
+    """The raw-text column to tokenize (``text`` by default for the known model kinds when
+    there are no ``input_ids``), checked on the first rows; ``None`` for token ids."""
+    names = list(first.column_names or [])
+    checks.check_label_columns(names)
+    if text_column is not None and text_column not in names:
+        raise ValueError(
+            f"text_column={text_column!r} is not a column of the dataset (columns: {names}); "
+            "pass the name of its raw-text column as text_column (CLI: --text-column)."
+        )
+    if text_column is None and "input_ids" not in names and "text" in names and kind != "other":
+        text_column = "text"
+    if text_column is not None:
+        if tokenizer is None:
+            raise ValueError(
+                f"the dataset has raw text in {text_column!r}: pass tokenizer=... (the CLI uses "
+                "the checkpoint's own tokenizer)."
+            )
+        checks.check_text_column(first, text_column)
+    if block_size is not None and text_column is None and "input_ids" not in names:
+        raise ValueError(
+            f"block_size needs raw text (text_column) or an 'input_ids' column to concatenate, "
+            f"but the dataset has columns {names}."
+        )
+    return text_column
 
 
 def describe_dataset(dataset: Any, **overrides: Any) -> dict[str, Any]:
