@@ -67,7 +67,9 @@ class RunArguments:
     )
     quiet: bool = _opt(False, "no progress bars", aliases=("--no-progress",))
     log_level: str | None = _opt(
-        None, "level of hf_llc's log records (default: warning)", choices=LOG_LEVELS
+        None,
+        "level of hf_llc's log records (default: $HF_LLC_VERBOSITY, else warning)",
+        choices=LOG_LEVELS,
     )
     debug: bool = _opt(False, "on an error, show the Python traceback instead of one line")
 
