@@ -267,21 +267,21 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
     if args.plot is not None:
         result.plot(args.plot)
         print(f"wrote {args.plot}")
+    # What the card records: the same for a local card and a Hub pull request.
+    entry = dict(
+        dataset_name=args.dataset,
+        dataset_split=args.split,
+        dataset_config=args.dataset_config,
+        dataset_revision=args.dataset_revision,
+        dataset_fingerprint=getattr(data, "_fingerprint", None),
+        model_revision=args.revision,
+        model_name=args.card_model_name,
+        plot_path=args.plot,
+    )
     if args.write_card:
         from ..modelcard import write_llc_to_model_card
 
-        card = write_llc_to_model_card(
-            args.model,
-            result,
-            dataset_name=args.dataset,
-            dataset_split=args.split,
-            dataset_config=args.dataset_config,
-            dataset_revision=args.dataset_revision,
-            dataset_fingerprint=getattr(data, "_fingerprint", None),
-            model_revision=args.revision,
-            model_name=args.card_model_name,
-            plot_path=args.plot,
-        )
+        card = write_llc_to_model_card(args.model, result, **entry)
         print(f"wrote the LLC into {card}")
     if args.push_to_hub is not None:
         from ..modelcard import push_llc_to_hub
@@ -289,14 +289,7 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
         commit = push_llc_to_hub(
             args.push_to_hub,
             result,
-            dataset_name=args.dataset,
-            dataset_split=args.split,
-            dataset_config=args.dataset_config,
-            dataset_revision=args.dataset_revision,
-            dataset_fingerprint=getattr(data, "_fingerprint", None),
-            model_revision=args.revision,
-            model_name=args.card_model_name,
-            plot_path=args.plot,
+            **entry,
             revision=args.hub_revision,
             create_pr=not args.no_pr,
             token=args.hub_token,
