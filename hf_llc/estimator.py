@@ -64,6 +64,7 @@ from .posterior import (
 )
 from .sampling import ChainResult, SamplerConfig, run_chains
 from .sampling.chain import max_curvature
+from .selection import ParameterSelection
 from .serialization import check_format, format_header, to_plain, write_json
 
 logger = get_logger(__name__)
@@ -353,6 +354,7 @@ def estimate_llc(
     drop_empty_rows: bool = True,
     block_size: int | None = None,
     dataset_description: Mapping[str, Any] | None = None,
+    parameters: ParameterSelection | None = None,
     accelerator: Any = None,
     mixed_precision: str | None = None,
     progress: bool = True,
@@ -401,6 +403,12 @@ def estimate_llc(
         dataset_description: fields of ``diagnostics["data"]["dataset"]`` (``name``,
             ``config``, ``split``, ``revision``) that override the ones read from the dataset
             (:func:`hf_llc.adapters.describe_dataset`), e.g. the Hub id it was loaded from.
+        parameters: sample only these parameters (a weight-refined LLC): glob patterns over
+            ``model.named_parameters()`` names (``"transformer.h.0.*"``; a list for several)
+            or a function ``(name, parameter) -> bool``; the others stay at w* throughout
+            and every ``requires_grad`` is restored afterwards. Default: the parameters with
+            ``requires_grad=True``. What was sampled is in ``diagnostics["parameters"]``
+            (names and count; ``num_params`` is the count) — see :mod:`hf_llc.selection`.
         accelerator: an ``accelerate.Accelerator``; without one, ``accelerate launch`` /
             ``torchrun`` environments are detected. Chains are split over the processes (chain
             c on process c mod P), each on its process's device (the model is moved there),
@@ -464,6 +472,7 @@ def estimate_llc(
         drop_empty_rows=drop_empty_rows,
         block_size=block_size,
         dataset_description=dataset_description,
+        parameters=parameters,
         accelerator=accelerator,
         mixed_precision=mixed_precision,
         output_dir=output_dir,
@@ -614,6 +623,7 @@ def _assemble(
             **_sampler_diagnostics(chains, cfg, divergences),
             "data": copy.deepcopy(posterior.data_info),
             "adapter": adapter_info(posterior.problem.model),
+            "parameters": copy.deepcopy(posterior.selection),
         },
         timings={
             "init_loss_seconds": posterior.init_seconds,

@@ -815,7 +815,9 @@ def _make_entry(
 ) -> dict:
     settings = to_plain(dict(get("config") or {}))
     nbeta = to_plain(get("nbeta"))
-    settings_id = _settings_id(settings, nbeta)
+    sampled = ((get("diagnostics") or {}).get("parameters")) or None
+    selection = to_plain(sampled["selection"]) if sampled else None
+    settings_id = _settings_id(settings, nbeta, selection)
     per_chain = to_plain(list(get("llc_per_chain") or []))
     entry = {
         "value": value,
@@ -845,14 +847,21 @@ def _make_entry(
         "sampling_seconds": to_plain((get("timings") or {}).get("sampling_seconds")),
         "plot": plot,
     }
+    if selection is not None:  # a weight-refined LLC: which parameters were sampled
+        entry["parameters"] = selection
     adapter = _recorded_adapter(get)
     if adapter is not None:  # a PEFT adapter's LLC: which adapter, on which base model
         entry["adapter"] = adapter
     return entry
 
 
-def _settings_id(settings: dict, nbeta: Any) -> str:
-    return "sgld-" + settings_hash({"settings": settings, "nbeta": nbeta}, length=12)
+def _settings_id(settings: dict, nbeta: Any, selection: Any = None) -> str:
+    """The estimate's identity in the card: sampler settings and nβ, and for a weight-refined
+    LLC the parameter selection (so it never replaces the whole model's entry)."""
+    keyed = {"settings": settings, "nbeta": nbeta}
+    if selection is not None:
+        keyed["parameters"] = selection
+    return "sgld-" + settings_hash(keyed, length=12)
 
 
 def _entry_key(entry: Mapping) -> tuple:

@@ -34,6 +34,7 @@ from .checkpoint import RunCheckpoint, tensor_sha256
 from .distributed import ProcessInfo, autocast, process_info, resolve_mixed_precision
 from .peft_support import frozen_adapter_hint
 from .sampling import LocalPosterior, SamplerConfig
+from .selection import ParameterSelection, sampled_only, select_parameters
 from .serialization import settings_hash
 
 
@@ -520,6 +521,7 @@ def check_inputs(
     drop_empty_rows: bool = True,
     block_size: int | None = None,
     dataset_description: Mapping[str, Any] | None = None,
+    parameters: ParameterSelection | None = None,
     mixed_precision: str | None = None,
     accelerator: Any = None,
     **_unused: Any,
@@ -533,25 +535,32 @@ def check_inputs(
     """
     cfg = checked_config(config)
     _check_arguments(model, loss_fn, model_loss_fn, num_samples, max_length)
-    precision = resolve_mixed_precision(mixed_precision, accelerator)
+    with sampled_only(model, select_parameters(model, parameters)):
+        return _check_inputs(
+            model,
+            dataset,
+            cfg,
+            precision=resolve_mixed_precision(mixed_precision, accelerator),
+            loss_fn=loss_fn,
+            model_loss_fn=model_loss_fn,
+            forward_kwargs=forward_kwargs,
+            collate_fn=collate_fn,
+            tokenizer=tokenizer,
+            text_column=text_column,
+            max_length=max_length,
+            num_samples=num_samples,
+            drop_empty_rows=drop_empty_rows,
+            block_size=block_size,
+            dataset_description=dataset_description,
+        )
+
+
+def _check_inputs(
+    model: nn.Module, dataset: Any, cfg: SamplerConfig, *, precision: str, **data_kwargs: Any
+) -> float:
+    """:func:`check_inputs` once the settings are checked and the sampled parameters chosen."""
     checks.check_parameter_dtypes(model, precision)
-    prepared = _prepare_data(
-        model,
-        dataset,
-        cfg,
-        _model_device(model),
-        loss_fn=loss_fn,
-        model_loss_fn=model_loss_fn,
-        forward_kwargs=forward_kwargs,
-        collate_fn=collate_fn,
-        tokenizer=tokenizer,
-        text_column=text_column,
-        max_length=max_length,
-        num_samples=num_samples,
-        drop_empty_rows=drop_empty_rows,
-        block_size=block_size,
-        dataset_description=dataset_description,
-    )
+    prepared = _prepare_data(model, dataset, cfg, _model_device(model), **data_kwargs)
     data = prepared.data
     _check_sizes(cfg, data.num_samples)
     if not any(p.requires_grad for p in model.parameters()):
@@ -656,6 +665,9 @@ class Posterior:
     init_seconds: float
     #: What became of the dataset's rows (``diagnostics["data"]``, see :func:`_prepare_data`).
     data_info: dict[str, Any] | None = None
+    #: The sampled parameters when ``parameters=`` chose them (``diagnostics["parameters"]``,
+    #: see :func:`hf_llc.selection.select_parameters`), else ``None``.
+    selection: dict[str, Any] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -724,6 +736,7 @@ def open_posterior(
     drop_empty_rows: bool = True,
     block_size: int | None = None,
     dataset_description: Mapping[str, Any] | None = None,
+    parameters: ParameterSelection | None = None,
     accelerator: Any = None,
     mixed_precision: str | None = None,
     output_dir: str | Path | None = None,
@@ -737,6 +750,7 @@ def open_posterior(
     output folder, the run's manifest is written (or, with ``resume``, checked) there first.
     """
     _check_arguments(model, loss_fn, model_loss_fn, num_samples, max_length, callable_loss=True)
+    selection = select_parameters(model, parameters)  # a bad pattern fails before any work
     run = _start_run(
         model,
         accelerator=accelerator,
@@ -764,8 +778,9 @@ def open_posterior(
         dataset_description=dataset_description,
     )
     nbeta = _check_sizes(cfg, prepared.data.num_samples)
-    with _eval_mode(model):
+    with _eval_mode(model), sampled_only(model, selection):
         posterior = build_posterior(model, prepared, cfg, nbeta, run.precision)
+        posterior.selection = selection
         if run.run_dir is not None:
             fingerprint = _fingerprint(posterior, prepared.data, run.precision)
             run.run_dir.open(run_manifest(cfg, fingerprint), resume=resume)
@@ -795,6 +810,7 @@ def _fingerprint(posterior: Posterior, data: TensorBatches, precision: str) -> d
         "nbeta": posterior.nbeta,
         "init_loss": posterior.init_loss,
         "weights_sha256": tensor_sha256(posterior.flat.w_star),
+        **({} if posterior.selection is None else {"parameters": posterior.selection["names"]}),
         "data_sha256": None
         if columns is None
         else tensor_sha256(*(columns[k] for k in sorted(columns)))

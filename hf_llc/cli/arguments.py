@@ -50,6 +50,15 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _globs(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(
+            "expected comma-separated parameter-name patterns like 'transformer.h.0.*,lm_head.*'"
+        )
+    return values
+
+
 def _opt(default: Any, help: str, **cli: Any) -> Any:
     """A flag's dataclass field: its default, help and command-line options."""
     return field(default=default, metadata={"help": help, **cli})
@@ -121,6 +130,14 @@ class DataArguments:
     allow_pickle: bool = _opt(False, "allow .bin (pickle) weights")
     allow_missing_weights: bool = _opt(
         False, "allow a checkpoint that does not cover every weight of the model class"
+    )
+    parameters: list[str] | None = _opt(
+        None,
+        "sample only the parameters whose names match these globs (comma-separated, e.g. "
+        "'transformer.h.0.*'; a weight-refined LLC; the rest stay at w*) (default: every "
+        "trainable parameter)",
+        parse=_globs,
+        metavar="PATTERNS",
     )
     loss_fn: str | None = _opt(
         None, "loss_fn(outputs, batch) of your own", metavar="MODULE:FUNCTION"
@@ -313,6 +330,8 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
                 options["choices"] = f.metadata["choices"]
             elif "parse" in f.metadata:
                 options["type"] = _flag_parser(f.metadata["parse"], f.name)
+                if "metavar" in f.metadata:
+                    options["metavar"] = f.metadata["metavar"]
             else:
                 options["type"] = kind or str
                 metavar = {int: "N", float: "X", Path: "PATH", str: "TEXT"}.get(kind)

@@ -185,6 +185,7 @@ def load_inputs(args: argparse.Namespace) -> tuple:
         block_size=args.block_size,
         drop_empty_rows=not args.keep_empty_rows,
         dataset_description=_dataset_description(args),
+        parameters=args.parameters,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
     )
