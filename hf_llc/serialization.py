@@ -60,13 +60,15 @@ FORMAT_KINDS = {
     "llc_result": "hf_llc.llc_result",
     "calibration_result": "hf_llc.calibration_result",
     "validation_report": "hf_llc.validation_report",
+    "trajectory": "hf_llc.trajectory",
 }
 
 
 def format_header(kind: str) -> dict:
     """``{"format": "hf_llc.<kind>", "format_version": FORMAT_VERSION}``: the first keys of a
     result file of ``kind`` (``"llc_result"``, ``"calibration_result"``,
-    ``"validation_report"``), so that a reader knows what it holds and which layout."""
+    ``"validation_report"``, ``"trajectory"``), so that a reader knows what it holds and which
+    layout."""
     return {"format": _format_name(kind), "format_version": FORMAT_VERSION}
 
 
@@ -106,6 +108,7 @@ _LOADERS = {
     "hf_llc.llc_result": "hf_llc.LLCResult.load",
     "hf_llc.calibration_result": "hf_llc.CalibrationResult.load",
     "hf_llc.validation_report": "json.load",
+    "hf_llc.trajectory": "hf_llc.trajectory.load_trajectory",
 }
 
 

@@ -222,6 +222,32 @@ class CalibrateArguments:
 
 
 @dataclass
+class TrajectoryArguments:
+    """The checkpoints and outputs of ``trajectory``."""
+
+    revisions: list[str] | None = _opt(
+        None,
+        "MODEL a Hub repository: these revisions, in order (e.g. step1000,step2000; the step "
+        "is the last number of each name)",
+        parse=_globs,
+        metavar="REVS",
+    )
+    checkpoints: list[str] | None = _opt(
+        None,
+        "these checkpoint folders, in order, instead of MODEL's checkpoint-* folders",
+        parse=_globs,
+        metavar="DIRS",
+    )
+    output: Path | None = _opt(
+        None,
+        "the curve's JSON, written after each checkpoint; rerunning skips the checkpoints it "
+        "holds (default: MODEL/llc_trajectory.json for a local folder)",
+    )
+    plot: Path | None = _opt(None, "save λ̂ ± 2 s.e. against the step (PNG) here")
+    write_card: bool = _opt(False, "also record each estimate in its checkpoint's card")
+
+
+@dataclass
 class ValidateArguments:
     """The deep-linear-network cases of ``validate``."""
 
@@ -266,6 +292,12 @@ COMMAND_ARGUMENTS: dict[str, tuple[tuple[type, str], ...]] = {
         (EstimateArguments, "outputs and checkpoints"),
         (CardArguments, "model card"),
         (HubArguments, "Hub"),
+        (SamplerConfig, "sampler"),
+        (RunArguments, "run"),
+    ),
+    "trajectory": (
+        (DataArguments, "model and data (the same for every checkpoint)"),
+        (TrajectoryArguments, "checkpoints and outputs"),
         (SamplerConfig, "sampler"),
         (RunArguments, "run"),
     ),
@@ -341,16 +373,18 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
             group.add_argument("--" + f.name, **{**options, "help": argparse.SUPPRESS})
 
 
-def _add_command(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+_MODEL_HELP = (
+    "Hub id, local checkpoint folder, or PEFT adapter folder (only the adapter's weights are "
+    "sampled) (required; or `model:` in --config)"
+)
+
+
+def _add_command(
+    sub: argparse._SubParsersAction, name: str, model_help: str = _MODEL_HELP, **kwargs
+) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     if name != "validate":
-        parser.add_argument(
-            "model",
-            metavar="MODEL",
-            nargs="?",
-            help="Hub id, local checkpoint folder, or PEFT adapter folder (only the adapter's "
-            "weights are sampled) (required; or `model:` in --config)",
-        )
+        parser.add_argument("model", metavar="MODEL", nargs="?", help=model_help)
     parser.add_argument(
         "--config",
         type=Path,
@@ -389,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
         "With --output-dir, every chain's state is saved there periodically; Ctrl-C or SIGTERM "
         "saves and stops (exit code 130 / 143),\nand the same command with --resume continues "
         "to exactly the result of an uninterrupted run.",
+    )
+    _add_command(
+        sub,
+        "trajectory",
+        model_help="a training run's output folder (its checkpoint-* folders), or a Hub id "
+        "with --revisions (required; or `model:` in --config)",
+        help="estimate the LLC of every checkpoint of a training run with one recipe",
+        description="Estimate the LLC of every checkpoint-N folder of MODEL (a Trainer's "
+        "output_dir), or of MODEL at each of --revisions,\nwith the same sampler settings and "
+        "data; the curve is written to --output after each checkpoint, and a rerun skips\n"
+        "the checkpoints already there.",
     )
     _add_command(
         sub,

@@ -125,7 +125,7 @@ def _check_flags(args: argparse.Namespace) -> None:
             f"--dataset-revision {args.dataset_revision!r} does nothing with the local "
             f"--dataset {args.dataset} (revisions are the Hub's): drop --dataset-revision."
         )
-    if args.push_to_hub is None:
+    if getattr(args, "push_to_hub", None) is None:
         for flag in ("no_pr", "hub_revision", "hub_token", "commit_message"):
             if flag in args.given:
                 name = "--" + flag.replace("_", "-")
@@ -142,7 +142,9 @@ def _check_flags(args: argparse.Namespace) -> None:
             "--loss-fn and --model-loss-fn are alternatives (loss_fn(outputs, batch) or "
             "model_loss_fn(model, batch)): pass one of them."
         )
-    if args.card_model_name is not None and not (args.write_card or args.push_to_hub):
+    if getattr(args, "card_model_name", None) is not None and not (
+        args.write_card or args.push_to_hub
+    ):
         raise ValueError(
             "--card-model-name does nothing without --write-card or --push-to-hub: add one "
             "or drop it."
@@ -359,6 +361,87 @@ def _calibrate(args: argparse.Namespace) -> int:
     return _report_estimate(args, chosen, result, data)
 
 
+def _trajectory_checkpoints(args: argparse.Namespace) -> list:
+    """The checkpoints ``trajectory`` estimates, from MODEL, --revisions or --checkpoints."""
+    from ..trajectory import find_checkpoints
+
+    if args.revisions is not None and args.checkpoints is not None:
+        raise ValueError("--revisions and --checkpoints are alternatives: pass one of them.")
+    if args.revisions is not None and "revision" in args.given:
+        raise ValueError("--revision does nothing with --revisions (each is a revision): drop it.")
+    if args.checkpoints is not None:
+        return [c for folder in args.checkpoints for c in find_checkpoints(folder)]
+    return find_checkpoints(args.model, revisions=args.revisions)
+
+
+def _trajectory(args: argparse.Namespace) -> int:
+    from ..trajectory import estimate_trajectory, plot_trajectory
+    from .inputs import load_data_and_options, load_options, loss_functions, quiet_loading
+
+    cfg = config_from_args(args)
+    _check_flags(args)
+    checkpoints = _trajectory_checkpoints(args)
+    if args.output is None:
+        if not Path(args.model).is_dir():
+            raise ValueError(f"{args.model} is not a local folder: pass --output FILE.json.")
+        args.output = Path(args.model) / "llc_trajectory.json"
+    _check_writable(args.output)
+    if args.plot is not None:
+        from ..plotting import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
+    if args.write_card:
+        remote = [c.key for c in checkpoints if not Path(c.path).is_dir()]
+        if remote:
+            raise ValueError(
+                f"--write-card writes README.md in local checkpoint folders; {remote[0]} is "
+                "not one: drop --write-card."
+            )
+    quiet_loading(args)
+    first = checkpoints[0]
+    data, kwargs = load_data_and_options(args, first.path, first.revision, loss_functions(args))
+    main_process = _is_main_process()
+
+    def report(checkpoint, result, entry) -> None:
+        if not main_process:
+            return
+        print(
+            f"step {entry['step']}: LLC = {result.llc_mean:.4g} ± {result.llc_stderr:.2g} "
+            f"(s.e.), verdict {result.verdict}, {entry['seconds']:.0f}s  [{checkpoint.key}]",
+            flush=True,
+        )
+        if args.write_card:
+            from ..modelcard import write_llc_to_model_card
+
+            write_llc_to_model_card(
+                checkpoint.path,
+                result,
+                dataset_name=args.dataset,
+                dataset_split=args.split,
+                dataset_config=args.dataset_config,
+                dataset_revision=args.dataset_revision,
+                dataset_fingerprint=getattr(data, "_fingerprint", None),
+            )
+
+    curve = estimate_trajectory(
+        checkpoints,
+        data,
+        cfg,
+        output=args.output if main_process else None,
+        resume_from=args.output,
+        load_kwargs=load_options(args),
+        on_result=report,
+        **kwargs,
+    )
+    if not main_process:
+        return 0
+    print(f"{len(curve['checkpoints'])} checkpoints; wrote {args.output}")
+    if args.plot is not None:
+        plot_trajectory(curve, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``hf-llc`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
@@ -373,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "trajectory":
+            return _trajectory(args)
     except (ValueError, OSError) as err:
         if args.debug:
             raise

@@ -145,33 +145,47 @@ def _dataset_description(args: argparse.Namespace) -> dict | None:
     }
 
 
-def load_inputs(args: argparse.Namespace) -> tuple:
-    """(model, data, estimate_llc keyword arguments) from the checkpoint flags."""
-    from ..loading import load_checkpoint, tokenizer_path
-
-    if args.quiet:  # the loading bars of datasets and transformers too
+def quiet_loading(args: argparse.Namespace) -> None:
+    """With ``--quiet``, the loading bars of datasets and transformers are silenced too."""
+    if args.quiet:
         import datasets
         from transformers.utils import logging as transformers_logging
 
         datasets.disable_progress_bars()
         transformers_logging.disable_progress_bar()
 
-    loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
-    model_loss_fn = (
-        _import_function(args.model_loss_fn, "--model-loss-fn") if args.model_loss_fn else None
-    )
-    model = load_checkpoint(
-        args.model,
+
+def load_options(args: argparse.Namespace) -> dict:
+    """:func:`hf_llc.load_checkpoint`'s keyword arguments from the flags (but ``revision``)."""
+    return dict(
         task=args.task,
-        revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         allow_missing_weights=args.allow_missing_weights,
         base_model=args.base_model,
     )
+
+
+def loss_functions(args: argparse.Namespace) -> tuple:
+    """(loss_fn, model_loss_fn) imported from ``--loss-fn`` / ``--model-loss-fn``."""
+    loss_fn = _import_function(args.loss_fn, "--loss-fn") if args.loss_fn else None
+    model_loss_fn = (
+        _import_function(args.model_loss_fn, "--model-loss-fn") if args.model_loss_fn else None
+    )
+    return loss_fn, model_loss_fn
+
+
+def load_data_and_options(
+    args: argparse.Namespace, model: str, revision: str | None, functions: tuple
+) -> tuple:
+    """(data, estimate_llc keyword arguments) from the data flags, with the tokenizer of the
+    checkpoint ``model`` at ``revision`` and the user's ``(loss_fn, model_loss_fn)``."""
+    from ..loading import tokenizer_path
+
+    loss_fn, model_loss_fn = functions
     # A PEFT adapter folder without tokenizer files uses its base model's tokenizer.
-    where, revision = tokenizer_path(args.model, args.revision, base_model=args.base_model)
-    tokenizer = load_tokenizer(where, revision, args.trust_remote_code)
+    where, tok_revision = tokenizer_path(model, revision, base_model=args.base_model)
+    tokenizer = load_tokenizer(where, tok_revision, args.trust_remote_code)
     data = load_data(
         args.dataset, config=args.dataset_config, split=args.split, revision=args.dataset_revision
     )
@@ -189,4 +203,15 @@ def load_inputs(args: argparse.Namespace) -> tuple:
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
     )
+    return data, kwargs
+
+
+def load_inputs(args: argparse.Namespace) -> tuple:
+    """(model, data, estimate_llc keyword arguments) from the checkpoint flags."""
+    from ..loading import load_checkpoint
+
+    quiet_loading(args)
+    functions = loss_functions(args)  # a bad --loss-fn fails before any loading
+    model = load_checkpoint(args.model, revision=args.revision, **load_options(args))
+    data, kwargs = load_data_and_options(args, args.model, args.revision, functions)
     return model, data, kwargs
