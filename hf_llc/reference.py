@@ -85,7 +85,8 @@ class ReferenceResult:
         llc_mean: λ̂ = nβ·(mean L_n(w) over every draw of every chain − L_n(w*)).
         llc_stderr: its Monte Carlo standard error, √(var of the draws' λ values / ESS).
         llc_per_chain: λ̂ of each chain.
-        rhat: rank-normalized split R̂ of the chains' λ traces (:func:`~hf_llc.diagnostics.rhat_rank`).
+        rhat: rank-normalized split R̂ of the chains' λ traces
+            (:func:`~hf_llc.diagnostics.rhat_rank`).
         ess: effective sample size of the mean (split chains, Vehtari et al. 2021, eq. 10–12).
         ess_bulk: bulk ESS (rank-normalized), :func:`~hf_llc.diagnostics.ess_bulk`.
         acceptance_rate: the mean MH acceptance probability over the draws of all chains.
