@@ -308,8 +308,8 @@ class _Chain:
         noise = torch.randn(self.w.shape, generator=self.gen, dtype=self.w.dtype)
         proposal = self.w - 0.5 * eps * self.grad + math.sqrt(eps) * noise.to(self.w.device)
         u, loss, grad = self.target(proposal)
-        if not math.isfinite(u):
-            log_alpha = -math.inf
+        if not math.isfinite(u) or not bool(torch.isfinite(grad).all()):
+            log_alpha = -math.inf  # a proposal where U or ∇U is not finite is rejected
         else:
             log_alpha = (
                 self.u
