@@ -39,6 +39,8 @@ _EXPORTS = {
     "dln_truth": ".models.dln",
     "make_dln_problem": ".models.dln",
     "adapter_info": ".peft_support",
+    "ReferenceResult": ".reference",
+    "reference_llc": ".reference",
     "SamplerConfig": ".sampling",
     "model_targets": ".targets",
     "model_task": ".tasks",
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         make_dln_problem,
     )
     from .peft_support import adapter_info
+    from .reference import ReferenceResult, reference_llc
     from .sampling import SamplerConfig
     from .targets import model_targets
     from .tasks import model_task, normalise_task
@@ -93,6 +96,8 @@ __all__ = [
     "OutputDirLocked",
     "push_llc_to_hub",
     "read_llc_from_model_card",
+    "reference_llc",
+    "ReferenceResult",
     "SamplerConfig",
     "set_verbosity",
     "tokenizer_path",

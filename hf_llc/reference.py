@@ -1,0 +1,512 @@
+r"""An exact reference sampler of the localized tempered posterior, for small models.
+
+:func:`reference_llc` samples
+
+    p(w) ∝ exp(−U(w)),   U(w) = nβ·L_n(w) + (γ/2)·‖w − w*‖²,
+
+the target of :func:`hf_llc.estimate_llc` (DESIGN §2), with the Metropolis-adjusted Langevin
+algorithm (MALA; Roberts & Tweedie, Bernoulli 2(4), 1996): the Langevin proposal
+w' = w − (ε/2)·∇U(w) + √ε·ξ, ξ ~ N(0, I), is accepted with probability
+min(1, exp(U(w) − U(w') + log q(w | w') − log q(w' | w))), q(b | a) = N(b; a − (ε/2)∇U(a), εI).
+Three things make it exact where SGLD is not: the Metropolis–Hastings correction removes the
+discretisation bias of the step, L_n is the full-batch mean over all n samples (no minibatch
+noise), and the model, the data, w, U and the gradient are all float64.
+
+The step size ε of each chain is tuned during the warm-up only, by dual averaging of log ε
+towards a target acceptance rate (Hoffman & Gelman, JMLR 15, 2014, §3.2, their Algorithm 5
+constants), and then held fixed, so the draws are one time-homogeneous MH chain whose
+stationary law is exactly p.
+
+The target is the estimator's: the same preparation (:func:`hf_llc.posterior.open_posterior`:
+argument checks, data, loss, nβ, w*) builds the posterior, and a float64 copy of the model
+and of the data's floating columns evaluates the same loss function; w* is the model's fp32
+weights, exactly representable in float64. λ̂ = nβ·(E_p[L_n(w)] − L_n(w*)) with both terms
+in float64; the estimator's fp32 L_n(w*) is reported beside it.
+
+The localizer is Euclidean. ``SamplerConfig(preconditioner="fisher-burnin")`` (the
+estimator's default) measures its localizer in the preconditioner's metric instead, a
+slightly different target for the same γ; compare with ``preconditioner="identity"`` (or any
+other named one) for the identical target. The preconditioner itself changes only how SGLD
+moves, not what it samples, so the reference ignores it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._logging import get_logger
+from .diagnostics import _ess_of_chains, ess_bulk, rhat_rank, split_chains
+from .posterior import FlatParameters, ModelLoss, checked_config, open_posterior
+from .sampling import SamplerConfig
+from .sampling.chain import chain_generator
+
+logger = get_logger(__name__)
+
+#: The largest number of sampled parameters: beyond it full-batch float64 MALA is too slow
+#: to mix (its step shrinks like d^(−1/3)) and SGLD is the tool.
+MAX_PARAMS = 100_000
+#: The largest n·d: one full-batch float64 forward and backward costs about this many
+#: multiply-adds for a dense model, and a reference run takes tens of thousands of them.
+MAX_SIZE = 200_000_000
+#: Keyword arguments passed on to the data preparation (those of :func:`hf_llc.estimate_llc`).
+DATA_KWARGS = frozenset(
+    {
+        "loss_fn",
+        "model_loss_fn",
+        "forward_kwargs",
+        "tokenizer",
+        "text_column",
+        "max_length",
+        "num_samples",
+        "drop_empty_rows",
+        "block_size",
+        "dataset_description",
+    }
+)
+METHODS = ("mala",)
+# Dual averaging (Hoffman & Gelman 2014, Algorithm 5): shrinkage γ, offset t0, decay κ.
+_DA_GAMMA, _DA_T0, _DA_KAPPA = 0.05, 10.0, 0.75
+
+
+@dataclass
+class ReferenceResult:
+    """What :func:`reference_llc` measured.
+
+    Attributes:
+        llc_mean: λ̂ = nβ·(mean L_n(w) over every draw of every chain − L_n(w*)).
+        llc_stderr: its Monte Carlo standard error, √(var of the draws' λ values / ESS).
+        llc_per_chain: λ̂ of each chain.
+        rhat: rank-normalized split R̂ of the chains' λ traces
+            (:func:`~hf_llc.diagnostics.rhat_rank`).
+        ess: effective sample size of the mean (split chains, Vehtari et al. 2021, eq. 10–12).
+        ess_bulk: bulk ESS (rank-normalized), :func:`~hf_llc.diagnostics.ess_bulk`.
+        acceptance_rate: the mean MH acceptance probability over the draws of all chains.
+        acceptance_per_chain: the same per chain.
+        step_size: the mean over chains of the fixed draw-phase ε.
+        step_size_per_chain: each chain's ε (fixed during its draws).
+        nbeta, localization, num_samples, num_params: nβ, γ, n, d.
+        init_loss: L_n(w*) in float64 (the λ̂ reference).
+        init_loss_float32: the estimator's L_n(w*) (fp32 model, float64 sum) for comparison.
+        loss_trace: L_n(w_t) at each draw, one list per chain (float64).
+        method, num_warmup, num_draws, target_acceptance, seed: the settings.
+        wall_seconds: time of the whole call.
+    """
+
+    llc_mean: float
+    llc_stderr: float
+    llc_per_chain: list[float]
+    rhat: float
+    ess: float
+    ess_bulk: float
+    acceptance_rate: float
+    acceptance_per_chain: list[float]
+    step_size: float
+    step_size_per_chain: list[float]
+    nbeta: float
+    localization: float
+    num_samples: int
+    num_params: int
+    init_loss: float
+    init_loss_float32: float
+    loss_trace: list[list[float]] = field(repr=False)
+    method: str
+    num_warmup: int
+    num_draws: int
+    target_acceptance: float
+    seed: int
+    wall_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (floats, ints, strings and lists of them)."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line: λ̂ ± MCSE, R̂, ESS, acceptance, ε, nβ, γ, n, d."""
+        return (
+            f"reference λ̂ = {self.llc_mean:.4g} ± {self.llc_stderr:.2g} (MCSE; R̂ = "
+            f"{self.rhat:.3f}, ESS = {self.ess:.0f}, acceptance = {self.acceptance_rate:.2f}, "
+            f"ε = {self.step_size:.3g}, nβ = {self.nbeta:.4g}, γ = {self.localization:g}, "
+            f"n = {self.num_samples}, d = {self.num_params})"
+        )
+
+
+class _Float64Loss(ModelLoss):
+    """:class:`ModelLoss` on a float64 copy of the model, without the fp32 cast of the loss."""
+
+    def evaluate(self, batch: Mapping[str, Any]) -> Tensor:
+        if self.model_loss_fn is not None:
+            out = self.model_loss_fn(self.model, batch)
+        else:
+            out = self.outputs_to_loss(self.model(**self._forward_inputs(batch)), batch)
+        if not isinstance(out, Tensor) or out.dtype != torch.float64:
+            raise ValueError(
+                "reference_llc needs the loss in float64, got "
+                f"{getattr(out, 'dtype', type(out).__name__)}: loss_fn/model_loss_fn must keep "
+                "the dtype of the model's outputs (no .float())."
+            )
+        return out
+
+
+class _Target:
+    """U(w) and ∇U(w) in float64, full batch (chunks of ``chunk_size`` rows)."""
+
+    def __init__(self, problem: _Float64Loss, w_star: Tensor, nbeta: float, gamma: float, chunk):
+        self.problem, self.w_star, self.nbeta, self.gamma = problem, w_star, nbeta, gamma
+        n = problem.num_samples
+        self.batches = [
+            problem.batch(torch.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)
+        ]
+        self.sizes = [min(chunk, n - s) for s in range(0, n, chunk)]
+        self.n = n
+
+    def loss(self, w: Tensor) -> Tensor:
+        """L_n(w), differentiable: per-sample losses summed, or batch means times their size."""
+        total = w.new_zeros(())
+        for batch, size in zip(self.batches, self.sizes):
+            value = self.problem.loss(w, batch)
+            total = total + (value.sum() if value.ndim == 1 else value * size)
+        return total / self.n
+
+    def __call__(self, w: Tensor) -> tuple[float, float, Tensor]:
+        """(U(w), L_n(w), ∇U(w)); U = inf (and a zero gradient) where the loss is not finite."""
+        w = w.detach().requires_grad_(True)
+        loss = self.loss(w)
+        u = self.nbeta * loss + 0.5 * self.gamma * (w - self.w_star).pow(2).sum()
+        if not torch.isfinite(u):
+            return math.inf, float(loss.detach()), torch.zeros_like(w)
+        (grad,) = torch.autograd.grad(u, w)
+        return float(u.detach()), float(loss.detach()), grad
+
+
+def _check_settings(
+    method: str,
+    num_chains: int,
+    num_warmup: int,
+    num_draws: int,
+    target_acceptance: float,
+    seed: int,
+    step_size: float | None,
+    chunk_size: int | None,
+    data_kwargs: Mapping[str, Any],
+) -> None:
+    """ValueError naming the first bad argument."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    for name, value, low in (
+        ("num_chains", num_chains, 1),
+        ("num_warmup", num_warmup, 10),
+        ("num_draws", num_draws, 1),
+        ("seed", seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}.")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    if not (isinstance(target_acceptance, (int, float)) and 0.0 < target_acceptance < 1.0):
+        raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance!r}.")
+    if step_size is not None and not (
+        isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0
+    ):
+        raise ValueError(f"step_size must be a positive number or None, got {step_size!r}.")
+    unknown = sorted(set(data_kwargs) - DATA_KWARGS)
+    if unknown:
+        raise ValueError(
+            f"reference_llc got unexpected argument(s) {unknown}; it takes estimate_llc's data "
+            f"arguments {sorted(DATA_KWARGS)} (no output folder, processes or mixed precision)."
+        )
+
+
+def _check_size(cfg: SamplerConfig, n: int, d: int, has_columns: bool) -> None:
+    """Refuse what the reference cannot sample exactly or in reasonable time."""
+    if d > MAX_PARAMS:
+        raise ValueError(
+            f"model: reference_llc samples at most MAX_PARAMS = {MAX_PARAMS} parameters, "
+            f"this one has {d}; use estimate_llc."
+        )
+    if n * d > MAX_SIZE:
+        raise ValueError(
+            f"dataset: n·d = {n}·{d} exceeds MAX_SIZE = {MAX_SIZE:.0e} (the cost of one "
+            "full-batch float64 step); pass num_samples=... to use fewer rows, or use estimate_llc."
+        )
+    if cfg.init_loss_samples is not None and cfg.init_loss_samples != n:
+        raise ValueError(
+            f"config.init_loss_samples={cfg.init_loss_samples}: the reference takes L_n(w*) over "
+            "all n samples; leave it None."
+        )
+    if not has_columns:
+        raise ValueError(
+            "dataset: reference_llc needs numeric tensor columns (a datasets.Dataset or a dict "
+            "of tensors); collate_fn datasets are not supported."
+        )
+
+
+def _fitted(cfg: SamplerConfig, dataset: Any, data_kwargs: Mapping[str, Any]) -> SamplerConfig:
+    """``cfg`` with its SGLD ``batch_size`` (unused here but checked against n by the data
+    preparation) cut to the dataset's length when that is known."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        return cfg
+    if data_kwargs.get("num_samples"):
+        n = min(n, int(data_kwargs["num_samples"]))
+    if isinstance(dataset, Mapping):
+        n = min((len(v) for v in dataset.values()), default=n)
+    return replace(cfg, batch_size=max(1, min(cfg.batch_size, n)))
+
+
+def _float64_problem(posterior) -> tuple[_Float64Loss, Tensor]:
+    """A float64 copy of the posterior's model and data (floating columns), and w* in float64."""
+    problem = posterior.problem
+    model64 = copy.deepcopy(problem.model).to(torch.float64)
+    flat64 = FlatParameters(model64)
+    if flat64.names != posterior.flat.names:
+        raise ValueError("model: its float64 copy samples different parameters.")  # defensive
+    data64 = copy.copy(problem.data)
+    data64.columns = {
+        k: v.to(torch.float64) if v.is_floating_point() else v for k, v in data64.columns.items()
+    }
+    problem64 = _Float64Loss(
+        model64,
+        flat64,
+        data64,
+        problem.loss_fn,
+        model_loss_fn=problem.model_loss_fn,
+        forward_kwargs=problem.forward_kwargs,
+        exclude=frozenset(problem.exclude),
+    )
+    return problem64, posterior.w_star.to(torch.float64)
+
+
+def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, eps: float) -> float:
+    """log q(to | from) of the Langevin proposal, up to its constant."""
+    diff = to - frm + 0.5 * eps * grad_frm
+    return float(-diff.pow(2).sum() / (2.0 * eps))
+
+
+class _Chain:
+    """One MALA chain: its state (w, U, L_n, ∇U), generator and step size."""
+
+    def __init__(self, target: _Target, w: Tensor, gen: torch.Generator, eps: float):
+        self.target, self.gen, self.eps = target, gen, eps
+        self.w = w.clone()
+        self.u, self.loss, self.grad = target(self.w)
+
+    def step(self) -> float:
+        """One MALA transition at the current ε; returns the acceptance probability."""
+        eps = self.eps
+        noise = torch.randn(self.w.shape, generator=self.gen, dtype=self.w.dtype)
+        proposal = self.w - 0.5 * eps * self.grad + math.sqrt(eps) * noise.to(self.w.device)
+        u, loss, grad = self.target(proposal)
+        if not math.isfinite(u) or not bool(torch.isfinite(grad).all()):
+            log_alpha = -math.inf  # a proposal where U or ∇U is not finite is rejected
+        else:
+            log_alpha = (
+                self.u
+                - u
+                + _log_q(self.w, proposal, grad, eps)
+                - _log_q(proposal, self.w, self.grad, eps)
+            )
+        alpha = 1.0 if log_alpha >= 0 else math.exp(log_alpha)
+        uniform = float(torch.rand((), generator=self.gen, dtype=torch.float64))
+        if uniform < alpha:
+            self.w, self.u, self.loss, self.grad = proposal, u, loss, grad
+        return alpha
+
+    def initial_step_size(self, guess: float) -> float:
+        """Double or halve ``guess`` until the acceptance probability of one proposal from the
+        current point crosses 1/2 (Hoffman & Gelman 2014, Algorithm 4); the state is kept."""
+        saved = (self.w, self.u, self.loss, self.grad, self.gen.get_state())
+        self.eps = guess
+        direction = None
+        for _ in range(60):
+            self.w, self.u, self.loss, self.grad = saved[:4]
+            up = self.step() > 0.5
+            if direction is None:
+                direction = up
+            elif up != direction:
+                break
+            self.eps = self.eps * 2.0 if up else self.eps / 2.0
+        self.w, self.u, self.loss, self.grad = saved[:4]
+        self.gen.set_state(saved[4])
+        return self.eps
+
+
+def _warm_up(chain: _Chain, num_warmup: int, target_acceptance: float) -> None:
+    """Dual averaging of log ε towards ``target_acceptance`` (Hoffman & Gelman 2014,
+    Algorithm 5); ε is then fixed at the averaged value exp(log ε̄)."""
+    mu = math.log(10.0 * chain.eps)
+    h_bar, log_eps_bar = 0.0, 0.0
+    for m in range(1, num_warmup + 1):
+        alpha = chain.step()
+        weight = 1.0 / (m + _DA_T0)
+        h_bar = (1.0 - weight) * h_bar + weight * (target_acceptance - alpha)
+        log_eps = mu - math.sqrt(m) / _DA_GAMMA * h_bar
+        eta = m**-_DA_KAPPA
+        log_eps_bar = eta * log_eps + (1.0 - eta) * log_eps_bar
+        chain.eps = math.exp(log_eps)
+    chain.eps = math.exp(log_eps_bar)
+
+
+def _run_chain(
+    target: _Target,
+    w_star: Tensor,
+    gen: torch.Generator,
+    *,
+    num_warmup: int,
+    num_draws: int,
+    target_acceptance: float,
+    step_size: float | None,
+) -> tuple[list[float], float, float]:
+    """One chain from w*: warm-up (ε adapted), then ``num_draws`` MALA steps at a fixed ε.
+    Returns (L_n at each draw, mean acceptance probability of the draws, ε)."""
+    guess = step_size if step_size is not None else 1.0 / (target.nbeta + target.gamma)
+    chain = _Chain(target, w_star, gen, guess)
+    if step_size is None:
+        chain.initial_step_size(guess)
+    _warm_up(chain, num_warmup, target_acceptance)
+    eps = chain.eps
+    losses, accept = [], 0.0
+    for _ in range(num_draws):
+        accept += chain.step()
+        losses.append(chain.loss)
+    assert chain.eps == eps  # the draws are a fixed-step chain
+    return losses, accept / num_draws, eps
+
+
+def _statistics(llc_trace: np.ndarray) -> tuple[float, float, float, float]:
+    """(MCSE of the mean, ESS of the mean, bulk ESS, R̂) of a (chains, draws) λ trace."""
+    x = llc_trace
+    if x.shape[1] < 8:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    ess = _ess_of_chains(split_chains(x))
+    var = float(np.var(x, ddof=1)) if x.size > 1 else float("nan")
+    mcse = math.sqrt(var / ess) if ess > 0 and math.isfinite(ess) else float("nan")
+    return mcse, ess, ess_bulk(x), rhat_rank(x)
+
+
+def reference_llc(
+    model: nn.Module,
+    dataset: Any,
+    config: SamplerConfig | None = None,
+    *,
+    method: str = "mala",
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_draws: int = 4000,
+    target_acceptance: float = 0.574,
+    step_size: float | None = None,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    **data_kwargs: Any,
+) -> ReferenceResult:
+    r"""The LLC of ``model`` at its current weights w* by exact (MH-corrected, full-batch,
+    float64) sampling of p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·‖w − w*‖²).
+
+    nβ, γ and the loss are those :func:`hf_llc.estimate_llc` uses with the same ``config``
+    and data arguments (``config.nbeta``, default n / log n; ``config.localization``); the
+    config's sampler settings (step size, batch size, chains, draws, preconditioner) do not
+    apply. λ̂ = nβ·(E_p[L_n(w)] − L_n(w*)), E_p estimated by the mean over the draws.
+
+    Args:
+        model: a small ``torch.nn.Module`` (at most :data:`MAX_PARAMS` sampled parameters and
+            n·d ≤ :data:`MAX_SIZE`); it is not modified (a float64 copy is sampled).
+        dataset: as for :func:`hf_llc.estimate_llc`, with numeric tensor columns.
+        config: a :class:`~hf_llc.SamplerConfig` for nβ and γ (``SamplerConfig()`` if None).
+        method: ``"mala"`` (Metropolis-adjusted Langevin).
+        num_chains: independent chains, each started at w* with its own generator seeded from
+            (seed, chain).
+        num_warmup: steps per chain during which ε is adapted (≥ 10); never in the estimate.
+        num_draws: steps per chain at the fixed ε that enter the estimate.
+        target_acceptance: the acceptance rate the warm-up aims for (0.574, optimal for MALA
+            in high dimension).
+        step_size: the starting ε of the warm-up (default: found by doubling/halving from
+            1 / (nβ + γ)).
+        seed: base seed (non-negative integer).
+        chunk_size: rows per forward pass of L_n (default: all n in one pass).
+        progress: log one line per finished chain.
+        **data_kwargs: :func:`hf_llc.estimate_llc`'s data arguments (``loss_fn``,
+            ``model_loss_fn``, ``forward_kwargs``, ``num_samples``, ``tokenizer``, …).
+
+    Returns:
+        :class:`ReferenceResult`.
+
+    Raises:
+        ValueError: naming the bad argument, for bad settings, a model or dataset too large,
+            data without tensor columns, or a loss that is not float64 on the float64 copy.
+    """
+    t0 = time.perf_counter()
+    cfg = checked_config(config)
+    args = (num_chains, num_warmup, num_draws, target_acceptance, seed, step_size, chunk_size)
+    _check_settings(method, *args, data_kwargs)
+    with open_posterior(model, dataset, _fitted(cfg, dataset, data_kwargs), **data_kwargs) as (
+        _,
+        posterior,
+    ):
+        n, d = posterior.num_samples, posterior.num_params
+        _check_size(cfg, n, d, posterior.problem.data.columns is not None)
+        problem64, w_star = _float64_problem(posterior)
+        init_loss32 = posterior.init_loss
+        target = _Target(
+            problem64, w_star, posterior.nbeta, float(cfg.localization), chunk_size or n
+        )
+    with torch.no_grad():
+        init_loss = float(target.loss(w_star))
+    traces, accepts, steps = [], [], []
+    for c in range(num_chains):
+        gen = chain_generator(seed, c, "cpu")
+        losses, accept, eps = _run_chain(
+            target,
+            w_star,
+            gen,
+            num_warmup=num_warmup,
+            num_draws=num_draws,
+            target_acceptance=float(target_acceptance),
+            step_size=step_size,
+        )
+        traces.append(losses)
+        accepts.append(accept)
+        steps.append(eps)
+        if progress:
+            lam = target.nbeta * (float(np.mean(losses)) - init_loss)
+            logger.info(
+                "reference chain %d: λ̂ = %.4g, acceptance %.2f, ε = %.3g", c, lam, accept, eps
+            )
+    llc = target.nbeta * (np.asarray(traces, dtype=np.float64) - init_loss)
+    mcse, ess, ess_b, rhat = _statistics(llc)
+    return ReferenceResult(
+        llc_mean=float(llc.mean()),
+        llc_stderr=mcse,
+        llc_per_chain=[float(v) for v in llc.mean(axis=1)],
+        rhat=rhat,
+        ess=ess,
+        ess_bulk=ess_b,
+        acceptance_rate=float(np.mean(accepts)),
+        acceptance_per_chain=accepts,
+        step_size=float(np.mean(steps)),
+        step_size_per_chain=steps,
+        nbeta=target.nbeta,
+        localization=target.gamma,
+        num_samples=n,
+        num_params=d,
+        init_loss=init_loss,
+        init_loss_float32=init_loss32,
+        loss_trace=traces,
+        method=method,
+        num_warmup=num_warmup,
+        num_draws=num_draws,
+        target_acceptance=float(target_acceptance),
+        seed=seed,
+        wall_seconds=time.perf_counter() - t0,
+    )
