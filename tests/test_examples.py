@@ -52,3 +52,18 @@ def test_rescaling_invariance_example_quick(tmp_path):
     teacher = example.make_teacher()
     x = example.make_data(teacher, 64)["inputs"]
     torch.testing.assert_close(example.rescaled(teacher, 37.0)(x), teacher(x), rtol=1e-5, atol=1e-5)
+
+
+def test_refined_llc_example_quick(tmp_path):
+    example = _load("refined_llc")
+    report = example.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "refined_llc.json").read_text())
+    rows = {r["group"]: r for r in saved["rows"]}
+    assert set(rows) == {"whole model", *example.GROUPS}
+    # The groups partition the weights (GPT-2's output layer is the tied embedding).
+    assert (
+        sum(r["num_params"] for g, r in rows.items() if g != "whole model")
+        == (rows["whole model"]["num_params"])
+    )
+    assert len(report["rows"]) == len(saved["rows"])
+    assert (tmp_path / "refined_llc.png").stat().st_size > 0
