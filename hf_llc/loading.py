@@ -116,15 +116,20 @@ def _read_config(path: str, revision: str | None, is_local: bool) -> dict[str, A
                 reason = f"fetching config.json from the Hub failed ({type(exc).__name__}: {exc})"
                 fix = "Check the repo id (and revision), your network and access token."
             raise _not_found(path, reason, fix) from exc
+    config = _read_json(cfg_file, "model.config.save_pretrained")
+    return _check_config_fields(config, cfg_file)
+
+
+def _read_json(path: str, writer: str) -> Any:
+    """The JSON in ``path``; invalid JSON is a ``ValueError`` naming the file and ``writer``
+    (what writes it)."""
     try:
-        with open(cfg_file, encoding="utf-8") as fh:
-            config = json.load(fh)
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(
-            f"{cfg_file} is not valid JSON ({exc}); fix or regenerate it "
-            "(model.config.save_pretrained writes it)."
+            f"{path} is not valid JSON ({exc}); fix or regenerate it ({writer} writes it)."
         ) from exc
-    return _check_config_fields(config, cfg_file)
 
 
 def _check_config_fields(config: Any, cfg_file: str) -> dict[str, Any]:
@@ -439,14 +444,7 @@ def _adapter_config(path: str, revision: str | None, is_local: bool) -> dict[str
         cfg_file = _hub_file(path, ADAPTER_CONFIG, revision)
         if cfg_file is None:
             return None
-    try:
-        with open(cfg_file, encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"{cfg_file} is not valid JSON ({exc}); fix or regenerate it "
-            "(PeftModel.save_pretrained writes it)."
-        ) from exc
+    config = _read_json(cfg_file, "PeftModel.save_pretrained")
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_file} holds a JSON {type(config).__name__}, not an object.")
     return config

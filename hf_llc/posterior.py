@@ -535,12 +535,14 @@ def check_inputs(
     """
     cfg = checked_config(config)
     _check_arguments(model, loss_fn, model_loss_fn, num_samples, max_length)
+    precision = resolve_mixed_precision(mixed_precision, accelerator)
     with sampled_only(model, select_parameters(model, parameters)):
-        return _check_inputs(
+        checks.check_parameter_dtypes(model, precision)
+        prepared = _prepare_data(
             model,
             dataset,
             cfg,
-            precision=resolve_mixed_precision(mixed_precision, accelerator),
+            _model_device(model),
             loss_fn=loss_fn,
             model_loss_fn=model_loss_fn,
             forward_kwargs=forward_kwargs,
@@ -553,31 +555,23 @@ def check_inputs(
             block_size=block_size,
             dataset_description=dataset_description,
         )
-
-
-def _check_inputs(
-    model: nn.Module, dataset: Any, cfg: SamplerConfig, *, precision: str, **data_kwargs: Any
-) -> float:
-    """:func:`check_inputs` once the settings are checked and the sampled parameters chosen."""
-    checks.check_parameter_dtypes(model, precision)
-    prepared = _prepare_data(model, dataset, cfg, _model_device(model), **data_kwargs)
-    data = prepared.data
-    _check_sizes(cfg, data.num_samples)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(
-            "the model has no trainable parameters (requires_grad=True) to sample."
-            + frozen_adapter_hint(model)
-        )
-    with _eval_mode(model):
-        # The loss at w* is the model's own forward: no flat copy of the weights is needed
-        # (for a large model it would be a second copy in memory).
-        problem = prepared.problem(model, SimpleNamespace(params=[]), precision)
-        try:
-            loss, _ = problem.init_loss(min(cfg.batch_size, data.num_samples), cfg.batch_size)
-        except RuntimeError as err:
-            checks.explain_forward_error(err, model, data.columns)
-            raise
-    return loss
+        data = prepared.data
+        _check_sizes(cfg, data.num_samples)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "the model has no trainable parameters (requires_grad=True) to sample."
+                + frozen_adapter_hint(model)
+            )
+        with _eval_mode(model):
+            # The loss at w* is the model's own forward: no flat copy of the weights is needed
+            # (for a large model it would be a second copy in memory).
+            problem = prepared.problem(model, SimpleNamespace(params=[]), precision)
+            try:
+                loss, _ = problem.init_loss(min(cfg.batch_size, data.num_samples), cfg.batch_size)
+            except RuntimeError as err:
+                checks.explain_forward_error(err, model, data.columns)
+                raise
+        return loss
 
 
 @contextmanager

@@ -226,6 +226,18 @@ def _num(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _card_dataset(args: argparse.Namespace, data) -> dict:
+    """The dataset a card records, from the data flags: the same for ``--write-card``,
+    ``--push-to-hub`` and each checkpoint of ``trajectory``."""
+    return dict(
+        dataset_name=args.dataset,
+        dataset_split=args.split,
+        dataset_config=args.dataset_config,
+        dataset_revision=args.dataset_revision,
+        dataset_fingerprint=getattr(data, "_fingerprint", None),
+    )
+
+
 def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data) -> int:
     """Print an estimate's summary and write its JSON, plot and card as the flags ask."""
     from ..serialization import write_json
@@ -269,13 +281,8 @@ def _report_estimate(args: argparse.Namespace, cfg: SamplerConfig, result, data)
     if args.plot is not None:
         result.plot(args.plot)
         print(f"wrote {args.plot}")
-    # What the card records: the same for a local card and a Hub pull request.
     entry = dict(
-        dataset_name=args.dataset,
-        dataset_split=args.split,
-        dataset_config=args.dataset_config,
-        dataset_revision=args.dataset_revision,
-        dataset_fingerprint=getattr(data, "_fingerprint", None),
+        _card_dataset(args, data),
         model_revision=args.revision,
         model_name=args.card_model_name,
         plot_path=args.plot,
@@ -413,15 +420,7 @@ def _trajectory(args: argparse.Namespace) -> int:
         if args.write_card:
             from ..modelcard import write_llc_to_model_card
 
-            write_llc_to_model_card(
-                checkpoint.path,
-                result,
-                dataset_name=args.dataset,
-                dataset_split=args.split,
-                dataset_config=args.dataset_config,
-                dataset_revision=args.dataset_revision,
-                dataset_fingerprint=getattr(data, "_fingerprint", None),
-            )
+            write_llc_to_model_card(checkpoint.path, result, **_card_dataset(args, data))
 
     curve = estimate_trajectory(
         checkpoints,
