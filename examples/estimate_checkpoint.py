@@ -32,6 +32,20 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
 
 
+def train_on_texts(model, tokenizer, steps: int) -> None:
+    """Full-batch AdamW on TEXTS' next-token loss, so the weights sit near a minimum."""
+    import torch
+
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
 def build_tiny_checkpoint(folder: Path) -> None:
     """A 1-layer GPT-2 with a word-level tokenizer, briefly trained, saved like a checkpoint."""
     import torch
@@ -42,14 +56,7 @@ def build_tiny_checkpoint(folder: Path) -> None:
     config.pad_token_id = 0
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
-    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(400):
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    train_on_texts(model, tokenizer, steps=400)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from datasets import Dataset
 
 from hf_llc import SamplerConfig, estimate_llc
 
-WORDS = "the cat dog sat ran on a mat log red blue big small fast slow".split()
-TEXTS = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 8)) for i in range(512)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The texts, word-level tokenizer and training of the checkpoint example.
+from estimate_checkpoint import TEXTS, train_on_texts, word_tokenizer  # noqa: E402
+
 #: The weight groups, as ``parameters=`` patterns over GPT-2's parameter names.
 GROUPS = {
     "embeddings": ["transformer.wte.*", "transformer.wpe.*"],
@@ -34,17 +37,6 @@ GROUPS = {
 }
 
 
-def word_tokenizer():
-    """A whitespace word-level tokenizer over WORDS, with [PAD] (id 0) and [UNK]."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
-
-
 def train_model(tokenizer, steps: int):
     """A 2-layer GPT-2 trained full-batch with AdamW, so w* sits near a minimum."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -53,14 +45,7 @@ def train_model(tokenizer, steps: int):
     config.pad_token_id = 0
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
-    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    train_on_texts(model, tokenizer, steps)
     return model.eval()
 
 

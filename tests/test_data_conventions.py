@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 from datasets import Dataset, DatasetInfo, IterableDataset, load_dataset
-from tiny_text import texts, word_tokenizer
+from tiny_text import texts, tiny_bert_config, word_tokenizer
 from transformers import (
-    BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
@@ -49,16 +48,7 @@ def _gpt2(positions: int = 32) -> GPT2LMHeadModel:
 
 def _bert(cls, **kwargs):
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=24,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        **kwargs,
-    )
-    return cls(cfg).eval()
+    return cls(tiny_bert_config(**kwargs)).eval()
 
 
 def _ids(tok, text: str) -> list[int]:

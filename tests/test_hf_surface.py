@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from tiny_text import texts, word_tokenizer
+from tiny_text import texts, tiny_bert_config, word_tokenizer
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
     BertModel,
     GPT2Config,
@@ -34,18 +33,6 @@ def _gpt2(vocab=24):
     cfg = GPT2Config(vocab_size=vocab, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     cfg.pad_token_id = 0
     return GPT2LMHeadModel(cfg).eval()
-
-
-def _bert_config(**kwargs) -> BertConfig:
-    return BertConfig(
-        vocab_size=24,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        **kwargs,
-    )
 
 
 def test_causal_lm_token_weighting_gives_the_dataset_mean_token_loss():
@@ -81,7 +68,7 @@ def test_causal_lm_token_weighting_gives_the_dataset_mean_token_loss():
 
 def test_sequence_classifier_with_a_label_column():
     torch.manual_seed(0)
-    cfg = _bert_config(num_labels=3)
+    cfg = tiny_bert_config(num_labels=3)
     model = BertForSequenceClassification(cfg).eval()
     data = Dataset.from_dict({"text": TEXTS, "label": [i % 3 for i in range(len(TEXTS))]})
     result = estimate_llc(model, data, SHORT, tokenizer=_tokenizer(), progress=False)
@@ -94,7 +81,7 @@ def test_sequence_classifier_with_a_label_column():
 
 def test_bare_model_with_a_custom_loss_fn_and_model_loss_fn():
     torch.manual_seed(0)
-    cfg = _bert_config()
+    cfg = tiny_bert_config()
     model = BertModel(cfg).eval()
     tok = _tokenizer()
     enc = tok(TEXTS, padding=True)
@@ -211,7 +198,7 @@ def test_masked_lm_masks_are_drawn_once_from_the_seed():
     from transformers import BertForMaskedLM
 
     torch.manual_seed(0)
-    cfg = _bert_config()
+    cfg = tiny_bert_config()
     model = BertForMaskedLM(cfg).eval()
     data = Dataset.from_dict({"text": TEXTS})
     a = prepare_dataset(model, data, tokenizer=_tokenizer(), seed=3)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
+from tiny_text import tiny_bert_config
 from transformers import (
-    BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
@@ -98,15 +98,7 @@ def test_resolve_auto_class_takes_pipeline_tags_and_peft_names():
 
 
 def _bert(cls, **kw):
-    cfg = BertConfig(
-        vocab_size=24,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        **kw,
-    )
-    return cls(cfg)
+    return cls(tiny_bert_config(**kw))
 
 
 def test_model_task_of_transformers_models():

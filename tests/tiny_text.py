@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import BertConfig, PreTrainedTokenizerFast
 
 WORDS = "the cat dog sat ran on a mat log red blue big small fast slow".split()
 
@@ -22,4 +22,17 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]"
+    )
+
+
+def tiny_bert_config(**kwargs) -> BertConfig:
+    """A one-layer BERT config over the tokenizer's vocabulary (24 ids, 32 positions)."""
+    return BertConfig(
+        vocab_size=24,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        **kwargs,
     )
