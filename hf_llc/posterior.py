@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
+from ._attention import batched_attention
 from ._version import __version__
 from .adapters import LABEL_ALIASES, data_info, default_loss_fn, model_kind, prepare_dataset
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
@@ -314,6 +315,13 @@ class ModelLoss:
 
         with self._swapped(leaves):
             yield step
+
+    def transformable(self):
+        """A context manager within which the loss supports ``torch.func.vmap`` and double
+        backward where the model can: a transformers model's SDPA attention is switched to a
+        mask path free of data-dependent branches on SDPA's math backend
+        (:func:`hf_llc._attention.batched_attention`), and back afterwards."""
+        return batched_attention(self.model)
 
     def loss(self, w: Tensor, batch: Mapping[str, Any]) -> Tensor:
         """The loss at flat parameters ``w`` (differentiable with respect to ``w``)."""

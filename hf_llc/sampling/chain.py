@@ -11,6 +11,7 @@ that runs chains is :mod:`hf_llc.sampling.loop`.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +27,10 @@ class LossProblem(Protocol):
     ``step(batch) -> (per-sample or mean loss, mean loss, flat gradient)`` evaluated at the
     chain's own buffer ``w`` (or ``None``); without it every step goes through ``loss``.
     ``segments`` is optional too: the sizes of the parameter tensors in the flat vector, in
-    order (per-tensor quantities such as the Fisher diagonal's damping use it)."""
+    order (per-tensor quantities such as the Fisher diagonal's damping use it).
+    ``transformable()`` is optional as well: a context manager within which the loss supports
+    ``torch.func.vmap`` and double backward, for models that need another code path for them
+    (:func:`transform_context`)."""
 
     num_samples: int
 
@@ -172,6 +176,18 @@ def _copy(value: Any) -> Any:
     return value.detach().cpu().clone() if isinstance(value, Tensor) else value
 
 
+def transform_context(problem: LossProblem) -> Any:
+    """The problem's ``transformable()`` context, or a no-op for problems without one.
+
+    Batched chains evaluate their vmapped gradients in it, and every chain measures its
+    curvature in it, so a chain's Hessian-vector products are the same (exact, by double
+    backward) whether it runs batched or alone. For a transformers model it switches SDPA
+    attention to a path that vmap and double backward support (:mod:`hf_llc._attention`).
+    """
+    enter = getattr(problem, "transformable", None)
+    return enter() if enter is not None else nullcontext()
+
+
 def _grad(problem: LossProblem, w: Tensor, batch: Any, create_graph: bool = False):
     leaf = w.detach().requires_grad_(True)
     per = problem.loss(leaf, batch)
@@ -201,6 +217,13 @@ def max_curvature(
     a forward difference of gradients. Returns (eigenvalue, eigenvector) so later estimates
     can warm-start from the vector.
     """
+    with transform_context(problem):
+        return _power_iteration(
+            problem, w, batch, nbeta, localization, precond_sqrt, v0, iters, metric
+        )
+
+
+def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, iters, metric):
     v = v0.to(w.dtype)
     v = v / v.norm()
     try:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .chain import LossProblem, _grad
+from .chain import LossProblem, _grad, transform_context
 from .config import SamplerConfig
 
 
@@ -97,7 +97,8 @@ def check_batchable(
     try:
         batch = stack_batches(problem, idx)
         W = w_star.expand(num_chains, -1).clone()
-        G, L = grad_fn(W, batch)
+        with transform_context(problem):
+            G, L = grad_fn(W, batch)
     except NotBatchable:
         raise
     except Exception as err:  # vmap raises many kinds of errors for unsupported models
@@ -200,6 +201,9 @@ class VmapEngine:
         return self.problem.batch(indices[i])
 
     def grad(self, W: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-        return self.grad_fn(W, batch)
+        # The vmapped evaluation runs in the problem's transform context; the rest of a step
+        # runs exactly as in a sequential chain (whose curvature uses the same context).
+        with transform_context(self.problem):
+            return self.grad_fn(W, batch)
 
     fresh_grad = grad
