@@ -109,11 +109,17 @@ def check_batchable(
         raise NotBatchable(f"the vmapped gradient has shape {tuple(G.shape)}, not (C, d)")
     # A gross-error check (a model that mixes samples or chains is off by O(1)), loose enough
     # for bf16 autocast, where a batched matmul may round differently from a plain one.
-    if float((G[0] - g).norm()) > 1e-2 * float(g.norm()) + 1e-6:
-        raise NotBatchable("the vmapped gradient differs from the plain one")
+    gap, size = float((G[0] - g).norm()), float(g.norm())
+    if gap > 1e-2 * size + 1e-6:
+        raise NotBatchable(
+            f"the vmapped gradient differs from the plain one ({gap / max(size, 1e-30):.2g} "
+            "relative, limit 0.01)"
+        )
     loss = float(loss.detach())
     if abs(float(L[0]) - loss) > 1e-2 * abs(loss) + 1e-6:
-        raise NotBatchable("the vmapped loss differs from the plain one")
+        raise NotBatchable(
+            f"the vmapped loss differs from the plain one ({float(L[0]):.6g} against {loss:.6g})"
+        )
 
 
 class Engine(Protocol):
