@@ -3,7 +3,7 @@
 By default every parameter with ``requires_grad=True`` is sampled. ``parameters=`` (CLI
 ``--parameters``) chooses them instead, by glob patterns over ``model.named_parameters()``
 names (``"transformer.h.0.*"``, ``"*.attn.*"``), by a predicate ``f(name, parameter) ->
-bool``, or by attention heads, ``"transformer.h.0.attn:head=1"`` (:func:`hf_llc.heads.heads`:
+bool``, or by attention heads, ``"transformer.h.0.attn:head=1"`` (:func:`hf_llc.heads`:
 only that head's entries of the layer's projection matrices are sampled, the other heads'
 entries of the same matrices stay at w*); the other parameters stay at w* throughout, so the
 estimate is the LLC of the loss as a function of the chosen weights alone (Wang et al.,
@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .heads import head_masks, is_head_spec
+from .attention_heads import head_masks, is_head_spec
 
 #: What ``parameters=`` accepts: one pattern, several, or a predicate on (name, parameter).
 ParameterSelection = str | Sequence[str] | Callable[[str, nn.Parameter], bool]
@@ -48,7 +48,7 @@ def select_parameters(model: nn.Module, parameters: ParameterSelection | None) -
 
     Raises:
         ValueError: a pattern that matches no parameter (the message lists some names), a bad
-            head spec (see :mod:`hf_llc.heads`), or a selection that is empty.
+            head spec (see :mod:`hf_llc.attention_heads`), or a selection that is empty.
     """
     return select_with_slices(model, parameters)[0]
 
