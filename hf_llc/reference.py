@@ -269,7 +269,7 @@ def _float64_problem(posterior) -> tuple[_Float64Loss, Tensor]:
     """A float64 copy of the posterior's model and data (floating columns), and w* in float64."""
     problem = posterior.problem
     model64 = copy.deepcopy(problem.model).to(torch.float64)
-    flat64 = FlatParameters(model64, posterior.flat.slices)
+    flat64 = FlatParameters(model64)
     if flat64.names != posterior.flat.names:
         raise ValueError("model: its float64 copy samples different parameters.")  # defensive
     data64 = copy.copy(problem.data)

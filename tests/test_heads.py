@@ -245,12 +245,7 @@ class _ToyModel(nn.Module):
 def test_batched_chains_of_a_head_match_the_sequential_ones():
     # Tolerance as in tests/test_batched.py: bmm under vmap rounds differently from a plain
     # matmul (~1e-7 relative per step); 1e-4 is far below the differences between chains.
-    torch.manual_seed(0)
-    model = _ToyModel()
-    inputs = torch.randn(256, 3, 8)
-    with torch.no_grad():
-        labels = model(inputs, torch.zeros(256))["loss"].sqrt() + 0.1 * torch.randn(256)
-    data = {"inputs": inputs, "labels": labels}
+    model, data = _toy_problem()
     runs = {}
     for mode in ("sequential", "batched"):
         cfg = SamplerConfig(
@@ -265,6 +260,15 @@ def test_batched_chains_of_a_head_match_the_sequential_ones():
     )
     rows = runs["sequential"].loss_trace
     assert np.abs(rows[0] - rows[1]).max() > 1e-2 * np.abs(rows).max()
+
+
+def _toy_problem():
+    torch.manual_seed(0)
+    model = _ToyModel()
+    inputs = torch.randn(256, 3, 8)
+    with torch.no_grad():
+        labels = model(inputs, torch.zeros(256))["loss"].sqrt() + 0.1 * torch.randn(256)
+    return model, {"inputs": inputs, "labels": labels}
 
 
 def test_partial_views_rebuild_w_star_exactly_eagerly_and_under_vmap():
