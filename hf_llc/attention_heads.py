@@ -247,10 +247,14 @@ def head_masks(model: nn.Module, spec: str) -> dict[str, torch.Tensor]:
         for piece in layout.pieces(h):
             try:
                 p = model.get_parameter(f"{name}.{piece.param}")
-            except AttributeError:  # e.g. a projection without bias
-                continue
-            if p is None:
-                continue
+            except AttributeError:
+                if piece.param.endswith(".bias"):  # a projection without bias
+                    continue
+                raise ValueError(
+                    f"parameters: {spec!r}: {name}.{piece.param} is not a parameter (a wrapped "
+                    "layer, e.g. a PEFT adapter's?), so the head cannot be sliced; select "
+                    "parameters by glob pattern instead."
+                ) from None
             key = first_name[p]
             mask = masks.setdefault(key, torch.zeros(p.shape, dtype=torch.bool))
             mask.narrow(piece.axis, piece.start, piece.stop - piece.start).fill_(True)

@@ -334,6 +334,13 @@ def test_unsupported_attention_layouts_and_bad_heads_arguments():
     bert = BertForSequenceClassification(tiny_bert_config(num_labels=2))
     with pytest.raises(ValueError, match=r"pass its parent 'bert\.encoder\.layer\.0\.attention'"):
         select_parameters(bert, "bert.encoder.layer.0.attention.self:head=0")
+    # A projection whose weight is no parameter (e.g. a buffer of a quantized layer).
+    toy = _ToyModel()
+    weight = toy.attn.q_proj.weight.detach()
+    del toy.attn.q_proj.weight
+    toy.attn.q_proj.register_buffer("weight", weight)
+    with pytest.raises(ValueError, match=r"attn\.q_proj\.weight is not a parameter"):
+        select_parameters(toy, "attn:head=0")
     with pytest.raises(ValueError, match=r"heads\(indices=-1\): head indices count from 0"):
         heads("transformer.h.0.attn", -1)
     with pytest.raises(ValueError, match=r"heads\(indices=\[\]\): pass a head index"):
