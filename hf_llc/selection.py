@@ -57,8 +57,8 @@ def select_with_slices(
     model: nn.Module, parameters: ParameterSelection | None
 ) -> tuple[dict | None, dict[str, Tensor]]:
     """:func:`select_parameters`'s record, and for each parameter sampled only in part (by a
-    head spec, and not also whole by a pattern) the sorted flat indices of its sampled
-    entries (``name → LongTensor``, on the CPU)."""
+    head spec, not wholly covered by the heads nor selected whole by a pattern) the sorted flat
+    indices of its sampled entries (``name → LongTensor``, on the CPU)."""
     if parameters is None:
         return None, {}
     named = list(model.named_parameters(remove_duplicate=False))
@@ -80,6 +80,8 @@ def select_with_slices(
                     masks[name] = masks[name] | mask if name in masks else mask
             else:
                 chosen |= _matches(model, named, pattern)
+    # A parameter the heads cover entirely (every head of a layer) is sampled whole.
+    chosen |= {id(p) for p, name in first_name.items() if name in masks and masks[name].all()}
     whole = [name for p, name in first_name.items() if id(p) in chosen]
     slices = {
         name: mask.reshape(-1).nonzero().reshape(-1)

@@ -197,8 +197,12 @@ def test_heads_and_patterns_combine_as_a_union():
     both = select_parameters(model, "transformer.h.0.attn:head=0+1")
     assert both["names"] == [layer + n for n in ("c_attn.weight", "c_attn.bias", "c_proj.weight")]
     assert both["num_params"] == 16 * 48 + 48 + 16 * 16
+    assert both["partial"] == {}  # every entry of those three: sampled whole (the fast path)
     one_by_one = [heads("transformer.h.0.attn", 0), heads("transformer.h.0.attn", 1)]
-    assert select_parameters(model, one_by_one)["partial"] == both["partial"]
+    assert {**select_parameters(model, one_by_one), "selection": None} == {
+        **both,
+        "selection": None,
+    }
     # A pattern selecting a parameter whole wins over a head's part of it.
     mixed, slices = select_with_slices(model, [layer + "c_proj.*", "transformer.h.0.attn:head=1"])
     whole_layer = ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")
