@@ -18,6 +18,8 @@ from ._version import __version__
 
 _EXPORTS = {
     "describe_dataset": ".adapters",
+    "attention_modules": ".attention_heads",
+    "heads": ".attention_heads",
     "CalibrationResult": ".calibration",
     "calibrate_step_size": ".calibration",
     "EstimateInterrupted": ".checkpoint",
@@ -52,6 +54,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._logging import get_verbosity, set_verbosity
     from .adapters import describe_dataset
+    from .attention_heads import attention_modules, heads
     from .calibration import CalibrationResult, calibrate_step_size
     from .checkpoint import EstimateInterrupted, OutputDirLocked
     from .estimator import LLCResult, estimate_llc
@@ -75,6 +78,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
 __all__ = [
     "__version__",
     "adapter_info",
+    "attention_modules",
     "calibrate_step_size",
     "CalibrationResult",
     "describe_dataset",
@@ -86,6 +90,7 @@ __all__ = [
     "estimate_llc",
     "EstimateInterrupted",
     "get_verbosity",
+    "heads",
     "LLCCallback",
     "LLCResult",
     "load_checkpoint",

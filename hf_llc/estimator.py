@@ -404,11 +404,14 @@ def estimate_llc(
             ``config``, ``split``, ``revision``) that override the ones read from the dataset
             (:func:`hf_llc.adapters.describe_dataset`), e.g. the Hub id it was loaded from.
         parameters: sample only these parameters (a weight-refined LLC): glob patterns over
-            ``model.named_parameters()`` names (``"transformer.h.0.*"``; a list for several)
-            or a function ``(name, parameter) -> bool``; the others stay at w* throughout
-            and every ``requires_grad`` is restored afterwards. Default: the parameters with
-            ``requires_grad=True``. What was sampled is in ``diagnostics["parameters"]``
-            (names and count; ``num_params`` is the count) — see :mod:`hf_llc.selection`.
+            ``model.named_parameters()`` names (``"transformer.h.0.*"``; a list for several),
+            attention heads ``"MODULE:head=I"`` (:func:`hf_llc.heads`: only that head's
+            entries of the projection matrices), or a function ``(name, parameter) -> bool``;
+            the others stay at w* throughout and every ``requires_grad`` is restored
+            afterwards. Default: the parameters with ``requires_grad=True``. What was sampled
+            is in ``diagnostics["parameters"]`` (names, count, and per partly sampled
+            parameter its count of sampled entries; ``num_params`` is the count) — see
+            :mod:`hf_llc.selection` and :mod:`hf_llc.attention_heads`.
         accelerator: an ``accelerate.Accelerator``; without one, ``accelerate launch`` /
             ``torchrun`` environments are detected. Chains are split over the processes (chain
             c on process c mod P), each on its process's device (the model is moved there),

@@ -35,19 +35,31 @@ from .checkpoint import RunCheckpoint, tensor_sha256
 from .distributed import ProcessInfo, autocast, process_info, resolve_mixed_precision
 from .peft_support import frozen_adapter_hint
 from .sampling import LocalPosterior, SamplerConfig
-from .selection import ParameterSelection, sampled_only, select_parameters
+from .selection import ParameterSelection, sampled_only, select_with_slices
 from .serialization import settings_hash
 
 
 class FlatParameters:
-    """The sampled parameters of a module as one flat fp32 vector, and views back into it."""
+    """The sampled parameters of a module as one flat fp32 vector, and views back into it.
 
-    def __init__(self, model: nn.Module):
+    ``slices`` (name → sorted flat indices of the sampled entries; see
+    :func:`hf_llc.selection.select_with_slices`) marks parameters sampled only in part (an
+    attention head's rows of a fused matrix): the vector holds just those entries, and
+    :meth:`views` rebuilds the full tensor with every other entry a constant copy of w*.
+    """
+
+    def __init__(self, model: nn.Module, slices: Mapping[str, Tensor] | None = None):
         self.names: list[str] = []
         self.shapes: list[torch.Size] = []
         self.dtypes: list[torch.dtype] = []
         self.offsets: list[int] = []
         self.params: list[nn.Parameter] = []
+        #: name → sampled flat indices of the parameters sampled in part (empty: none is).
+        self.slices: dict[str, Tensor] = {}
+        # Per parameter, for those sampled in part: (its unsampled entries at w*, the order
+        # that puts cat(sampled, unsampled) back into the parameter's flat layout); else None.
+        self._rebuild: list[tuple[Tensor, Tensor] | None] = []
+        self.sizes: list[int] = []
         flats = []
         offset = 0
         for name, p in model.named_parameters():
@@ -58,34 +70,67 @@ class FlatParameters:
             self.shapes.append(p.shape)
             self.dtypes.append(p.dtype)
             self.offsets.append(offset)
-            offset += p.numel()
-            flats.append(p.detach().reshape(-1).to(torch.float32))
+            values = p.detach().reshape(-1)
+            index = None if slices is None else slices.get(name)
+            self._rebuild.append(None if index is None else self._split(name, values, index))
+            if index is not None:
+                values = values[self.slices[name]]
+            self.sizes.append(values.numel())
+            offset += values.numel()
+            flats.append(values.to(torch.float32))
         if not flats:
             raise ValueError(
                 "the model has no trainable parameters (requires_grad=True) to sample."
                 + frozen_adapter_hint(model)
             )
         self.numel = offset
-        self.sizes = [shape.numel() for shape in self.shapes]
         self.w_star = torch.cat(flats)
 
+    def _split(self, name: str, values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Record ``index`` as ``name``'s sampled entries; return (the other entries at w*,
+        the order that puts cat(sampled, others) back into ``values``' layout)."""
+        index = index.to(values.device)
+        self.slices[name] = index
+        others = torch.ones(values.numel(), dtype=torch.bool, device=values.device)
+        others[index] = False
+        order = torch.empty(values.numel(), dtype=torch.long, device=values.device)
+        order[index] = torch.arange(index.numel(), device=values.device)
+        order[others] = torch.arange(index.numel(), values.numel(), device=values.device)
+        return values[others].clone(), order
+
     def views(self, w: Tensor) -> dict[str, Tensor]:
-        """name → view of ``w`` shaped (and cast) like the parameter; differentiable."""
+        """name → view of ``w`` shaped (and cast) like the parameter; differentiable.
+
+        A parameter sampled in part is a new tensor instead: its sampled entries from ``w``,
+        the others the constant w* (exactly, in the parameter's dtype). Works eagerly and under
+        ``torch.func.vmap`` over a leading chain dimension of ``w``."""
         # One split (its backward is one concatenation into the flat gradient) rather than a
         # slice per parameter (whose backward scatters each piece into a zero-filled copy).
         pieces = torch.split(w, self.sizes)
         out = {}
-        for name, shape, dtype, t in zip(self.names, self.shapes, self.dtypes, pieces):
+        for name, shape, dtype, t, rebuild in zip(
+            self.names, self.shapes, self.dtypes, pieces, self._rebuild
+        ):
+            if rebuild is not None:
+                others, order = rebuild
+                t = torch.cat((t, others.to(t.dtype))).index_select(0, order)
             t = t.view(shape)
             out[name] = t if dtype == torch.float32 else t.to(dtype)
         return out
 
     def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
-        """Flatten a dict shaped like the parameters (e.g. a preconditioner diagonal)."""
+        """Flatten a dict shaped like the parameters (e.g. a preconditioner diagonal); of a
+        parameter sampled in part, only the sampled entries."""
         missing = [n for n in self.names if n not in tensors]
         if missing:
             raise ValueError(f"preconditioner is missing entries for parameters {missing[:5]}.")
-        return torch.cat([tensors[n].reshape(-1).to(torch.float32) for n in self.names])
+        pieces = []
+        for n in self.names:
+            piece = tensors[n].reshape(-1).to(torch.float32)
+            if n in self.slices:
+                piece = piece[self.slices[n].to(piece.device)]
+            pieces.append(piece)
+        return torch.cat(pieces)
 
 
 class TensorBatches:
@@ -291,9 +336,14 @@ class ModelLoss:
         views of ``w``, each with ``.grad`` a view of one flat gradient buffer; the originals
         are put back on exit. A step is then a plain forward and backward, as in training, and
         ``step(batch)`` returns (per-sample or mean loss, mean loss, flat gradient). Models
-        with non-fp32 parameters get ``None`` and use :meth:`loss`.
+        with non-fp32 parameters, or with parameters sampled only in part (their unsampled
+        entries cannot be views of ``w``), get ``None`` and use :meth:`loss`.
         """
-        if w.dtype != torch.float32 or any(d != torch.float32 for d in self.flat.dtypes):
+        if (
+            w.dtype != torch.float32
+            or any(d != torch.float32 for d in self.flat.dtypes)
+            or self.flat.slices
+        ):
             yield None
             return
         grad = torch.zeros_like(w)
@@ -544,7 +594,7 @@ def check_inputs(
     cfg = checked_config(config)
     _check_arguments(model, loss_fn, model_loss_fn, num_samples, max_length)
     precision = resolve_mixed_precision(mixed_precision, accelerator)
-    with sampled_only(model, select_parameters(model, parameters)):
+    with sampled_only(model, select_with_slices(model, parameters)[0]):
         checks.check_parameter_dtypes(model, precision)
         prepared = _prepare_data(
             model,
@@ -695,13 +745,19 @@ class Posterior:
 
 
 def build_posterior(
-    model: nn.Module, prepared: PreparedData, cfg: SamplerConfig, nbeta: float, precision: str
+    model: nn.Module,
+    prepared: PreparedData,
+    cfg: SamplerConfig,
+    nbeta: float,
+    precision: str,
+    slices: Mapping[str, Tensor] | None = None,
 ) -> Posterior:
     """The :class:`Posterior` of ``model`` (in eval mode) at its current weights w*: L_n(w*)
     over the first ``cfg.init_loss_samples`` samples (all by default), with the per-sample
-    cache kept only when that is the whole dataset."""
+    cache kept only when that is the whole dataset. ``slices``: the parameters sampled only in
+    part (see :class:`FlatParameters`)."""
     data = prepared.data
-    flat = FlatParameters(model)
+    flat = FlatParameters(model, slices)
     problem = prepared.problem(model, flat, precision)
     precond_diag = _precond_diagonal(cfg.preconditioner, flat)
     w_star = flat.w_star.to(data.device)
@@ -752,7 +808,8 @@ def open_posterior(
     output folder, the run's manifest is written (or, with ``resume``, checked) there first.
     """
     _check_arguments(model, loss_fn, model_loss_fn, num_samples, max_length, callable_loss=True)
-    selection = select_parameters(model, parameters)  # a bad pattern fails before any work
+    # A bad pattern or head spec fails before any work.
+    selection, slices = select_with_slices(model, parameters)
     run = _start_run(
         model,
         accelerator=accelerator,
@@ -781,7 +838,7 @@ def open_posterior(
     )
     nbeta = _check_sizes(cfg, prepared.data.num_samples)
     with _eval_mode(model), sampled_only(model, selection):
-        posterior = build_posterior(model, prepared, cfg, nbeta, run.precision)
+        posterior = build_posterior(model, prepared, cfg, nbeta, run.precision, slices)
         posterior.selection = selection
         if run.run_dir is not None:
             fingerprint = _fingerprint(posterior, prepared.data, run.precision)
@@ -813,6 +870,7 @@ def _fingerprint(posterior: Posterior, data: TensorBatches, precision: str) -> d
         "init_loss": posterior.init_loss,
         "weights_sha256": tensor_sha256(posterior.flat.w_star),
         **({} if posterior.selection is None else {"parameters": posterior.selection["names"]}),
+        **_slices_fingerprint(posterior.flat),
         "data_sha256": None
         if columns is None
         else tensor_sha256(*(columns[k] for k in sorted(columns)))
@@ -821,6 +879,15 @@ def _fingerprint(posterior: Posterior, data: TensorBatches, precision: str) -> d
         "preconditioner_sha256": None if precond_diag is None else tensor_sha256(precond_diag),
         "mixed_precision": precision,
     }
+
+
+def _slices_fingerprint(flat: FlatParameters) -> dict:
+    """For parameters sampled in part (attention heads), the hash of which entries; else
+    nothing, so the manifests of other runs are unchanged."""
+    if not flat.slices:
+        return {}
+    indices = [flat.slices[name].cpu() for name in sorted(flat.slices)]
+    return {"parameter_slices_sha256": tensor_sha256(*indices)}
 
 
 def _precond_diagonal(preconditioner: Any, flat: FlatParameters) -> Tensor | None:

@@ -67,3 +67,21 @@ def test_refined_llc_example_quick(tmp_path):
     )
     assert len(report["rows"]) == len(saved["rows"])
     assert (tmp_path / "refined_llc.png").stat().st_size > 0
+
+
+def test_refined_llc_example_heads_quick(tmp_path):
+    example = _load("refined_llc")
+    example.main(["--quick", "--heads", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "refined_llc_heads.json").read_text())
+    rows = {r["group"]: r for r in saved["rows"]}
+    assert list(rows) == [
+        f"block {b} {part}" for b in (0, 1) for part in ("attention, all heads", "head 0", "head 1")
+    ]
+    e, d = 32, 16  # the example's n_embd, and its head size with 2 heads
+    for b in (0, 1):
+        for h in (0, 1):  # q, k, v columns and bias entries, c_proj rows
+            assert rows[f"block {b} head {h}"]["num_params"] == 3 * e * d + 3 * d + d * e
+        # The two heads make up the layer's attention but for c_proj's bias, no head's own.
+        heads_total = sum(rows[f"block {b} head {h}"]["num_params"] for h in (0, 1))
+        assert rows[f"block {b} attention, all heads"]["num_params"] == heads_total + e
+    assert (tmp_path / "refined_llc_heads.png").stat().st_size > 0

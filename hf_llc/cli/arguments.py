@@ -54,7 +54,8 @@ def _globs(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError(
-            "expected comma-separated parameter-name patterns like 'transformer.h.0.*,lm_head.*'"
+            "expected comma-separated parameter-name patterns like 'transformer.h.0.*,lm_head.*' "
+            "or head specs like 'transformer.h.0.attn:head=1'"
         )
     return values
 
@@ -134,8 +135,10 @@ class DataArguments:
     parameters: list[str] | None = _opt(
         None,
         "sample only the parameters whose names match these globs (comma-separated, e.g. "
-        "'transformer.h.0.*'; a weight-refined LLC; the rest stay at w*) (default: every "
-        "trainable parameter)",
+        "'transformer.h.0.*'; a weight-refined LLC; the rest stay at w*), or attention heads "
+        "as MODULE:head=I (e.g. 'transformer.h.0.attn:head=1', several: 'MODULE:head=0+2'; only "
+        "that head's slices of the attention projections, output bias excluded) (default: "
+        "every trainable parameter)",
         parse=_globs,
         metavar="PATTERNS",
     )
