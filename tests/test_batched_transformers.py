@@ -139,3 +139,37 @@ def test_models_on_other_attention_implementations_are_left_alone():
     with batched_attention(model):
         assert model.config._attn_implementation == "eager"
     assert model.config._attn_implementation == "eager"
+
+
+def test_a_head_of_a_transformer_runs_batched_and_matches_sequential():
+    # A partially sampled parameter (one head's slices of the fused c_attn and of c_proj)
+    # under vmap on a real transformer; same tolerance and reasoning as above.
+    torch.manual_seed(0)
+    model = _gpt2().eval()
+    dataset = _dataset("gpt2")
+    spec = "transformer.h.0.attn:head=1"
+    runs = {
+        mode: estimate_llc(
+            model,
+            dataset,
+            SamplerConfig(
+                num_chains=3,
+                num_burnin=10,
+                num_draws=20,
+                batch_size=16,
+                step_size=1e-4,
+                preconditioner="identity",
+                chain_mode=mode,
+            ),
+            parameters=spec,
+            progress=False,
+        )
+        for mode in ("auto", "sequential")
+    }
+    bat, seq = runs["auto"], runs["sequential"]
+    assert bat.diagnostics["chain_mode"] == "batched"
+    width, head_dim = 16, 8  # n_embd 16, 2 heads
+    # q, k and v columns of c_attn with their bias entries, and the head's rows of c_proj.
+    assert bat.num_params == seq.num_params == 3 * (width + 1) * head_dim + head_dim * width
+    np.testing.assert_allclose(bat.loss_trace, seq.loss_trace, rtol=RTOL, atol=1e-9)
+    np.testing.assert_allclose(bat.llc_per_chain, seq.llc_per_chain, rtol=RTOL)
