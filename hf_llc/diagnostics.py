@@ -724,8 +724,8 @@ def settings_reasons(settings: dict) -> list[tuple[str, str]]:
 # discretization bias in λ̂ is first order in ε, so a λ̂ that changes when ε is halved carries
 # a bias of about twice the change (λ̂(ε) − λ̂(0) ≈ 2·(λ̂(ε) − λ̂(ε/2))); a λ̂ that does not
 # is not driven by the step. With one chain per run there is no standard error, and the
-# relative change alone decides. A smaller step also mixes more slowly, so a burn-in that was just long
-# enough at ε may not be at ε/2: a change then means the recipe is marginal either way.
+# relative change alone decides. A smaller step also mixes more slowly, so a burn-in that was
+# just long enough at ε may not be at ε/2: a change then means the recipe is marginal either way.
 
 #: |λ̂(ε/2) − λ̂(ε)| / |λ̂(ε)| above this (and beyond the noise, below): warning. A 10% change
 #: means about 20% bias at ε (first order), well above the ≤ 7.9% total error of the default
