@@ -337,7 +337,8 @@ def _robustness_line(report: Mapping[str, Any]) -> str:
     (a, b), (sa, sb) = report["llc_means"], report["llc_stderrs"]
     eps = report.get("step_sizes") or [None, None]
     diff, rel = report.get("difference"), report.get("relative_change")
-    sign = "+" if isinstance(diff, (int, float)) and diff >= 0 else "-"
+    number = isinstance(diff, (int, float)) and math.isfinite(diff)
+    sign = ("+" if diff >= 0 else "-") if number else ""
     noise = "within noise" if report.get("within_noise") else "beyond noise"
     return (
         f"step-size robustness: λ̂ = {_fmt(a)} ± {_fmt(sa, '.3g')} at "
