@@ -23,6 +23,7 @@ import importlib
 import json
 import math
 import signal
+import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,7 @@ from .checkpoint import (
     RunCheckpoint,
     releases_run_locks,
 )
-from .diagnostics import assess_estimate, trace_checks
+from .diagnostics import assess_estimate, robustness_report, trace_checks
 from .distributed import ProcessInfo
 from .peft_support import adapter_info
 from .plotting import plot_llc_result
@@ -315,16 +316,36 @@ class LLCResult:
         return "\n".join(lines)
 
     def summary(self) -> str:
-        """λ̂ ± std (stderr) with nβ and the chain count, then the verdict and its reasons."""
+        """λ̂ ± std (stderr) with nβ and the chain count, the step-size robustness line when
+        the result has one, then the verdict and its reasons."""
         line = (
             f"LLC = {self.llc_mean:.4g} ± {self.llc_std:.3g} (stderr {self.llc_stderr:.3g}, "
             f"{len(self.llc_per_chain)} chains, nβ = {self.nbeta:.4g}, n = {self.num_samples})"
         )
+        report = (self.diagnostics or {}).get("robustness")
+        if report:
+            line += "\n" + _robustness_line(report)
         if self.verdict is None:
             return line
         return "\n".join(
             [f"{line}\nverdict: {self.verdict}", *(f"  {r}" for r in self.verdict_reasons)]
         )
+
+
+def _robustness_line(report: Mapping[str, Any]) -> str:
+    """One line of ``diagnostics["robustness"]``: λ̂ at ε and at ε/2 and the change."""
+    (a, b), (sa, sb) = report["llc_means"], report["llc_stderrs"]
+    eps = report.get("step_sizes") or [None, None]
+    diff, rel = report.get("difference"), report.get("relative_change")
+    number = isinstance(diff, (int, float)) and math.isfinite(diff)
+    sign = ("+" if diff >= 0 else "-") if number else ""
+    noise = "within noise" if report.get("within_noise") else "beyond noise"
+    return (
+        f"step-size robustness: λ̂ = {_fmt(a)} ± {_fmt(sa, '.3g')} at "
+        f"ε = {_fmt(eps[0], '.3g')}, {_fmt(b)} ± {_fmt(sb, '.3g')} at ε/2 = "
+        f"{_fmt(eps[1], '.3g')}: change {sign}{_fmt(rel, '.1%')} "
+        f"({_fmt(report.get('noise_multiple'), '.1f')} combined stderr, {noise})"
+    )
 
 
 def _import_extra(name: str, what: str):
@@ -492,8 +513,13 @@ def estimate_llc(
         # Once, after sampling (off the hot path), the same on every process: the curvature
         # the verdict's checks of the step and of the localization need.
         measured = _verdict_curvature(posterior, chain_cfg, chains)
+        half = None
+        if cfg.robustness:  # λ̂ again at half the step size (diagnostics["robustness"])
+            half = _half_step_run(posterior, chain_cfg, chains, run, progress)
 
-    result = _assemble(chains, chain_cfg, posterior, warn=run.procs.is_main, measured=measured)
+    result = _assemble(
+        chains, chain_cfg, posterior, warn=run.procs.is_main, measured=measured, half=half
+    )
     if calibration is not None:
         # The settings say "auto" (rerunning them reproduces this result); the ε used is here.
         result.config = cfg.to_dict()
@@ -535,6 +561,90 @@ def _sample(
     if stopped is not None:
         _interrupted(run.run_dir, stopped, cfg, posterior, procs)
     return sorted(procs.gather(chains), key=lambda ch: ch.chain), chain_mode
+
+
+def _half_step_run(
+    posterior: Posterior,
+    chain_cfg: SamplerConfig,
+    chains: list[ChainResult],
+    run: RunContext,
+    progress: bool,
+) -> tuple[list[ChainResult], SamplerConfig, float] | None:
+    """The robustness report's second run: the estimate's chains again at half their step size
+    (:func:`_half_steps`), same seeds, burn-in and draws; not checkpointed (the output folder
+    holds the estimate's chains only). Returns the chains, the settings of the first group of
+    them and the wall-clock seconds; ``None`` when no chain has a finite step size to halve."""
+    procs = run.procs
+    steps = _half_steps(chain_cfg, chains)
+    if steps is None:
+        logger.warning("no chain has a finite step size to halve: no robustness report")
+        return None
+    mine = procs.my_chains(chain_cfg.num_chains)
+    groups: dict[float, list[int]] = {}
+    for c in mine:
+        groups.setdefault(steps[c], []).append(c)
+    configs = {eps: replace(chain_cfg, step_size=eps, robustness=False) for eps in groups}
+    bar = None
+    if progress and procs.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine) * chain_cfg.num_steps, desc="SGLD at ε/2", unit="step")
+    start = time.perf_counter()
+    done: list[ChainResult] = []
+    try:
+        for eps, group in groups.items():
+            done += run_chains(posterior.local, configs[eps], group, progress=bar)[0]
+    finally:
+        if bar is not None:
+            bar.close()
+    half = sorted(procs.gather(done), key=lambda ch: ch.chain)
+    first = configs[steps[half[0].chain]] if half else replace(chain_cfg, robustness=False)
+    return half, first, time.perf_counter() - start
+
+
+def _half_steps(chain_cfg: SamplerConfig, chains: list[ChainResult]) -> dict[int, float] | None:
+    """Chain → its step size in the half-step run: ε_c/2, ε_c the fixed step chain c drew with
+    (the configured or calibrated ε, the curvature rule's choice at the end of the burn-in, or
+    the step of its last attempt after restarts). A chain without a finite ε_c (kept after
+    diverging) gets the median of the others'; ``None`` if no chain has one."""
+    eps = {ch.chain: float(ch.step_size) for ch in chains}
+    finite = [e for e in eps.values() if math.isfinite(e) and e > 0]
+    if not finite:
+        return None
+    fallback = float(np.median(finite))
+    return {
+        c: (eps[c] if math.isfinite(eps.get(c, math.nan)) and eps[c] > 0 else fallback) / 2
+        for c in range(chain_cfg.num_chains)
+    }
+
+
+def _robustness(
+    result: LLCResult,
+    cfg: SamplerConfig,
+    posterior: Posterior,
+    half: tuple[list[ChainResult], SamplerConfig, float],
+) -> dict:
+    """``diagnostics["robustness"]`` of ``result`` (the chains of ``cfg``) and the half-step
+    run ``half`` (:func:`_half_step_run`); see :func:`hf_llc.diagnostics.robustness_report`.
+    ``step_sizes`` are the mean over the chains of the step each drew with, ε and exactly ε/2
+    (``step_size_per_chain`` has every chain's)."""
+    half_chains, half_cfg, seconds = half
+    other = _assemble(half_chains, half_cfg, posterior, warn=False)
+    runs = (result, other)
+    per_chain = [[float(e) for e in r.diagnostics["step_size_per_chain"]] for r in runs]
+    result.timings["robustness_seconds"] = seconds
+    return robustness_report(
+        llc_means=[r.llc_mean for r in runs],
+        llc_stderrs=[r.llc_stderr for r in runs],
+        step_sizes=[float(np.nanmean(p)) if p else float("nan") for p in per_chain],
+        step_rule="curvature" if cfg.step_size == "curvature" else "fixed",
+        step_size_per_chain=per_chain,
+        llc_per_chain=[list(r.llc_per_chain) for r in runs],
+        num_divergences=[len(r.diagnostics["divergences"]) for r in runs],
+        half_step_verdict=other.verdict,
+        sampling_seconds=[r.timings["sampling_seconds"] for r in runs],
+        seconds=seconds,
+    )
 
 
 def _run_chains(
@@ -594,9 +704,11 @@ def _assemble(
     *,
     warn: bool = True,
     measured: dict | None = None,
+    half: tuple[list[ChainResult], SamplerConfig, float] | None = None,
 ) -> LLCResult:
     """The result of finished chains. ``measured``: :func:`_verdict_curvature`'s numbers for
-    the verdict's checks of the step and the localization (skipped when ``None``)."""
+    the verdict's checks of the step and the localization (skipped when ``None``). ``half``:
+    the half-step run of the robustness report (:func:`_half_step_run`), or ``None``."""
     nbeta, init_loss, n = posterior.nbeta, posterior.init_loss, posterior.num_samples
     trace, per_chain, paired, divergences = _chain_estimates(chains, cfg, nbeta, init_loss)
     healthy = [i for i, ch in enumerate(chains) if not ch.diverged]
@@ -647,6 +759,8 @@ def _assemble(
         "num_samples": n,
         **(measured or {}),
     }
+    if half is not None:
+        result.diagnostics["robustness"] = _robustness(result, cfg, posterior, half)
     _add_verdict(result, chains, nbeta, init_loss, settings)
     return result
 
@@ -859,6 +973,7 @@ def _add_verdict(
         retries=diag["retries"],
         mala_acceptance_per_chain=diag.get("mala_acceptance_per_chain"),
         settings=settings,
+        robustness=diag.get("robustness"),
     )
 
 

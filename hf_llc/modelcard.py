@@ -79,6 +79,7 @@ from huggingface_hub.utils import validate_repo_id, yaml_dump
 
 from ._text import fmt
 from ._version import __version__
+from .sampling.config import chain_settings
 from .serialization import (
     atomic_write,
     check_format,
@@ -857,8 +858,9 @@ def _make_entry(
 
 def _settings_id(settings: dict, nbeta: Any, selection: Any = None) -> str:
     """The estimate's identity in the card: sampler settings and nβ, and for a weight-refined
-    LLC the parameter selection (so it never replaces the whole model's entry)."""
-    keyed = {"settings": settings, "nbeta": nbeta}
+    LLC the parameter selection (so it never replaces the whole model's entry). Settings that
+    only add a report (``robustness``) leave it unchanged: the estimate is the same."""
+    keyed = {"settings": chain_settings(settings), "nbeta": nbeta}
     if selection is not None:
         keyed["parameters"] = selection
     return "sgld-" + settings_hash(keyed, length=12)
@@ -904,7 +906,16 @@ def _diagnostics_summary(diag: Mapping) -> dict:
     calibration = diag.get("calibration")
     if isinstance(calibration, Mapping):
         out["step_size_calibration"] = _calibration_summary(calibration)
+    robustness = diag.get("robustness")
+    if isinstance(robustness, Mapping):
+        out["step_size_robustness"] = _robustness_summary(robustness)
     return out
+
+
+def _robustness_summary(report: Mapping) -> dict:
+    """λ̂ at ε and ε/2 and the change (the per-chain values stay in the JSON)."""
+    keys = ("step_rule", "step_sizes", "llc_means", "llc_stderrs", "relative_change")
+    return to_plain({k: report.get(k) for k in (*keys, "within_noise")})
 
 
 def _calibration_summary(calibration: Mapping) -> dict:

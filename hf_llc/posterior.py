@@ -35,6 +35,7 @@ from .checkpoint import RunCheckpoint, tensor_sha256
 from .distributed import ProcessInfo, autocast, process_info, resolve_mixed_precision
 from .peft_support import frozen_adapter_hint
 from .sampling import LocalPosterior, SamplerConfig
+from .sampling.config import chain_settings
 from .selection import ParameterSelection, sampled_only, select_with_slices
 from .serialization import settings_hash
 
@@ -847,8 +848,10 @@ def open_posterior(
 
 
 def run_manifest(cfg: SamplerConfig, fingerprint: dict) -> dict:
-    """The ``manifest.json`` of a checkpointed run: settings, version, model/data fingerprint."""
-    settings = cfg.to_dict()
+    """The ``manifest.json`` of a checkpointed run: settings, version, model/data fingerprint.
+    The settings are those of the chains (:func:`~hf_llc.sampling.config.chain_settings`: a
+    report such as ``robustness`` may be turned on or off when the run is resumed)."""
+    settings = chain_settings(cfg.to_dict())
     return {
         "format": CHECKPOINT_FORMAT,
         "hf_llc_version": __version__,

@@ -44,6 +44,7 @@ NON_DEFAULT = {
     "check_every": ("5", 5),
     "chain_mode": ("batched", "batched"),
     "compile": (None, True),
+    "robustness": (None, True),
 }
 
 

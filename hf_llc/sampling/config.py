@@ -7,6 +7,7 @@ Symbols follow Lau et al. (arXiv 2308.12108) and Furman & Lau (arXiv 2402.03698)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,15 @@ CHAIN_MODES = ("auto", "batched", "sequential")
 STEP_SIZE_MODES = ("curvature", "auto")
 # The largest finite float32: the sampling state is fp32, so larger settings become inf there.
 FLOAT32_MAX = 3.4028234663852886e38
+#: Settings that add a report to the result without changing the estimate's chains: left out
+#: of a run's identity (a checkpointed run's manifest, a model-card entry's ``settings_id``),
+#: so turning them on or off neither blocks a resume nor makes a second card entry.
+REPORT_SETTINGS = ("robustness",)
+
+
+def chain_settings(settings: Mapping[str, Any]) -> dict:
+    """``settings`` (a :meth:`SamplerConfig.to_dict`) without :data:`REPORT_SETTINGS`."""
+    return {k: v for k, v in settings.items() if k not in REPORT_SETTINGS}
 
 
 def parse_step_size(text: str) -> float | str:
@@ -118,6 +128,14 @@ class SamplerConfig:
         compile: ``torch.compile`` the loss-and-gradient function (both chain modes); results
             match eager up to float rounding. Compilation costs seconds to minutes up front,
             so it pays off only for long runs.
+        robustness: after the estimate, run the same chains again at half the step size
+            and report how far λ̂ moves in ``diagnostics["robustness"]``; the verdict warns
+            when it moves more than 10% and more than 2 combined standard errors
+            (discretization bias). Chain c runs again at the fixed step ε_c/2, ε_c the step
+            it drew with: the configured or calibrated ε, or the one the curvature rule chose by
+            the end of its burn-in. Seeds, burn-in, draws and every other setting are the same.
+            The estimate itself is unchanged; the run takes about twice as long. The half-step
+            chains are not checkpointed (a resumed run reruns them).
     """
 
     step_size: float | str = _setting(
@@ -161,6 +179,12 @@ class SamplerConfig:
         choices=CHAIN_MODES,
     )
     compile: bool = _setting(False, "torch.compile the loss and gradient")
+    robustness: bool = _setting(
+        False,
+        "also rerun the chains at half their step size (each chain's ε/2) and report how far "
+        "λ̂ moves (diagnostics['robustness'], checked by the verdict); about "
+        "doubles the run time",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -222,6 +246,11 @@ class SamplerConfig:
             )
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}.")
+        if not isinstance(self.robustness, bool):
+            raise ValueError(
+                f"robustness must be True or False, got {self.robustness!r}: True reruns the "
+                "chains at half the step size and reports how far λ̂ moves (CLI: --robustness)."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}.")
 
