@@ -76,7 +76,7 @@ def _dataset(kind: str) -> Dataset:
 MODELS = {"gpt2": _gpt2, "llama": _llama, "bert": _bert}
 
 
-def _run(model, dataset, mode):
+def _run(model, dataset, mode, burnin=20, draws=40, **kwargs):
     # A fixed step and no preconditioner: at these randomly initialised (untrained) models the
     # default recipe's steps are large enough early in burn-in that the chains are not yet
     # contracting and rounding differences grow (the adaptive step sizes and preconditioners
@@ -84,14 +84,14 @@ def _run(model, dataset, mode):
     # the chains contract, so the comparison isolates the batched evaluation itself.
     cfg = SamplerConfig(
         num_chains=3,
-        num_burnin=20,
-        num_draws=40,
+        num_burnin=burnin,
+        num_draws=draws,
         batch_size=16,
         step_size=1e-4,
         preconditioner="identity",
         chain_mode=mode,
     )
-    return estimate_llc(model, dataset, cfg, progress=False)
+    return estimate_llc(model, dataset, cfg, progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
@@ -148,24 +148,7 @@ def test_a_head_of_a_transformer_runs_batched_and_matches_sequential():
     model = _gpt2().eval()
     dataset = _dataset("gpt2")
     spec = "transformer.h.0.attn:head=1"
-    runs = {
-        mode: estimate_llc(
-            model,
-            dataset,
-            SamplerConfig(
-                num_chains=3,
-                num_burnin=10,
-                num_draws=20,
-                batch_size=16,
-                step_size=1e-4,
-                preconditioner="identity",
-                chain_mode=mode,
-            ),
-            parameters=spec,
-            progress=False,
-        )
-        for mode in ("auto", "sequential")
-    }
+    runs = {m: _run(model, dataset, m, 10, 20, parameters=spec) for m in ("auto", "sequential")}
     bat, seq = runs["auto"], runs["sequential"]
     assert bat.diagnostics["chain_mode"] == "batched"
     width, head_dim = 16, 8  # n_embd 16, 2 heads
