@@ -69,7 +69,7 @@ def register() -> None:
     _registered = True
 
 
-def _sdpa_models(model: nn.Module) -> list[nn.Module]:
+def sdpa_models(model: nn.Module) -> list[nn.Module]:
     """The transformers models in ``model`` (itself, or inside a wrapper such as peft's) whose
     attention is ``"sdpa"`` and can be switched at run time; outermost first, nested ones
     (sub-models of one switched model share its switch) left out."""
@@ -93,10 +93,11 @@ def _sdpa_models(model: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def batched_attention(model: nn.Module) -> Iterator[None]:
+def batched_attention(model: nn.Module, models: list[nn.Module] | None = None) -> Iterator[None]:
     """Within the block, the model's SDPA attention is :data:`BATCHED_ATTENTION` (vmap-able,
-    see the module docstring); afterwards it is ``"sdpa"`` again. Other models: no change."""
-    models = _sdpa_models(model)
+    see the module docstring); afterwards it is ``"sdpa"`` again. Other models: no change.
+    ``models``: :func:`sdpa_models` of ``model`` when the caller has it already."""
+    models = sdpa_models(model) if models is None else models
     if not models:
         yield
         return

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from ._attention import batched_attention
+from ._attention import batched_attention, sdpa_models
 from ._version import __version__
 from .adapters import LABEL_ALIASES, data_info, default_loss_fn, model_kind, prepare_dataset
 from .checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT
@@ -251,6 +251,7 @@ class ModelLoss:
         self.forward_kwargs = dict(forward_kwargs or {})
         self.exclude = set(exclude) | {"num_items_in_batch"}
         self.num_samples = data.num_samples
+        self._attention_models: list[nn.Module] | None = None  # see transformable()
         # The parameter tensors' sizes in the flat vector (none for check_inputs' stand-in).
         self.segments = getattr(flat, "sizes", None)
         params = inspect.signature(model.forward).parameters
@@ -372,7 +373,9 @@ class ModelLoss:
         backward where the model can: a transformers model's SDPA attention is switched to a
         mask path free of data-dependent branches on SDPA's math backend
         (:func:`hf_llc._attention.batched_attention`), and back afterwards."""
-        return batched_attention(self.model)
+        if self._attention_models is None:  # found once: this runs at every batched step
+            self._attention_models = sdpa_models(self.model)
+        return batched_attention(self.model, self._attention_models)
 
     def loss(self, w: Tensor, batch: Mapping[str, Any]) -> Tensor:
         """The loss at flat parameters ``w`` (differentiable with respect to ``w``)."""
