@@ -350,7 +350,8 @@ def summarise_nonlinear(results: Sequence[dict], config: SamplerConfig, seconds:
 
 def format_nonlinear_table(results: Sequence[dict]) -> str:
     """A Markdown table: case, d, n, nβ, L_n(w*), reference λ̂ ± MCSE (R̂, acceptance),
-    SGLD λ̂ ± se, relative difference, z, verdict and wall times."""
+    SGLD λ̂ ± se, relative difference, z, verdict and wall times; then the SGLD verdicts'
+    reasons, one line each."""
     head = (
         "| case | d | n | nβ | L_n(w*) | reference λ̂ ± MCSE | R̂ | acc. | s "
         "| SGLD λ̂ ± se | s | rel. diff | z | verdict |"
@@ -365,6 +366,9 @@ def format_nonlinear_table(results: Sequence[dict]) -> str:
             f"| {r['sgld_seconds']:.0f} | {r['relative_difference']:+.1%} | {r['z']:+.1f} "
             f"| {r.get('verdict') or '-'} |"
         )
+    reasons = [f"- {r['case']}: {x}" for r in results for x in r.get("verdict_reasons") or []]
+    if reasons:
+        lines += ["", "SGLD verdicts:", *reasons]
     return "\n".join(lines)
 
 
