@@ -112,3 +112,9 @@ def test_cli_refuses_dln_options_with_nonlinear():
     with pytest.raises(SystemExit) as exc:
         main(["validate", "--suite", "nonlinear", "--widths", "3,2,3"])
     assert exc.value.code == 2
+
+
+def test_cli_refuses_reference_options_without_nonlinear():
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--reference-draws", "10"])
+    assert exc.value.code == 2

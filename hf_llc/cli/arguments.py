@@ -252,7 +252,7 @@ class TrajectoryArguments:
 
 @dataclass
 class ValidateArguments:
-    """The deep-linear-network cases of ``validate``."""
+    """The cases of ``validate``: deep linear networks, or the nonlinear suite."""
 
     # hf_llc.validation.SUITES' names (not imported here: it loads the estimator's stack).
     suite: str = _opt(

@@ -81,6 +81,10 @@ def _validate(args: argparse.Namespace) -> int:
         return _validate_nonlinear(args)
     from ..validation import SUITES, ValidationCase, format_table, run_suite
 
+    ref_flags = ("reference_warmup", "reference_draws", "reference_chains")
+    bad = [f"--{k.replace('_', '-')}" for k in ref_flags if k in getattr(args, "given", ())]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: options of --suite nonlinear only.")
     cfg = config_from_args(args)
     n = args.num_samples
     if n < 2:
