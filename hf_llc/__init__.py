@@ -47,6 +47,8 @@ _EXPORTS = {
     "model_targets": ".targets",
     "model_task": ".tasks",
     "normalise_task": ".tasks",
+    "run_nonlinear_case": ".validation_nonlinear",
+    "run_nonlinear_suite": ".validation_nonlinear",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .sampling import SamplerConfig
     from .targets import model_targets
     from .tasks import model_task, normalise_task
+    from .validation_nonlinear import run_nonlinear_case, run_nonlinear_suite
 
 __all__ = [
     "__version__",
@@ -103,6 +106,8 @@ __all__ = [
     "read_llc_from_model_card",
     "reference_llc",
     "ReferenceResult",
+    "run_nonlinear_case",
+    "run_nonlinear_suite",
     "SamplerConfig",
     "set_verbosity",
     "tokenizer_path",

@@ -252,10 +252,15 @@ class TrajectoryArguments:
 
 @dataclass
 class ValidateArguments:
-    """The deep-linear-network cases of ``validate``."""
+    """The cases of ``validate``: deep linear networks, or the nonlinear suite."""
 
     # hf_llc.validation.SUITES' names (not imported here: it loads the estimator's stack).
-    suite: str = _opt("quick", "the built-in suite to run", choices=("quick", "paper", "heldout"))
+    suite: str = _opt(
+        "quick",
+        "the built-in suite to run (nonlinear: small MLPs and attention against the exact "
+        "reference sampler instead of DLN theory)",
+        choices=("quick", "paper", "heldout", "nonlinear"),
+    )
     widths: list[int] | None = _opt(
         None, "one case instead: widths like 7,4,6,5 (input, hidden…, output)", parse=_ints
     )
@@ -279,6 +284,9 @@ class ValidateArguments:
         "DLN loss: ½·squared error summed over outputs, or averaged (mse)",
         choices=("gaussian_nll", "mse"),
     )
+    reference_warmup: int = _opt(1000, "--suite nonlinear: reference MALA warm-up steps per chain")
+    reference_draws: int = _opt(4000, "--suite nonlinear: reference MALA draws per chain")
+    reference_chains: int = _opt(4, "--suite nonlinear: reference MALA chains")
     jobs: int | None = _opt(None, "worker processes (default: the cores)")
     output: Path | None = _opt(None, "write the results as JSON here")
 

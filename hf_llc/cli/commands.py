@@ -17,9 +17,74 @@ from .arguments import build_parser, config_from_args, parse_args
 from .inputs import load_inputs
 
 
+def _validate_nonlinear(args: argparse.Namespace) -> int:
+    """``validate --suite nonlinear``: each case's SGLD λ̂ (the sampler flags' recipe) against
+    the exact reference (same nβ and γ), as a Markdown table."""
+    from ..validation_nonlinear import (
+        NONLINEAR_SUITE,
+        format_nonlinear_summary,
+        format_nonlinear_table,
+        run_nonlinear_suite,
+    )
+
+    given = getattr(args, "given", set())
+    dln_only = ("widths", "rank", "construction", "rescale", "input_distribution", "loss_type")
+    bad = [f"--{k.replace('_', '-')}" for k in dln_only if k in given]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: options of the DLN suites, not of --suite nonlinear.")
+    num_samples = args.num_samples if "num_samples" in given else None
+    if num_samples is not None and num_samples < 2:
+        raise ValueError(f"--num-samples must be ≥ 2, got {num_samples}.")
+    if args.output is not None:
+        _check_writable(args.output)
+    cfg = config_from_args(args)
+    cases = NONLINEAR_SUITE
+    done = []
+
+    def report(r: dict) -> None:
+        done.append(r)
+        if not args.quiet:
+            print(
+                f"[{len(done)}/{len(cases)}] {r['case']}: SGLD λ̂ = {r['llc_mean']:.4g}, "
+                f"reference {r['reference_llc']:.4g} ± {r['reference_mcse']:.2g} "
+                f"({r['relative_difference']:+.1%}) "
+                f"{r['reference_seconds'] + r['sgld_seconds']:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    out = run_nonlinear_suite(
+        cases,
+        cfg,
+        jobs=args.jobs,
+        on_result=report,
+        seed=args.teacher_seed,
+        num_samples=num_samples,
+        reference_kwargs={
+            "num_warmup": args.reference_warmup,
+            "num_draws": args.reference_draws,
+            "num_chains": args.reference_chains,
+        },
+    )
+    print(format_nonlinear_table(out["cases"]))
+    print("\n" + format_nonlinear_summary(out["summary"]))
+    if args.output is not None:
+        from ..serialization import write_json
+
+        write_json(args.output, out)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
+    if args.suite == "nonlinear":
+        return _validate_nonlinear(args)
     from ..validation import SUITES, ValidationCase, format_table, run_suite
 
+    ref_flags = ("reference_warmup", "reference_draws", "reference_chains")
+    bad = [f"--{k.replace('_', '-')}" for k in ref_flags if k in getattr(args, "given", ())]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: options of --suite nonlinear only.")
     cfg = config_from_args(args)
     n = args.num_samples
     if n < 2:

@@ -1,0 +1,120 @@
+"""The nonlinear validation suite: case structure, w* a minimum, one case end to end with
+tiny settings, the table, and ``hf-llc validate --suite nonlinear``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from hf_llc.cli import main
+from hf_llc.sampling import SamplerConfig
+from hf_llc.validation_nonlinear import (
+    BUILDERS,
+    NONLINEAR_SUITE,
+    format_nonlinear_summary,
+    format_nonlinear_table,
+    loss_and_grad_norm,
+    run_nonlinear_case,
+    summarise_nonlinear,
+)
+
+TINY = SamplerConfig(num_chains=2, num_burnin=20, num_draws=30, batch_size=64)
+TINY_REF = {"num_chains": 2, "num_warmup": 20, "num_draws": 30}
+
+
+@pytest.mark.parametrize("case", NONLINEAR_SUITE, ids=lambda c: c.name)
+def test_each_case_sits_at_a_minimum(case):
+    model, dataset, info = BUILDERS[case.name](case.num_samples, 0)
+    loss, grad = loss_and_grad_norm(model, dataset)
+    assert 20 <= sum(p.numel() for p in model.parameters()) <= 300
+    assert len(dataset["x"]) == len(dataset["y"]) == case.num_samples
+    if case.name == "tanh_trained":
+        # Noisy labels (σ = 0.1, two outputs): L_n ≈ ½·2·0.01 at a fitted minimum; the
+        # gradient is what L-BFGS left plus the float32 rounding of w*.
+        assert 0.005 < loss < 0.02
+        assert grad < 1e-3
+        assert info["train_grad_norm"] == pytest.approx(grad)
+    else:
+        # Noise-free realizable teachers: w* is an exact global minimum (float32 rounding).
+        assert loss < 1e-10
+        assert grad < 1e-6
+
+
+def test_singular_structure():
+    model, _, info = BUILDERS["tanh_zero_out"](100, 1)
+    unit = info["zero_outgoing_unit"]
+    assert torch.all(model.fc2.weight[:, unit] == 0)
+    assert torch.any(model.fc1.weight[unit] != 0)
+
+    model, _, info = BUILDERS["relu_duplicated"](100, 1)
+    a, b = info["duplicated_units"]
+    assert torch.equal(model.fc1.weight[a], model.fc1.weight[b])
+    assert model.fc1.bias[a] == model.fc1.bias[b]
+    total = model.fc2.weight[:, a] + model.fc2.weight[:, b]
+    torch.testing.assert_close(total, torch.tensor(info["teacher_outgoing"]))
+    assert torch.all(model.fc2.weight[:, a] != 0) and torch.all(model.fc2.weight[:, b] != 0)
+
+
+def test_run_one_case_with_tiny_settings():
+    case = next(c for c in NONLINEAR_SUITE if c.name == "gelu_minimal")
+    r = run_nonlinear_case(case, TINY, seed=0, num_samples=200, reference_kwargs=TINY_REF)
+    assert r["num_samples"] == 200 and r["num_params"] == 30
+    assert r["nbeta"] == r["nbeta_sgld"] == pytest.approx(200 / math.log(200))
+    # The same w* and data: the estimator's L_n(w*) and the reference's agree (fp32 vs fp64).
+    assert r["sgld_init_loss"] == pytest.approx(r["reference_init_loss"], abs=1e-6)
+    for key in ("reference_llc", "reference_mcse", "llc_mean", "llc_stderr", "z"):
+        assert math.isfinite(r[key]), key
+    assert r["reference_settings"] == {"num_warmup": 20, "num_draws": 30, "seed": 0} | {
+        "num_chains": 2
+    }
+    assert r["verdict"] in ("ok", "warning", "fail")
+    json.dumps(r)  # JSON-ready
+    table = format_nonlinear_table([r])
+    assert "| gelu_minimal | 30 | 200 |" in table
+    assert table.count("\n") == 2 + (2 + len(r["verdict_reasons"]) if r["verdict_reasons"] else 0)
+    summary = summarise_nonlinear([r], TINY, 1.0)
+    assert summary["max_abs_relative_difference"] == pytest.approx(abs(r["relative_difference"]))
+    assert "targets" in format_nonlinear_summary(summary)
+
+
+def test_summary_against_targets():
+    rows = [{"relative_difference": d, "verdict": "ok"} for d in (0.01, -0.04, 0.06)]
+    s = summarise_nonlinear(rows, SamplerConfig(), 0.0)
+    assert s["median_abs_relative_difference"] == pytest.approx(0.04)
+    assert s["meets_targets"]
+    rows.append({"relative_difference": 0.2, "verdict": "ok"})
+    assert not summarise_nonlinear(rows, SamplerConfig(), 0.0)["meets_targets"]
+
+
+def test_cli_validate_nonlinear(tmp_path, capsys):
+    out = tmp_path / "nonlinear.json"
+    argv = ["validate", "--suite", "nonlinear", "--num-samples", "100", "--jobs", "1"]
+    argv += ["--num-chains", "2", "--num-burnin", "10", "--num-draws", "10", "--batch-size", "32"]
+    argv += ["--reference-chains", "2", "--reference-warmup", "10", "--reference-draws", "10"]
+    argv += ["--nbeta", "30", "--output", str(out), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| case | d | n |" in printed and "targets" in printed
+    report = json.loads(out.read_text())
+    assert report["suite"] == "nonlinear"
+    assert [r["case"] for r in report["cases"]] == [c.name for c in NONLINEAR_SUITE]
+    for r in report["cases"]:
+        assert r["nbeta"] == r["nbeta_sgld"] == 30.0  # --nbeta goes to both samplers
+        assert r["num_samples"] == 100
+        assert r["reference_settings"]["num_draws"] == 10
+    assert report["summary"]["config"]["num_draws"] == 10
+
+
+def test_cli_refuses_dln_options_with_nonlinear():
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--suite", "nonlinear", "--widths", "3,2,3"])
+    assert exc.value.code == 2
+
+
+def test_cli_refuses_reference_options_without_nonlinear():
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--reference-draws", "10"])
+    assert exc.value.code == 2
