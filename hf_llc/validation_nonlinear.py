@@ -35,6 +35,8 @@ from .serialization import format_header
 #: The issue's targets for the default recipe against the reference.
 TARGET_MEDIAN = 0.05
 TARGET_MAX = 0.10
+#: A case whose reference has a larger R̂ has not converged and is left out of the targets.
+REFERENCE_RHAT_LIMIT = 1.05
 
 
 class MLP(nn.Module):
@@ -329,8 +331,15 @@ def run_nonlinear_suite(
 
 
 def summarise_nonlinear(results: Sequence[dict], config: SamplerConfig, seconds: float) -> dict:
-    """Median and max |relative difference| from the reference, against the targets."""
-    diffs = [abs(r["relative_difference"]) for r in results]
+    """Median and max |relative difference| from the reference, against the targets.
+
+    Only cases whose reference converged (R̂ ≤ :data:`REFERENCE_RHAT_LIMIT`) count: an
+    unconverged reference is no ground truth, so its gap measures nothing; those cases are
+    listed in ``unconverged_reference`` instead."""
+    unconverged = [
+        r["case"] for r in results if not r.get("reference_rhat", 0.0) <= REFERENCE_RHAT_LIMIT
+    ]
+    diffs = [abs(r["relative_difference"]) for r in results if r["case"] not in unconverged]
     diffs = [d for d in diffs if math.isfinite(d)]
     median = statistics.median(diffs) if diffs else float("nan")
     worst = max(diffs) if diffs else float("nan")
@@ -343,6 +352,8 @@ def summarise_nonlinear(results: Sequence[dict], config: SamplerConfig, seconds:
         "target_median": TARGET_MEDIAN,
         "target_max": TARGET_MAX,
         "meets_targets": bool(median <= TARGET_MEDIAN and worst <= TARGET_MAX),
+        "unconverged_reference": unconverged,
+        "reference_rhat_limit": REFERENCE_RHAT_LIMIT,
         "wall_seconds": seconds,
         "config": config.to_dict(),
     }
@@ -375,8 +386,16 @@ def format_nonlinear_table(results: Sequence[dict]) -> str:
 def format_nonlinear_summary(summary: dict) -> str:
     """One line: median and max |relative difference|, and whether they meet the targets."""
     meets = "meets" if summary["meets_targets"] else "does NOT meet"
+    left_out = summary.get("unconverged_reference") or []
+    counted = summary["num_cases"] - len(left_out)
+    note = (
+        f" ({', '.join(left_out)} left out: reference R̂ > {summary['reference_rhat_limit']:g},"
+        " run it longer with --reference-draws)"
+        if left_out
+        else ""
+    )
     return (
-        f"{summary['num_cases']} cases: median |rel. diff| = "
+        f"{counted} cases{note}: median |rel. diff| = "
         f"{summary['median_abs_relative_difference']:.1%}, max = "
         f"{summary['max_abs_relative_difference']:.1%}; the recipe {meets} the targets "
         f"(median ≤ {summary['target_median']:.0%}, max ≤ {summary['target_max']:.0%}); "
@@ -388,6 +407,7 @@ __all__ = [
     "BUILDERS",
     "NONLINEAR_SUITE",
     "NonlinearCase",
+    "REFERENCE_RHAT_LIMIT",
     "format_nonlinear_summary",
     "format_nonlinear_table",
     "loss_and_grad_norm",

@@ -75,17 +75,27 @@ def test_run_one_case_with_tiny_settings():
     table = format_nonlinear_table([r])
     assert "| gelu_minimal | 30 | 200 |" in table
     assert table.count("\n") == 2 + (2 + len(r["verdict_reasons"]) if r["verdict_reasons"] else 0)
-    summary = summarise_nonlinear([r], TINY, 1.0)
+    # As if the (tiny) reference had converged: the summary counts only such cases.
+    summary = summarise_nonlinear([{**r, "reference_rhat": 1.0}], TINY, 1.0)
     assert summary["max_abs_relative_difference"] == pytest.approx(abs(r["relative_difference"]))
     assert "targets" in format_nonlinear_summary(summary)
 
 
 def test_summary_against_targets():
-    rows = [{"relative_difference": d, "verdict": "ok"} for d in (0.01, -0.04, 0.06)]
+    rows = [
+        {"case": f"c{i}", "relative_difference": d, "verdict": "ok", "reference_rhat": 1.01}
+        for i, d in enumerate((0.01, -0.04, 0.06))
+    ]
     s = summarise_nonlinear(rows, SamplerConfig(), 0.0)
     assert s["median_abs_relative_difference"] == pytest.approx(0.04)
-    assert s["meets_targets"]
-    rows.append({"relative_difference": 0.2, "verdict": "ok"})
+    assert s["meets_targets"] and s["unconverged_reference"] == []
+    # A case whose reference did not converge is no ground truth: left out, and said so.
+    unconverged = {"case": "late", "relative_difference": 0.6, "reference_rhat": 1.2}
+    s = summarise_nonlinear([*rows, unconverged], SamplerConfig(), 0.0)
+    assert s["meets_targets"] and s["unconverged_reference"] == ["late"]
+    line = format_nonlinear_summary(s)
+    assert line.startswith("3 cases (late left out: reference R̂ > 1.05")
+    rows.append({"case": "far", "relative_difference": 0.2, "reference_rhat": 1.0})
     assert not summarise_nonlinear(rows, SamplerConfig(), 0.0)["meets_targets"]
 
 
