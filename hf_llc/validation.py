@@ -200,8 +200,38 @@ def _worker(args: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    case, config, kwargs = args
-    return run_case(case, SamplerConfig.from_dict(config), **kwargs)
+    run_one, case, config, kwargs = args
+    return run_one(case, SamplerConfig.from_dict(config), **kwargs)
+
+
+def run_cases(
+    run_one: Callable[..., dict],
+    cases: Sequence[Any],
+    cfg: SamplerConfig,
+    kwargs: dict,
+    *,
+    jobs: int | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """``run_one(case, cfg, **kwargs)`` for every case, in ``jobs`` worker processes (default:
+    one per CPU core; ``run_one`` must be a module-level function), one torch thread each;
+    results in the cases' order, ``on_result`` called on each as it finishes."""
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
+    results: list[dict | None] = [None] * len(cases)
+    if jobs == 1:
+        for i, case in enumerate(cases):
+            results[i] = run_one(case, cfg, **kwargs)
+            if on_result:
+                on_result(results[i])
+        return results
+    work = [(run_one, case, cfg.to_dict(), kwargs) for case in cases]
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, w): i for i, w in enumerate(work)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            if on_result:
+                on_result(results[futures[fut]])
+    return results
 
 
 def run_suite(
@@ -220,24 +250,9 @@ def run_suite(
     "summary": {...}}`` with the cases in their given order.
     """
     cfg = config if config is not None else SamplerConfig()
-    kwargs = case_kwargs
-    num_samples = kwargs.get("num_samples", DEFAULT_NUM_SAMPLES)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
+    num_samples = case_kwargs.get("num_samples", DEFAULT_NUM_SAMPLES)
     start = time.perf_counter()
-    results: list[dict | None] = [None] * len(cases)
-    if jobs == 1:
-        for i, case in enumerate(cases):
-            results[i] = run_case(case, cfg, **kwargs)
-            if on_result:
-                on_result(results[i])
-    else:
-        work = [(case, cfg.to_dict(), kwargs) for case in cases]
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_worker, w): i for i, w in enumerate(work)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                if on_result:
-                    on_result(results[futures[fut]])
+    results = run_cases(run_case, cases, cfg, case_kwargs, jobs=jobs, on_result=on_result)
     return {
         **format_header("validation_report"),
         "cases": results,
@@ -300,6 +315,7 @@ __all__ = [
     "ValidationCase",
     "format_table",
     "run_case",
+    "run_cases",
     "run_suite",
     "summarise",
 ]

@@ -15,13 +15,10 @@ the trained net, which is fitted to noisy labels and sits at the local minimum i
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Any
 
 import torch
@@ -31,6 +28,7 @@ from .estimator import estimate_llc
 from .reference import reference_llc
 from .sampling import SamplerConfig
 from .serialization import format_header
+from .validation import run_cases
 
 #: The issue's targets for the default recipe against the reference.
 TARGET_MEDIAN = 0.05
@@ -289,12 +287,6 @@ def run_nonlinear_case(
     }
 
 
-def _worker(args: tuple) -> dict:
-    torch.set_num_threads(1)
-    case, config, kwargs = args
-    return run_nonlinear_case(case, SamplerConfig.from_dict(config), **kwargs)
-
-
 def run_nonlinear_suite(
     cases: Sequence[NonlinearCase] = NONLINEAR_SUITE,
     config: SamplerConfig | None = None,
@@ -306,22 +298,8 @@ def run_nonlinear_suite(
     """Run ``cases`` (in ``jobs`` worker processes; default: one per core) and summarise;
     ``case_kwargs`` (``seed``, ``num_samples``, ``reference_kwargs``) go to every case."""
     cfg = config if config is not None else SamplerConfig()
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(cases)))
     start = time.perf_counter()
-    results: list[dict | None] = [None] * len(cases)
-    if jobs == 1:
-        for i, case in enumerate(cases):
-            results[i] = run_nonlinear_case(case, cfg, **case_kwargs)
-            if on_result:
-                on_result(results[i])
-    else:
-        work = [(case, cfg.to_dict(), case_kwargs) for case in cases]
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_worker, w): i for i, w in enumerate(work)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                if on_result:
-                    on_result(results[futures[fut]])
+    results = run_cases(run_nonlinear_case, cases, cfg, case_kwargs, jobs=jobs, on_result=on_result)
     return {
         **format_header("validation_report"),
         "suite": "nonlinear",

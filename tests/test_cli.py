@@ -156,7 +156,8 @@ def test_validate_offers_every_built_in_suite():
 
     validate = build_parser()._subparsers._group_actions[0].choices["validate"]
     (suite,) = [a for a in validate._actions if a.dest == "suite"]
-    assert list(suite.choices) == list(SUITES)
+    # The DLN suites, then the nonlinear suite (checked against the exact reference sampler).
+    assert list(suite.choices) == [*SUITES, "nonlinear"]
     # The held-out cases are new to both other suites.
     seen = {c for name in ("quick", "paper") for c in SUITES[name]}
     assert HELDOUT_SUITE and not seen & set(HELDOUT_SUITE)
