@@ -25,27 +25,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 #: The name the batched attention is registered under in transformers' interfaces.
 BATCHED_ATTENTION = "hf_llc_batched"
 
-_registered = False
+#: transformers' SDPA mask builder and attention function, bound by :func:`register` (the two
+#: functions below are only reachable once registered), so no import runs per attention call.
+_sdpa: dict[str, Any] = {}
 
 
 def _mask(*args: Any, **kwargs: Any):
-    from transformers.masking_utils import sdpa_mask
-
     kwargs["allow_is_causal_skip"] = False
     kwargs["allow_is_bidirectional_skip"] = False
-    return sdpa_mask(*args, **kwargs)
+    return _sdpa["mask"](*args, **kwargs)
 
 
 def _attention(module: nn.Module, query, key, value, *args: Any, **kwargs: Any):
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     device = query.device.type
     if torch.is_autocast_enabled(device):
         # Autocast casts SDPA's inputs to its dtype; under vmap that cast is not applied, and
@@ -53,20 +51,20 @@ def _attention(module: nn.Module, query, key, value, *args: Any, **kwargs: Any):
         dtype = torch.get_autocast_dtype(device)
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     with sdpa_kernel(SDPBackend.MATH):
-        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+        return _sdpa["attention"](module, query, key, value, *args, **kwargs)
 
 
 def register() -> None:
     """Register :data:`BATCHED_ATTENTION` with transformers (once per process)."""
-    global _registered
-    if _registered:
+    if _sdpa:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    _sdpa.update(mask=sdpa_mask, attention=sdpa_attention_forward)
     AttentionInterface.register(BATCHED_ATTENTION, _attention)
     AttentionMaskInterface.register(BATCHED_ATTENTION, _mask)
-    _registered = True
 
 
 def sdpa_models(model: nn.Module) -> list[nn.Module]:
@@ -96,15 +94,19 @@ def sdpa_models(model: nn.Module) -> list[nn.Module]:
 def batched_attention(model: nn.Module, models: list[nn.Module] | None = None) -> Iterator[None]:
     """Within the block, the model's SDPA attention is :data:`BATCHED_ATTENTION` (vmap-able,
     see the module docstring); afterwards it is ``"sdpa"`` again. Other models: no change.
+    Nested use is safe: an inner block within an outer one changes nothing.
     ``models``: :func:`sdpa_models` of ``model`` when the caller has it already."""
     models = sdpa_models(model) if models is None else models
-    if not models:
+    # Only those on SDPA now: inside an enclosing switch (a curvature measurement within a
+    # batched run) there is nothing to do, and the exit leaves the enclosing switch in place.
+    todo = [m for m in models if m.config._attn_implementation == "sdpa"]
+    if not todo:
         yield
         return
     register()
     switched = []
     try:
-        for module in models:
+        for module in todo:
             module.set_attn_implementation(BATCHED_ATTENTION)
             switched.append(module)
         yield

@@ -191,6 +191,11 @@ def _layout_of(module: nn.Module) -> Callable[[nn.Module, str], _Layout] | None:
     return None
 
 
+def parameter_names(model: nn.Module) -> dict[nn.Parameter, str]:
+    """Parameter → the name ``named_parameters()`` reports it under (a tied parameter's first)."""
+    return {p: name for name, p in model.named_parameters()}
+
+
 def attention_modules(model: nn.Module) -> list[str]:
     """The names of the model's attention modules whose heads :func:`head_masks` can slice."""
     return [n for n, m in model.named_modules() if n and _layout_of(m) is not None]
@@ -239,9 +244,7 @@ def head_masks(model: nn.Module, spec: str) -> dict[str, torch.Tensor]:
             f"parameters: {spec!r}: head {bad[0]} is out of range; {name} has "
             f"{layout.num_heads} heads, 0 to {layout.num_heads - 1}."
         )
-    first_name = {}
-    for full, p in model.named_parameters():
-        first_name[p] = full
+    first_name = parameter_names(model)
     masks: dict[str, torch.Tensor] = {}
     for h in picked:
         for piece in layout.pieces(h):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .attention_heads import head_masks, is_head_spec
+from .attention_heads import head_masks, is_head_spec, parameter_names
 
 #: What ``parameters=`` accepts: one pattern, several, or a predicate on (name, parameter).
 ParameterSelection = str | Sequence[str] | Callable[[str, nn.Parameter], bool]
@@ -62,9 +62,7 @@ def select_with_slices(
     if parameters is None:
         return None, {}
     named = list(model.named_parameters(remove_duplicate=False))
-    first_name = {}  # parameter -> the name named_parameters() reports it under
-    for name, p in model.named_parameters():
-        first_name[p] = name
+    first_name = parameter_names(model)
     chosen: set[int] = set()
     masks: dict[str, Tensor] = {}
     if callable(parameters) and not isinstance(parameters, str):

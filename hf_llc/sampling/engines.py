@@ -198,7 +198,10 @@ class VmapEngine:
         self.grad_fn = grad_fn if grad_fn is not None else batched_grad_fn(problem, compile)
 
     def open(self, W: Tensor) -> Any:
-        return nullcontext()
+        # The whole run in the problem's transform context (entered once, not per step): the
+        # vmapped gradients need it, and the curvature measurements, which a sequential chain
+        # also makes in it, are then the same in both modes.
+        return transform_context(self.problem)
 
     def batch(self, indices: Tensor) -> Any:
         return stack_batches(self.problem, indices)
@@ -207,9 +210,6 @@ class VmapEngine:
         return self.problem.batch(indices[i])
 
     def grad(self, W: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-        # The vmapped evaluation runs in the problem's transform context; the rest of a step
-        # runs exactly as in a sequential chain (whose curvature uses the same context).
-        with transform_context(self.problem):
-            return self.grad_fn(W, batch)
+        return self.grad_fn(W, batch)
 
     fresh_grad = grad
