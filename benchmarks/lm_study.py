@@ -274,18 +274,25 @@ def scaled(settings: dict, key: str, factor: float, n: int) -> dict | None:
     return out
 
 
+def full_settings(settings: dict) -> dict:
+    """Every setting of a run (``SamplerConfig.to_dict``), chains batched when possible."""
+    return SamplerConfig(**{"chain_mode": "auto", **settings}).to_dict()
+
+
 def plan_runs(settings: dict, vary: list[str], n: int) -> list[tuple[str, dict]]:
     """(variation, settings) of the base run and its variations; variations whose settings
     equal the base's (seed 0 of a seed-0 base, a batch already at n) are left out."""
     runs = [("base", dict(settings))]
+    seen = [full_settings(settings)]
     for kind in vary:
         if kind == "seed":
             options = [(f"seed={s}", {**settings, "seed": s}) for s in (0, 1, 2)]
         else:
             options = [(f"{kind}×{f:g}", scaled(settings, kind, f, n)) for f in (0.5, 2.0)]
         for label, varied in options:
-            if varied is not None and varied != settings:
+            if varied is not None and full_settings(varied) not in seen:
                 runs.append((label, varied))
+                seen.append(full_settings(varied))
     return runs
 
 
@@ -325,8 +332,19 @@ def append_record(path: Path, record: dict) -> None:
     """Append one run as one JSON line and flush it to disk at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps(record, default=_plain) + "\n")
+        f.write(json.dumps(_no_nan(record), default=_plain) + "\n")
         f.flush()
+
+
+def _no_nan(value):
+    """``value`` with every non-finite float replaced by ``None`` (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def _plain(value):
@@ -350,7 +368,7 @@ def device_name(device: torch.device) -> str:
 
 def estimate(model, dataset, settings: dict) -> tuple[object, float]:
     """One ``estimate_llc`` run (batched chains when possible) and its wall time."""
-    config = SamplerConfig(**{"chain_mode": "auto", **settings})
+    config = SamplerConfig(**full_settings(settings))
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -406,14 +424,14 @@ def run_model(name: str, blocks, digest: str, args, device, out: Path) -> int:
     )
     dataset = Dataset.from_dict({"input_ids": blocks.tolist()})
     recipes = builtin_recipes(params, args.lit_step)
+    if args.quick:  # the built-in recipes' lengths / 10 (a custom recipe keeps its own)
+        recipes = {k: shorten(v, QUICK_DIVISOR) for k, v in recipes.items()}
     if args.recipe_json:
         custom, settings = custom_recipe(args.recipe_json, recipes)
         recipes[custom] = settings
     done, ran = done_keys(out), 0
     for recipe in args.base:
         settings = recipes[recipe]
-        if args.quick:
-            settings = shorten(settings, QUICK_DIVISOR)
         if args.robustness:
             settings = {**settings, "robustness": True}
         for variation, varied in plan_runs(settings, args.vary, n):
@@ -428,7 +446,7 @@ def run_model(name: str, blocks, digest: str, args, device, out: Path) -> int:
                 "train": {**train_info, "seed": args.seed},
                 "recipe": recipe,
                 "variation": variation,
-                "settings": SamplerConfig(**{"chain_mode": "auto", **varied}).to_dict(),
+                "settings": full_settings(varied),
             }
             record["key"] = run_key(record)
             if record["key"] in done:
