@@ -281,7 +281,7 @@ def full_settings(settings: dict) -> dict:
 
 def plan_runs(settings: dict, vary: list[str], n: int) -> list[tuple[str, dict]]:
     """(variation, settings) of the base run and its variations; variations whose settings
-    equal the base's (seed 0 of a seed-0 base, a batch already at n) are left out."""
+    equal an earlier run's (seed 0 of a seed-0 base, a batch already at n) are left out."""
     runs = [("base", dict(settings))]
     seen = [full_settings(settings)]
     for kind in vary:
