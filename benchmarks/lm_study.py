@@ -366,13 +366,24 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def next_token_loss(outputs, batch) -> torch.Tensor:
+    """Each block's mean next-token cross-entropy (one loss per sample, so the estimator's
+    per-sample cache at w* and its paired estimate are used)."""
+    logits = outputs.logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return per_token.mean(dim=-1)
+
+
 def estimate(model, dataset, settings: dict) -> tuple[object, float]:
-    """One ``estimate_llc`` run (batched chains when possible) and its wall time."""
+    """One ``estimate_llc`` run (batched chains when possible) and its wall time. ``dataset``
+    is ``{"input_ids": blocks}``: a dict of tensors, so no ``datasets`` fingerprinting (which
+    fails to pickle pyarrow types under some pyarrow/dill/Python combinations)."""
     config = SamplerConfig(**full_settings(settings))
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = estimate_llc(model, dataset, config, progress=False)
+        result = estimate_llc(model, dataset, config, loss_fn=next_token_loss, progress=False)
     return result, time.perf_counter() - start
 
 
@@ -411,8 +422,6 @@ def result_fields(result, wall: float) -> dict:
 
 def run_model(name: str, blocks, digest: str, args, device, out: Path) -> int:
     """Every planned run of one model not yet in ``out``; returns how many ran."""
-    from datasets import Dataset
-
     model, train_info = trained_model(name, blocks, args, device)
     params = count_params(model)
     n, seq_len = blocks.shape
@@ -422,7 +431,7 @@ def run_model(name: str, blocks, digest: str, args, device, out: Path) -> int:
         f"final training loss {train_info['final_loss']:.3f}",
         flush=True,
     )
-    dataset = Dataset.from_dict({"input_ids": blocks.tolist()})
+    dataset = {"input_ids": blocks}
     recipes = builtin_recipes(params, args.lit_step)
     if args.quick:  # the built-in recipes' lengths / 10 (a custom recipe keeps its own)
         recipes = {k: shorten(v, QUICK_DIVISOR) for k, v in recipes.items()}

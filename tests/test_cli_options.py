@@ -45,6 +45,7 @@ NON_DEFAULT = {
     "chain_mode": ("batched", "batched"),
     "compile": (None, True),
     "robustness": (None, True),
+    "localizer": ("euclidean", "euclidean"),
 }
 
 

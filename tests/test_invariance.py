@@ -86,6 +86,62 @@ def test_one_step_from_D_w_lands_on_D_times_the_step_from_w():
     torch.testing.assert_close(u_next, D * w_next, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("fused", [False, True])
+def test_euclidean_localizer_step_is_the_formula(frozen, fused):
+    """``localizer="euclidean"``: the step is w − (ε/2)·A·(nβ·g + γ·(w − w*)) + √(εA)·ξ with
+    the Fisher A (the metric localizer's drift is A·nβ·g + (γ/nβ)·(w − w*)),
+    both through the separate drift and the fused drift-and-descend paths; adapting, the window
+    sees only nβ·g, as with the metric localizer."""
+    gen = torch.Generator().manual_seed(3)
+    d = sum(SEGMENTS)
+    w_star = torch.randn(d, generator=gen, dtype=torch.float64)
+    w = w_star + 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
+    g = torch.randn(d, generator=gen, dtype=torch.float64)
+    xi = torch.randn(d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    eps, gamma = 0.01, 3.0
+    steps = {}
+    for euclidean in (False, True):
+        pre = FisherPreconditioner(
+            torch.zeros(d, dtype=torch.float64), NBETA, 1e-4, SEGMENTS, euclidean=euclidean
+        )
+        for h in [torch.randn(d, generator=torch.Generator().manual_seed(k)) for k in range(4)]:
+            pre.drift_(h.double(), w, w_star, nbeta=NBETA, localization=gamma, adapt=True)
+        pre.freeze() if frozen else pre.refresh()
+        A = pre.A
+        assert (pre.metric is None) == euclidean
+        out = w.clone()
+        if fused:
+            noise = (eps * A).sqrt() * xi
+            out.add_(noise)
+            pre.drift_descend_(
+                out, g.clone(), w_star, nbeta=NBETA, localization=gamma, coef=-eps / 2
+            )
+            start = w + noise
+        else:
+            sgld_step_(
+                out,
+                g.clone(),
+                w_star,
+                step_size=eps,
+                nbeta=NBETA,
+                localization=gamma,
+                generator=torch.Generator().manual_seed(5),
+                precond=pre,
+            )
+            start = w
+        if euclidean:
+            moved = start - eps / 2 * A * (NBETA * g + gamma * (start - w_star))
+        else:  # the localizer acts after the gradient move (an O(ε²) difference)
+            moved = start - eps / 2 * A * NBETA * g
+            k = -eps / 2 * gamma / NBETA
+            moved = (1 + k) * moved - k * w_star
+        expected = moved + (0 if fused else (eps * A).sqrt() * xi)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        steps[euclidean] = out
+    assert not torch.allclose(steps[False], steps[True])
+
+
 # ------------------------------------------------------------------------------------------
 # The outcome, at the defaults (slow).
 

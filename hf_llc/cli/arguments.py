@@ -21,7 +21,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..sampling.config import SamplerConfig
+from ..sampling.config import PRESETS, SamplerConfig, preset_settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -404,7 +404,15 @@ def _add_command(
         "on the command line override it",
     )
     for cls, title in COMMAND_ARGUMENTS[name]:
-        _add_fields(parser.add_argument_group(title), cls)
+        group = parser.add_argument_group(title)
+        if cls is SamplerConfig:
+            group.add_argument(
+                "--preset",
+                choices=sorted(PRESETS),
+                help="start from a named recipe (language-model: see docs/language_models.md); "
+                "the sampler flags and --config override its settings",
+            )
+        _add_fields(group, cls)
     return parser
 
 
@@ -545,6 +553,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
             except ValueError as err:
                 command.error(str(err))
             given.add(dest)
+    if getattr(args, "preset", None) is not None:
+        for name, value in preset_settings(args.preset).items():
+            if name not in given:  # the command line and --config win over the preset
+                setattr(args, name, value)
+                given.add(name)
     for cls, _ in COMMAND_ARGUMENTS[args.command]:
         for f in fields(cls):
             if f.name not in given:

@@ -14,17 +14,27 @@ from typing import Any
 PRECONDITIONERS = ("fisher-burnin", "identity", "rmsprop", "rmsprop-burnin")
 CHAIN_MODES = ("auto", "batched", "sequential")
 STEP_SIZE_MODES = ("curvature", "auto")
+LOCALIZERS = ("preconditioner", "euclidean")
 # The largest finite float32: the sampling state is fp32, so larger settings become inf there.
 FLOAT32_MAX = 3.4028234663852886e38
 #: Settings that add a report to the result without changing the estimate's chains: left out
 #: of a run's identity (a checkpointed run's manifest, a model-card entry's ``settings_id``),
 #: so turning them on or off neither blocks a resume nor makes a second card entry.
 REPORT_SETTINGS = ("robustness",)
+#: Settings added after runs and cards already recorded their settings, with the value every
+#: earlier run had: left out of a run's identity at that value, so that a run checkpointed or
+#: a card entry written before the setting existed keeps its identity.
+LATER_SETTINGS = {"localizer": "preconditioner"}
 
 
 def chain_settings(settings: Mapping[str, Any]) -> dict:
-    """``settings`` (a :meth:`SamplerConfig.to_dict`) without :data:`REPORT_SETTINGS`."""
-    return {k: v for k, v in settings.items() if k not in REPORT_SETTINGS}
+    """``settings`` (a :meth:`SamplerConfig.to_dict`) without :data:`REPORT_SETTINGS` and
+    without :data:`LATER_SETTINGS` at their original value."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in REPORT_SETTINGS and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])
+    }
 
 
 def parse_step_size(text: str) -> float | str:
@@ -76,6 +86,15 @@ class SamplerConfig:
             (γ/2)·(w − w*)ᵀ·M·(w − w*) with M = A⁻¹/nβ ≈ the curvature diagonal of L (see
             :class:`~hf_llc.sampling.preconditioners.FisherPreconditioner`), so that it is
             invariant to rescalings too; it equals the Euclidean one where that diagonal is 1.
+        localizer: the metric of the localization term. ``"preconditioner"`` (default): the
+            ``"fisher-burnin"`` preconditioner's metric M when that is the preconditioner (the
+            invariant target above), the Euclidean ‖w − w*‖² otherwise. ``"euclidean"``: always
+            (γ/2)‖w − w*‖², the localized posterior of Lau et al. (arXiv 2308.12108) and of
+            :func:`hf_llc.reference_llc`, with any preconditioner. The two are different
+            targets at finite γ wherever the loss is flat in some direction (a unit with zero
+            outgoing weights): there the metric's localizer is weaker and λ̂ reads higher (see
+            ``docs/reference_sampler.md``); the Euclidean one is not invariant to rescalings
+            (a layer scaled by 10 is localized 100× more strongly).
         nbeta: nβ, the inverse temperature times n. ``None`` (default) uses n / log n with
             n the number of samples in the dataset (never the batch size).
         batch_size: m, the minibatch size of each SGLD step.
@@ -146,6 +165,12 @@ class SamplerConfig:
     )
     step_scale: float = _setting(0.3, "c in ε = c / λ_max (the curvature step size)")
     localization: float = _setting(1.0, "γ, strength of the localization (γ/2)‖w − w*‖²")
+    localizer: str = _setting(
+        "preconditioner",
+        "metric of the localization: the fisher-burnin preconditioner's (invariant) or "
+        "'euclidean' (γ/2)‖w − w*‖² (the literature's; what reference_llc samples)",
+        choices=LOCALIZERS,
+    )
     nbeta: float | None = _setting(None, "nβ, inverse temperature times n (default n / log n)")
     batch_size: int = _setting(512, "minibatch size of each SGLD step")
     num_chains: int = _setting(4, "number of independent chains")
@@ -216,6 +241,11 @@ class SamplerConfig:
                 f"{self.localization}; use 0 for none."
             )
         _fits_float32("localization", self.localization)
+        if self.localizer not in LOCALIZERS:
+            raise ValueError(
+                f"localizer={self.localizer!r} is not known: use one of {LOCALIZERS} "
+                "('euclidean' for (γ/2)‖w − w*‖², 'preconditioner' for the fisher-burnin metric)."
+            )
         if self.nbeta is not None:
             _positive_finite("nbeta", self.nbeta)
             _fits_float32("nbeta", self.nbeta)
@@ -266,6 +296,36 @@ class SamplerConfig:
         """The settings of a :meth:`to_dict` dict; keys that are not settings are ignored."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> SamplerConfig:
+        """The recipe :data:`PRESETS` ``[name]``, with ``overrides`` on top (CLI: ``--preset``).
+
+        ``SamplerConfig.from_preset("language-model", seed=1)``; the settings a preset does not
+        name keep their defaults."""
+        return cls(**{**preset_settings(name), **overrides})
+
+
+#: The language-model recipe (``docs/language_models.md``).
+PRESET_LANGUAGE_MODEL: dict[str, Any] = {
+    "batch_size": 32,
+    "num_burnin": 500,
+    "num_draws": 1000,
+    "chain_mode": "auto",
+}
+
+#: Named recipes: settings that differ from the defaults, for a kind of model. The evidence
+#: behind each is in ``docs/language_models.md``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "language-model": PRESET_LANGUAGE_MODEL,
+}
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """A copy of the settings of the preset ``name``; ValueError naming the presets."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not known: use one of {sorted(PRESETS)}.")
+    return dict(PRESETS[name])
 
 
 def _positive_finite(name: str, value: Any) -> None:

@@ -353,10 +353,18 @@ class FisherPreconditioner(Preconditioner):
     GROWTH = 10.0
 
     def __init__(
-        self, like: Tensor, nbeta: float, damping: float, segments: list[int] | None = None
+        self,
+        like: Tensor,
+        nbeta: float,
+        damping: float,
+        segments: list[int] | None = None,
+        *,
+        euclidean: bool = False,
     ):
         self.nbeta = float(nbeta)
         self.damping = float(damping)
+        #: ``localizer="euclidean"``: the localizer is (γ/2)‖w − w*‖² instead of the metric's.
+        self.euclidean = bool(euclidean)
         d = like.shape[-1]
         self.segments = list(segments) if segments else [d]
         if sum(self.segments) != d:
@@ -409,10 +417,11 @@ class FisherPreconditioner(Preconditioner):
             if adapt:
                 part(self.S, sl).addcmul_(g, g)
             if localization:
-                g.add_(
-                    torch.sub(part(w, sl), part(w_star, sl)).div_(self._chunk_A(sl)),
-                    alpha=localization / nbeta,
-                )
+                delta = torch.sub(part(w, sl), part(w_star, sl))
+                if self.euclidean:
+                    g.add_(delta, alpha=localization)
+                else:
+                    g.add_(delta.div_(self._chunk_A(sl)), alpha=localization / nbeta)
         if adapt:
             self.count += 1
 
@@ -420,9 +429,17 @@ class FisherPreconditioner(Preconditioner):
         axpy_(w, self.scale_(buf, sqrt=sqrt), coef)
 
     def drift_descend_(self, w, grad, w_star, *, nbeta, localization, coef, adapt=False):
-        """``w ← w + coef·(A·nβ·grad + (γ/nβ)·(w − w*))`` in one sweep (``grad`` consumed)."""
+        """``w ← w + coef·(A·nβ·grad + (γ/nβ)·(w − w*))`` in one sweep (``grad`` consumed).
+        The localizer acts on the point after the gradient move, w' = w + coef·nβ·A·grad:
+        ``w ← (1 + k)·w' − k·w*``, k = coef·γ/nβ, which differs from the formula by
+        k·coef·nβ·A·grad, second order in ε. With the Euclidean localizer it is the formula
+        ``w ← w + coef·A·(nβ·grad + γ·(w − w*))``."""
         if adapt and self.frozen:
             raise RuntimeError("the Fisher preconditioner is frozen; it no longer adapts.")
+        if self.euclidean:
+            self.drift_(grad, w, w_star, nbeta=nbeta, localization=localization, adapt=adapt)
+            self.descend_(w, grad, coef)
+            return
         # w ← w + coef·nβ·A·g + k·(w − w*), k = coef·γ/nβ, as (1 + k)·w − k·w*: no temporary.
         # ``coef`` is a number, or per-chain (chains × 1) coefficients for a stack.
         drift, k = coef * nbeta, coef * (localization / nbeta)
@@ -496,8 +513,10 @@ class FisherPreconditioner(Preconditioner):
         return self.S.clone() if self.frozen else self.A_now.clone().sqrt_()
 
     @property
-    def metric(self) -> Tensor:
-        """M = 1/(nβ·A), the localizer's metric (allocates)."""
+    def metric(self) -> Tensor | None:
+        """M = 1/(nβ·A), the localizer's metric (allocates); ``None`` when it is Euclidean."""
+        if self.euclidean:
+            return None
         return self.A.mul_(self.nbeta).reciprocal_()
 
     def row(self, i: int) -> FisherPreconditioner:
@@ -511,6 +530,7 @@ class FisherPreconditioner(Preconditioner):
             self.frozen,
             self.segments,
         )
+        view.euclidean = self.euclidean
         view.S = self.S[i]
         view.A_now = None if self.A_now is None else self.A_now[i]
         return view
@@ -546,7 +566,8 @@ def make_preconditioner(
     if isinstance(name, str) and name.startswith("rmsprop"):
         return RMSPropPreconditioner(like, cfg.rmsprop_decay, cfg.rmsprop_eps)
     if isinstance(name, str) and name.startswith("fisher"):
-        return FisherPreconditioner(like, nbeta, cfg.fisher_damping, segments)
+        euclidean = getattr(cfg, "localizer", "preconditioner") == "euclidean"
+        return FisherPreconditioner(like, nbeta, cfg.fisher_damping, segments, euclidean=euclidean)
     if diagonal is not None:
         return DiagonalPreconditioner(diagonal)
     return Preconditioner()
