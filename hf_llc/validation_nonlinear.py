@@ -37,6 +37,15 @@ TARGET_MAX = 0.10
 REFERENCE_RHAT_LIMIT = 1.05
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+}
+
+
 class MLP(nn.Module):
     """One hidden layer: ``fc2(act(fc1(x)))``."""
 
@@ -44,10 +53,24 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(n_in, n_hidden)
         self.fc2 = nn.Linear(n_hidden, n_out)
-        self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU()}[activation]
+        self.act = ACTIVATIONS[activation]()
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+class DeepMLP(nn.Module):
+    """Two hidden layers: ``fc3(act(fc2(act(fc1(x)))))``."""
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int, activation: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, n_hidden)
+        self.fc2 = nn.Linear(n_hidden, n_hidden)
+        self.fc3 = nn.Linear(n_hidden, n_out)
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x):
+        return self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
 
 
 class Attention(nn.Module):
@@ -179,17 +202,90 @@ def build_trained_tanh(n: int, seed: int):
     return student, dataset, {"train_loss": loss, "train_grad_norm": grad, "noise_std": 0.1}
 
 
-def build_attention(n: int, seed: int):
+def build_attention(n: int, seed: int, *, width: int = 3, length: int = 4):
     """One-layer single-head softmax attention, sequence length 4, width 3, readout at each
     position; student = teacher (realizable; W_Q, W_K enter only through W_Q W_Kᵀ)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-    teacher = Attention(3)
+    teacher = Attention(width)
     with torch.no_grad():
         for p in teacher.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / 2.0)
-    x = torch.randn(n, 4, 3, generator=gen)
+    x = torch.randn(n, length, width, generator=gen)
     return teacher, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, {}
+
+
+# ------------------------------------------------------------------ held-out problems
+# Fixed before any recipe was run on them: other activations, singularities, depth and sizes.
+
+
+def build_silu_zero_in(n: int, seed: int):
+    """SiLU 3-3-1 teacher; the student adds a 4th hidden unit with zero incoming weights and
+    bias (it outputs silu(0) = 0 everywhere, so its outgoing weight is unidentified)."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = _teacher_mlp(gen, 3, 3, 1, "silu")
+    student = MLP(3, 4, 1, "silu")
+    with torch.no_grad():
+        student.fc1.weight.zero_()
+        student.fc1.bias.zero_()
+        student.fc1.weight[:3] = teacher.fc1.weight
+        student.fc1.bias[:3] = teacher.fc1.bias
+        student.fc2.weight[:, :3] = teacher.fc2.weight
+        student.fc2.weight[:, 3] = torch.randn(1, generator=gen)
+        student.fc2.bias.copy_(teacher.fc2.bias)
+    x = torch.randn(n, 3, generator=gen)
+    return student, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, {"zero_incoming_unit": 3}
+
+
+def build_softplus_duplicated(n: int, seed: int):
+    """Softplus 3-3-2 teacher; the student splits teacher unit 1 into two copies with outgoing
+    weights 0.5·a each."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = _teacher_mlp(gen, 3, 3, 2, "softplus")
+    student = MLP(3, 4, 2, "softplus")
+    with torch.no_grad():
+        student.fc1.weight[:3] = teacher.fc1.weight
+        student.fc1.bias[:3] = teacher.fc1.bias
+        student.fc1.weight[3] = teacher.fc1.weight[1]
+        student.fc1.bias[3] = teacher.fc1.bias[1]
+        student.fc2.weight[:, :3] = teacher.fc2.weight
+        student.fc2.weight[:, 1] = 0.5 * teacher.fc2.weight[:, 1]
+        student.fc2.weight[:, 3] = 0.5 * teacher.fc2.weight[:, 1]
+        student.fc2.bias.copy_(teacher.fc2.bias)
+    x = torch.randn(n, 3, generator=gen)
+    return student, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, {"duplicated_units": [1, 3]}
+
+
+def build_tanh_deep(n: int, seed: int):
+    """tanh 3-4-4-1, two hidden layers, student = teacher (realizable)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+    teacher = DeepMLP(3, 4, 1, "tanh")
+    with torch.no_grad():
+        for layer, fan_in in ((teacher.fc1, 3), (teacher.fc2, 4), (teacher.fc3, 4)):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / math.sqrt(fan_in))
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen))
+    x = torch.randn(n, 3, generator=gen)
+    return teacher, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, {}
+
+
+def build_relu_trained(n: int, seed: int):
+    """ReLU 3-5-1 student trained (full-batch L-BFGS) on a ReLU 3-2-1 teacher's labels with
+    noise σ = 0.1."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = _teacher_mlp(gen, 3, 2, 1, "relu")
+    x = torch.randn(n, 3, generator=gen)
+    dataset = {"x": x, "y": _labels(teacher, x, 0.1, gen)}
+    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+    student = MLP(3, 5, 1, "relu")
+    _train_lbfgs(student, dataset)
+    loss, grad = loss_and_grad_norm(student, dataset)
+    return student, dataset, {"train_loss": loss, "train_grad_norm": grad, "noise_std": 0.1}
+
+
+def build_attention_wide(n: int, seed: int):
+    """One-layer single-head softmax attention, sequence length 3, width 4 (realizable)."""
+    return build_attention(n, seed, width=4, length=3)
 
 
 def loss_and_grad_norm(model: nn.Module, dataset: dict) -> tuple[float, float]:
@@ -217,6 +313,11 @@ BUILDERS: dict[str, Callable] = {
     "gelu_minimal": build_gelu_minimal,
     "tanh_trained": build_trained_tanh,
     "attention": build_attention,
+    "silu_zero_in": build_silu_zero_in,
+    "softplus_duplicated": build_softplus_duplicated,
+    "tanh_deep": build_tanh_deep,
+    "relu_trained": build_relu_trained,
+    "attention_wide": build_attention_wide,
 }
 
 NONLINEAR_SUITE: tuple[NonlinearCase, ...] = (
@@ -226,6 +327,17 @@ NONLINEAR_SUITE: tuple[NonlinearCase, ...] = (
     NonlinearCase("tanh_trained", 1000, "tanh 4-5-2 trained (L-BFGS) on noisy 4-3-2 teacher"),
     NonlinearCase("attention", 1000, "1-layer 1-head attention, length 4, width 3"),
 )
+
+#: Problems kept out of every recipe comparison until the recipe was fixed
+#: (``hf-llc validate --suite nonlinear-heldout``).
+HELDOUT_NONLINEAR_SUITE: tuple[NonlinearCase, ...] = (
+    NonlinearCase("silu_zero_in", 1000, "SiLU 3-4-1, teacher 3-3-1 + a zero-incoming unit"),
+    NonlinearCase("softplus_duplicated", 1000, "softplus 3-4-2, teacher 3-3-2, unit 1 split"),
+    NonlinearCase("tanh_deep", 1000, "tanh 3-4-4-1, two hidden layers, realizable"),
+    NonlinearCase("relu_trained", 1000, "ReLU 3-5-1 trained (L-BFGS) on noisy 3-2-1 teacher"),
+    NonlinearCase("attention_wide", 1000, "1-layer 1-head attention, length 3, width 4"),
+)
+NONLINEAR_SUITES = {"nonlinear": NONLINEAR_SUITE, "nonlinear-heldout": HELDOUT_NONLINEAR_SUITE}
 
 
 def run_nonlinear_case(
@@ -302,7 +414,9 @@ def run_nonlinear_suite(
     results = run_cases(run_nonlinear_case, cases, cfg, case_kwargs, jobs=jobs, on_result=on_result)
     return {
         **format_header("validation_report"),
-        "suite": "nonlinear",
+        "suite": next(
+            (name for name, suite in NONLINEAR_SUITES.items() if tuple(cases) == suite), "custom"
+        ),
         "cases": results,
         "summary": summarise_nonlinear(results, cfg, time.perf_counter() - start),
     }
@@ -384,6 +498,8 @@ def format_nonlinear_summary(summary: dict) -> str:
 __all__ = [
     "BUILDERS",
     "NONLINEAR_SUITE",
+    "HELDOUT_NONLINEAR_SUITE",
+    "NONLINEAR_SUITES",
     "NonlinearCase",
     "REFERENCE_RHAT_LIMIT",
     "format_nonlinear_summary",

@@ -13,6 +13,7 @@ from hf_llc.cli import main
 from hf_llc.sampling import SamplerConfig
 from hf_llc.validation_nonlinear import (
     BUILDERS,
+    HELDOUT_NONLINEAR_SUITE,
     NONLINEAR_SUITE,
     format_nonlinear_summary,
     format_nonlinear_table,
@@ -25,13 +26,18 @@ TINY = SamplerConfig(num_chains=2, num_burnin=20, num_draws=30, batch_size=64)
 TINY_REF = {"num_chains": 2, "num_warmup": 20, "num_draws": 30}
 
 
-@pytest.mark.parametrize("case", NONLINEAR_SUITE, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", NONLINEAR_SUITE + HELDOUT_NONLINEAR_SUITE, ids=lambda c: c.name)
 def test_each_case_sits_at_a_minimum(case):
     model, dataset, info = BUILDERS[case.name](case.num_samples, 0)
     loss, grad = loss_and_grad_norm(model, dataset)
     assert 20 <= sum(p.numel() for p in model.parameters()) <= 300
     assert len(dataset["x"]) == len(dataset["y"]) == case.num_samples
-    if case.name == "tanh_trained":
+    if case.name == "relu_trained":
+        # Noisy labels (σ = 0.1, one output): L_n ≈ ½·0.01 at a fitted minimum.
+        assert 0.002 < loss < 0.01
+        assert grad < 1e-3
+        assert info["train_grad_norm"] == pytest.approx(grad)
+    elif case.name == "tanh_trained":
         # Noisy labels (σ = 0.1, two outputs): L_n ≈ ½·2·0.01 at a fitted minimum; the
         # gradient is what L-BFGS left plus the float32 rounding of w*.
         assert 0.005 < loss < 0.02
@@ -56,6 +62,19 @@ def test_singular_structure():
     total = model.fc2.weight[:, a] + model.fc2.weight[:, b]
     torch.testing.assert_close(total, torch.tensor(info["teacher_outgoing"]))
     assert torch.all(model.fc2.weight[:, a] != 0) and torch.all(model.fc2.weight[:, b] != 0)
+
+
+def test_heldout_singular_structure():
+    model, _, info = BUILDERS["silu_zero_in"](100, 1)
+    unit = info["zero_incoming_unit"]
+    assert torch.all(model.fc1.weight[unit] == 0) and model.fc1.bias[unit] == 0
+    assert torch.all(model.fc2.weight[:, unit] != 0)  # unidentified: silu(0) = 0
+
+    model, _, info = BUILDERS["softplus_duplicated"](100, 1)
+    a, b = info["duplicated_units"]
+    assert torch.equal(model.fc1.weight[a], model.fc1.weight[b])
+    assert torch.equal(model.fc2.weight[:, a], model.fc2.weight[:, b])
+    assert {c.name for c in HELDOUT_NONLINEAR_SUITE}.isdisjoint(c.name for c in NONLINEAR_SUITE)
 
 
 def test_run_one_case_with_tiny_settings():
@@ -116,6 +135,19 @@ def test_cli_validate_nonlinear(tmp_path, capsys):
         assert r["num_samples"] == 100
         assert r["reference_settings"]["num_draws"] == 10
     assert report["summary"]["config"]["num_draws"] == 10
+
+
+def test_cli_validate_nonlinear_heldout(tmp_path):
+    out = tmp_path / "heldout.json"
+    argv = ["validate", "--suite", "nonlinear-heldout", "--num-samples", "60", "--jobs", "1"]
+    argv += ["--num-chains", "1", "--num-burnin", "5", "--num-draws", "5", "--batch-size", "16"]
+    argv += ["--reference-chains", "1", "--reference-warmup", "10", "--reference-draws", "5"]
+    argv += ["--localizer", "euclidean", "--output", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["suite"] == "nonlinear-heldout"
+    assert [r["case"] for r in report["cases"]] == [c.name for c in HELDOUT_NONLINEAR_SUITE]
+    assert report["summary"]["config"]["localizer"] == "euclidean"
 
 
 def test_cli_refuses_dln_options_with_nonlinear():

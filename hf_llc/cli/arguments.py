@@ -258,8 +258,9 @@ class ValidateArguments:
     suite: str = _opt(
         "quick",
         "the built-in suite to run (nonlinear: small MLPs and attention against the exact "
-        "reference sampler instead of DLN theory)",
-        choices=("quick", "paper", "heldout", "nonlinear"),
+        "reference sampler instead of DLN theory; nonlinear-heldout: five more such problems, "
+        "kept out of the recipe comparisons)",
+        choices=("quick", "paper", "heldout", "nonlinear", "nonlinear-heldout"),
     )
     widths: list[int] | None = _opt(
         None, "one case instead: widths like 7,4,6,5 (input, hidden…, output)", parse=_ints

@@ -21,7 +21,7 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
     """``validate --suite nonlinear``: each case's SGLD λ̂ (the sampler flags' recipe) against
     the exact reference (same nβ and γ), as a Markdown table."""
     from ..validation_nonlinear import (
-        NONLINEAR_SUITE,
+        NONLINEAR_SUITES,
         format_nonlinear_summary,
         format_nonlinear_table,
         run_nonlinear_suite,
@@ -31,14 +31,16 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
     dln_only = ("widths", "rank", "construction", "rescale", "input_distribution", "loss_type")
     bad = [f"--{k.replace('_', '-')}" for k in dln_only if k in given]
     if bad:
-        raise ValueError(f"{', '.join(bad)}: options of the DLN suites, not of --suite nonlinear.")
+        raise ValueError(
+            f"{', '.join(bad)}: options of the DLN suites, not of --suite {args.suite}."
+        )
     num_samples = args.num_samples if "num_samples" in given else None
     if num_samples is not None and num_samples < 2:
         raise ValueError(f"--num-samples must be ≥ 2, got {num_samples}.")
     if args.output is not None:
         _check_writable(args.output)
     cfg = config_from_args(args)
-    cases = NONLINEAR_SUITE
+    cases = NONLINEAR_SUITES[args.suite]
     done = []
 
     def report(r: dict) -> None:
@@ -77,7 +79,7 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    if args.suite == "nonlinear":
+    if args.suite.startswith("nonlinear"):
         return _validate_nonlinear(args)
     from ..validation import SUITES, ValidationCase, format_table, run_suite
 
