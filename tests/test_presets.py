@@ -83,3 +83,19 @@ def test_the_euclidean_localizer_changes_the_fisher_chain_and_nothing_else():
     plain = _estimate(preconditioner="identity")
     plain_euclid = _estimate(preconditioner="identity", localizer="euclidean")
     assert torch.equal(torch.as_tensor(plain.loss_trace), torch.as_tensor(plain_euclid.loss_trace))
+
+
+def test_the_language_model_preset_runs_on_a_causal_lm_and_reports_the_half_step():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    data = {"input_ids": torch.randint(0, 50, (40, 12), generator=torch.Generator().manual_seed(1))}
+    data["labels"] = data["input_ids"]
+    cfg = SamplerConfig.from_preset("language-model", num_chains=2, num_burnin=6, num_draws=4)
+    result = estimate_llc(model, data, cfg, progress=False)
+    assert result.config["batch_size"] == 32 and result.config["step_scale"] == 0.6
+    assert result.diagnostics["chain_mode"] == "batched"
+    report = result.diagnostics["robustness"]
+    assert report is not None and "relative_change" in report
