@@ -135,21 +135,30 @@ def build_tanh_zero_out(n: int, seed: int):
     return student, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, info
 
 
+def _split_unit(teacher: MLP, activation: str, unit: int, share: float) -> MLP:
+    """A student with one more hidden unit than ``teacher``: a copy of teacher unit ``unit``
+    (same incoming weights and bias), the two copies' outgoing weights ``share``·a and
+    (1 − ``share``)·a, a the teacher's (the same function; a singularity)."""
+    n_in, width, n_out = teacher.fc1.in_features, teacher.fc1.out_features, teacher.fc2.out_features
+    student = MLP(n_in, width + 1, n_out, activation)
+    with torch.no_grad():
+        student.fc1.weight[:width] = teacher.fc1.weight
+        student.fc1.bias[:width] = teacher.fc1.bias
+        student.fc1.weight[width] = teacher.fc1.weight[unit]
+        student.fc1.bias[width] = teacher.fc1.bias[unit]
+        student.fc2.weight[:, :width] = teacher.fc2.weight
+        student.fc2.weight[:, unit] = share * teacher.fc2.weight[:, unit]
+        student.fc2.weight[:, width] = (1 - share) * teacher.fc2.weight[:, unit]
+        student.fc2.bias.copy_(teacher.fc2.bias)
+    return student
+
+
 def build_relu_duplicated(n: int, seed: int):
     """ReLU 4-3-2 teacher; the student splits teacher unit 0 into two copies with the same
     incoming weights and outgoing weights 0.3·a and 0.7·a (a singularity)."""
     gen = torch.Generator().manual_seed(seed)
     teacher = _teacher_mlp(gen, 4, 3, 2, "relu")
-    student = MLP(4, 4, 2, "relu")
-    with torch.no_grad():
-        student.fc1.weight[:3] = teacher.fc1.weight
-        student.fc1.bias[:3] = teacher.fc1.bias
-        student.fc1.weight[3] = teacher.fc1.weight[0]
-        student.fc1.bias[3] = teacher.fc1.bias[0]
-        student.fc2.weight[:, :3] = teacher.fc2.weight
-        student.fc2.weight[:, 0] = 0.3 * teacher.fc2.weight[:, 0]
-        student.fc2.weight[:, 3] = 0.7 * teacher.fc2.weight[:, 0]
-        student.fc2.bias.copy_(teacher.fc2.bias)
+    student = _split_unit(teacher, "relu", 0, 0.3)
     x = torch.randn(n, 4, generator=gen)
     info = {"duplicated_units": [0, 3], "teacher_outgoing": teacher.fc2.weight[:, 0].tolist()}
     return student, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, info
@@ -242,16 +251,7 @@ def build_softplus_duplicated(n: int, seed: int):
     weights 0.5·a each."""
     gen = torch.Generator().manual_seed(seed)
     teacher = _teacher_mlp(gen, 3, 3, 2, "softplus")
-    student = MLP(3, 4, 2, "softplus")
-    with torch.no_grad():
-        student.fc1.weight[:3] = teacher.fc1.weight
-        student.fc1.bias[:3] = teacher.fc1.bias
-        student.fc1.weight[3] = teacher.fc1.weight[1]
-        student.fc1.bias[3] = teacher.fc1.bias[1]
-        student.fc2.weight[:, :3] = teacher.fc2.weight
-        student.fc2.weight[:, 1] = 0.5 * teacher.fc2.weight[:, 1]
-        student.fc2.weight[:, 3] = 0.5 * teacher.fc2.weight[:, 1]
-        student.fc2.bias.copy_(teacher.fc2.bias)
+    student = _split_unit(teacher, "softplus", 1, 0.5)
     x = torch.randn(n, 3, generator=gen)
     return student, {"x": x, "y": _labels(teacher, x, 0.0, gen)}, {"duplicated_units": [1, 3]}
 
