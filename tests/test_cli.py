@@ -156,8 +156,10 @@ def test_validate_offers_every_built_in_suite():
 
     validate = build_parser()._subparsers._group_actions[0].choices["validate"]
     (suite,) = [a for a in validate._actions if a.dest == "suite"]
-    # The DLN suites, then the nonlinear suite (checked against the exact reference sampler).
-    assert list(suite.choices) == [*SUITES, "nonlinear"]
+    # The DLN suites, then the nonlinear suites (checked against the exact reference sampler).
+    from hf_llc.validation_nonlinear import NONLINEAR_SUITES
+
+    assert list(suite.choices) == [*SUITES, *NONLINEAR_SUITES]
     # The held-out cases are new to both other suites.
     seen = {c for name in ("quick", "paper") for c in SUITES[name]}
     assert HELDOUT_SUITE and not seen & set(HELDOUT_SUITE)
