@@ -197,18 +197,26 @@ def _train_lbfgs(model: nn.Module, dataset: dict, steps: int = 20) -> None:
     model.float()
 
 
+def _trained_student(n, seed, teacher_sizes, student_hidden, activation, noise_std=0.1):
+    """A ``student_hidden``-unit MLP trained from random init (full-batch L-BFGS) on the noisy
+    labels (σ = ``noise_std``) of a random ``teacher_sizes`` = (in, hidden, out) teacher; the
+    final loss and gradient norm are recorded."""
+    n_in, _, n_out = teacher_sizes
+    gen = torch.Generator().manual_seed(seed)
+    teacher = _teacher_mlp(gen, *teacher_sizes, activation)
+    x = torch.randn(n, n_in, generator=gen)
+    dataset = {"x": x, "y": _labels(teacher, x, noise_std, gen)}
+    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+    student = MLP(n_in, student_hidden, n_out, activation)
+    _train_lbfgs(student, dataset)
+    loss, grad = loss_and_grad_norm(student, dataset)
+    return student, dataset, {"train_loss": loss, "train_grad_norm": grad, "noise_std": noise_std}
+
+
 def build_trained_tanh(n: int, seed: int):
     """tanh 4-5-2 student trained from random init (full-batch L-BFGS) on a tanh 4-3-2
     teacher's labels with noise σ = 0.1, to a small gradient norm (recorded)."""
-    gen = torch.Generator().manual_seed(seed)
-    teacher = _teacher_mlp(gen, 4, 3, 2, "tanh")
-    x = torch.randn(n, 4, generator=gen)
-    dataset = {"x": x, "y": _labels(teacher, x, 0.1, gen)}
-    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-    student = MLP(4, 5, 2, "tanh")
-    _train_lbfgs(student, dataset)
-    loss, grad = loss_and_grad_norm(student, dataset)
-    return student, dataset, {"train_loss": loss, "train_grad_norm": grad, "noise_std": 0.1}
+    return _trained_student(n, seed, (4, 3, 2), 5, "tanh")
 
 
 def build_attention(n: int, seed: int, *, width: int = 3, length: int = 4):
@@ -272,15 +280,7 @@ def build_tanh_deep(n: int, seed: int):
 def build_relu_trained(n: int, seed: int):
     """ReLU 3-5-1 student trained (full-batch L-BFGS) on a ReLU 3-2-1 teacher's labels with
     noise σ = 0.1."""
-    gen = torch.Generator().manual_seed(seed)
-    teacher = _teacher_mlp(gen, 3, 2, 1, "relu")
-    x = torch.randn(n, 3, generator=gen)
-    dataset = {"x": x, "y": _labels(teacher, x, 0.1, gen)}
-    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-    student = MLP(3, 5, 1, "relu")
-    _train_lbfgs(student, dataset)
-    loss, grad = loss_and_grad_norm(student, dataset)
-    return student, dataset, {"train_loss": loss, "train_grad_norm": grad, "noise_std": 0.1}
+    return _trained_student(n, seed, (3, 2, 1), 5, "relu")
 
 
 def build_attention_wide(n: int, seed: int):
