@@ -93,7 +93,9 @@ class LLCResult:
     losses were available (else ``None``). :attr:`verdict` (``"ok"``, ``"warning"``,
     ``"fail"``) and :attr:`verdict_reasons` say whether to trust λ̂; the checks behind them are
     in ``diagnostics["checks"]``, and with ``step_size="auto"`` the step-size sweep is in
-    ``diagnostics["calibration"]``.
+    ``diagnostics["calibration"]``. ``localizer_metric`` (chains × d), recorded with
+    ``SamplerConfig(record_metric=True)``, is each chain's localizer metric M (``None`` when
+    not recorded or when the localizer is Euclidean).
     """
 
     llc_mean: float
@@ -111,6 +113,7 @@ class LLCResult:
     llc_paired_mean: float | None = None
     llc_paired_std: float | None = None
     llc_paired_per_chain: list[float] | None = None
+    localizer_metric: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-ready dict of plain floats and lists (missing values are ``None``), headed by
@@ -142,6 +145,8 @@ class LLCResult:
             if data.get(key) is None:
                 data[key] = nan
         data["llc_per_chain"] = [nan if v is None else v for v in data.get("llc_per_chain", [])]
+        if data.get("localizer_metric") is not None:
+            data["localizer_metric"] = np.asarray(data["localizer_metric"], dtype=np.float64)
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     @classmethod
@@ -697,6 +702,26 @@ def _interrupted(
     )
 
 
+def _metrics(chains: list[ChainResult], cfg: SamplerConfig, warn: bool) -> np.ndarray | None:
+    """The chains' localizer metrics as a (chains × d) array, with ``record_metric``; ``None``
+    when it is off, the localizer is Euclidean, or a chain finished before it was turned on
+    (a resumed run: said once)."""
+    if not cfg.record_metric or not chains:
+        return None
+    rows = [ch.metric for ch in chains]
+    if all(m is None for m in rows):
+        return None
+    if any(m is None for m in rows):
+        if warn:
+            logger.warning(
+                "record_metric: chain(s) %s finished before it was on (a resumed run); "
+                "result.localizer_metric is None.",
+                [ch.chain for ch, m in zip(chains, rows) if m is None],
+            )
+        return None
+    return torch.stack([m.to(torch.float64) for m in rows]).numpy()
+
+
 def _assemble(
     chains: list[ChainResult],
     cfg: SamplerConfig,
@@ -746,6 +771,7 @@ def _assemble(
             "chain_seconds": [ch.seconds for ch in chains],
         },
     )
+    result.localizer_metric = _metrics(chains, cfg, warn)
     if chains and chains[0].init_batch_trace is not None:
         good_paired = np.array([p for p, ch in zip(paired, chains) if not ch.diverged])
         result.llc_paired_per_chain = paired

@@ -23,11 +23,17 @@ and of the data's floating columns evaluates the same loss function; w* is the m
 weights, exactly representable in float64. λ̂ = nβ·(E_p[L_n(w)] − L_n(w*)) with both terms
 in float64; the estimator's fp32 L_n(w*) is reported beside it.
 
-The localizer is Euclidean. ``SamplerConfig(preconditioner="fisher-burnin")`` (the
-estimator's default) measures its localizer in the preconditioner's metric instead, a
-slightly different target for the same γ; compare with ``preconditioner="identity"`` (or any
-other named one) for the identical target. The preconditioner itself changes only how SGLD
-moves, not what it samples, so the reference ignores it.
+The localizer is Euclidean unless ``metric`` is given. The estimator's default
+(``"fisher-burnin"`` with ``localizer="preconditioner"``) measures its localizer in a metric M
+that each chain fixes during its burn-in, (γ/2)(w − w*)ᵀM(w − w*): a different target for
+each chain. ``SamplerConfig(record_metric=True)`` keeps the chains' metrics in
+``LLCResult.localizer_metric``, and ``reference_llc(..., metric=result.localizer_metric)``
+samples those exact targets (reference chain c with row c mod rows), so the two answers
+compare like with like; those chains propose with the SGLD chain's own preconditioner
+A = 1/(nβ·M) (MALA with a fixed diagonal mass: as exact, and it mixes in the flat directions
+the metric leaves wide). Without it, compare with ``localizer="euclidean"`` or a Euclidean
+preconditioner (``"identity"``, ``"rmsprop"``) for the identical target. The preconditioner
+itself changes only how SGLD moves, not what it samples, so the reference ignores it.
 """
 
 from __future__ import annotations
@@ -86,7 +92,8 @@ class ReferenceResult:
         llc_stderr: its Monte Carlo standard error, √(var of the draws' λ values / ESS).
         llc_per_chain: λ̂ of each chain.
         rhat: rank-normalized split R̂ of the chains' λ traces
-            (:func:`~hf_llc.diagnostics.rhat_rank`).
+            (:func:`~hf_llc.diagnostics.rhat_rank`); with several ``metric`` rows, the
+            largest over the groups of chains sampling the same row.
         ess: effective sample size of the mean (split chains, Vehtari et al. 2021, eq. 10–12).
         ess_bulk: bulk ESS (rank-normalized), :func:`~hf_llc.diagnostics.ess_bulk`.
         acceptance_rate: the mean MH acceptance probability over the draws of all chains.
@@ -94,6 +101,7 @@ class ReferenceResult:
         step_size: the mean over chains of the fixed draw-phase ε.
         step_size_per_chain: each chain's ε (fixed during its draws).
         nbeta, localization, num_samples, num_params: nβ, γ, n, d.
+        localizer: ``"euclidean"`` ((γ/2)‖w − w*‖²) or ``"metric"`` (the given ``metric``).
         init_loss: L_n(w*) in float64 (the λ̂ reference).
         init_loss_float32: the estimator's L_n(w*) (fp32 model, float64 sum) for comparison.
         loss_trace: L_n(w_t) at each draw, one list per chain (float64).
@@ -113,6 +121,7 @@ class ReferenceResult:
     step_size_per_chain: list[float]
     nbeta: float
     localization: float
+    localizer: str
     num_samples: int
     num_params: int
     init_loss: float
@@ -134,7 +143,8 @@ class ReferenceResult:
         return (
             f"reference λ̂ = {self.llc_mean:.4g} ± {self.llc_stderr:.2g} (MCSE; R̂ = "
             f"{self.rhat:.3f}, ESS = {self.ess:.0f}, acceptance = {self.acceptance_rate:.2f}, "
-            f"ε = {self.step_size:.3g}, nβ = {self.nbeta:.4g}, γ = {self.localization:g}, "
+            f"ε = {self.step_size:.3g}, nβ = {self.nbeta:.4g}, γ = {self.localization:g}"
+            f"{' in the given metric' if self.localizer == 'metric' else ''}, "
             f"n = {self.num_samples}, d = {self.num_params})"
         )
 
@@ -161,6 +171,8 @@ class _Target:
 
     def __init__(self, problem: _Float64Loss, w_star: Tensor, nbeta: float, gamma: float, chunk):
         self.problem, self.w_star, self.nbeta, self.gamma = problem, w_star, nbeta, gamma
+        #: The localizer's diagonal metric M (float64), or ``None`` for the Euclidean one.
+        self.metric: Tensor | None = None
         n = problem.num_samples
         self.batches = [
             problem.batch(torch.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)
@@ -180,11 +192,20 @@ class _Target:
         """(U(w), L_n(w), ∇U(w)); U = inf (and a zero gradient) where the loss is not finite."""
         w = w.detach().requires_grad_(True)
         loss = self.loss(w)
-        u = self.nbeta * loss + 0.5 * self.gamma * (w - self.w_star).pow(2).sum()
+        delta2 = (w - self.w_star).pow(2)
+        if self.metric is not None:
+            delta2 = delta2 * self.metric
+        u = self.nbeta * loss + 0.5 * self.gamma * delta2.sum()
         if not torch.isfinite(u):
             return math.inf, float(loss.detach()), torch.zeros_like(w)
         (grad,) = torch.autograd.grad(u, w)
         return float(u.detach()), float(loss.detach()), grad
+
+    def with_metric(self, metric: Tensor | None) -> _Target:
+        """The same target localized in ``metric`` (shares the model and the data)."""
+        other = copy.copy(self)
+        other.metric = metric
+        return other
 
 
 def _check_settings(
@@ -251,6 +272,30 @@ def _check_size(cfg: SamplerConfig, n: int, d: int, has_columns: bool) -> None:
         )
 
 
+def _metric_rows(metric: Any, d: int) -> Tensor | None:
+    """``metric`` as a (rows × d) float64 tensor of positive finite numbers (``None`` stays
+    ``None``); ValueError naming ``metric`` otherwise."""
+    if metric is None:
+        return None
+    try:
+        rows = torch.as_tensor(np.asarray(metric, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"metric must be an array of numbers, got {type(metric).__name__}."
+        ) from err
+    if rows.ndim == 1:
+        rows = rows.unsqueeze(0)
+    if rows.ndim != 2 or rows.shape[0] < 1 or rows.shape[1] != d:
+        raise ValueError(
+            f"metric must have shape (d,) or (chains, d) with d = {d} sampled parameters, got "
+            f"{tuple(rows.shape)}; pass an estimate's result.localizer_metric "
+            "(SamplerConfig(record_metric=True))."
+        )
+    if not bool(torch.isfinite(rows).all()) or not bool((rows > 0).all()):
+        raise ValueError("metric entries must be finite and > 0 (a localizer's diagonal metric).")
+    return rows
+
+
 def _fitted(cfg: SamplerConfig, dataset: Any, data_kwargs: Mapping[str, Any]) -> SamplerConfig:
     """``cfg`` with its SGLD ``batch_size`` (unused here but checked against n by the data
     preparation) cut to the dataset's length when that is known."""
@@ -288,17 +333,29 @@ def _float64_problem(posterior) -> tuple[_Float64Loss, Tensor]:
     return problem64, posterior.w_star.to(torch.float64)
 
 
-def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, eps: float) -> float:
-    """log q(to | from) of the Langevin proposal, up to its constant."""
-    diff = to - frm + 0.5 * eps * grad_frm
-    return float(-diff.pow(2).sum() / (2.0 * eps))
+def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, eps: float, A: Tensor | None) -> float:  # noqa: N803
+    """log q(to | from) of the Langevin proposal N(from − (ε/2)·A·∇U(from), ε·A) (A = I when
+    ``None``), up to its constant."""
+    if A is None:
+        diff = to - frm + 0.5 * eps * grad_frm
+        return float(-diff.pow(2).sum() / (2.0 * eps))
+    diff = to - frm + 0.5 * eps * A * grad_frm
+    return float(-(diff.pow(2) / A).sum() / (2.0 * eps))
 
 
 class _Chain:
-    """One MALA chain: its state (w, U, L_n, ∇U), generator and step size."""
+    """One MALA chain: its state (w, U, L_n, ∇U), generator and step size.
+
+    With a metric localizer the proposal is preconditioned by the diagonal A = 1/(nβ·M), the
+    SGLD chain's own preconditioner (M = 1/(nβ·A) there): it moves the flat directions, where
+    M is small and the target wide, as far as the curved ones. A fixed A changes how fast the
+    chain mixes, not what it samples (the acceptance step uses the preconditioned proposal's
+    density)."""
 
     def __init__(self, target: _Target, w: Tensor, gen: torch.Generator, eps: float):
         self.target, self.gen, self.eps = target, gen, eps
+        self.A = None if target.metric is None else (target.nbeta * target.metric).reciprocal()
+        self.A_sqrt = None if self.A is None else self.A.sqrt()
         self.w = w.clone()
         self.u, self.loss, self.grad = target(self.w)
 
@@ -306,7 +363,13 @@ class _Chain:
         """One MALA transition at the current ε; returns the acceptance probability."""
         eps = self.eps
         noise = torch.randn(self.w.shape, generator=self.gen, dtype=self.w.dtype)
-        proposal = self.w - 0.5 * eps * self.grad + math.sqrt(eps) * noise.to(self.w.device)
+        noise = noise.to(self.w.device)
+        if self.A is None:
+            proposal = self.w - 0.5 * eps * self.grad + math.sqrt(eps) * noise
+        else:
+            proposal = (
+                self.w - 0.5 * eps * self.A * self.grad + math.sqrt(eps) * self.A_sqrt * noise
+            )
         u, loss, grad = self.target(proposal)
         if not math.isfinite(u) or not bool(torch.isfinite(grad).all()):
             log_alpha = -math.inf  # a proposal where U or ∇U is not finite is rejected
@@ -314,8 +377,8 @@ class _Chain:
             log_alpha = (
                 self.u
                 - u
-                + _log_q(self.w, proposal, grad, eps)
-                - _log_q(proposal, self.w, self.grad, eps)
+                + _log_q(self.w, proposal, grad, eps, self.A)
+                - _log_q(proposal, self.w, self.grad, eps, self.A)
             )
         alpha = 1.0 if log_alpha >= 0 else math.exp(log_alpha)
         uniform = float(torch.rand((), generator=self.gen, dtype=torch.float64))
@@ -370,7 +433,9 @@ def _run_chain(
 ) -> tuple[list[float], float, float]:
     """One chain from w*: warm-up (ε adapted), then ``num_draws`` MALA steps at a fixed ε.
     Returns (L_n at each draw, mean acceptance probability of the draws, ε)."""
-    guess = step_size if step_size is not None else 1.0 / (target.nbeta + target.gamma)
+    # The step of a unit-curvature direction of L: A = 1/(nβ·M) already scales by 1/nβ.
+    default = 1.0 / (target.nbeta + target.gamma) if target.metric is None else 1.0
+    guess = step_size if step_size is not None else default
     chain = _Chain(target, w_star, gen, guess)
     if step_size is None:
         chain.initial_step_size(guess)
@@ -395,6 +460,22 @@ def _statistics(llc_trace: np.ndarray) -> tuple[float, float, float, float]:
     return mcse, ess, ess_bulk(x), rhat_rank(x)
 
 
+def _grouped_statistics(llc_trace: np.ndarray, rows: int) -> tuple[float, float, float, float]:
+    """:func:`_statistics` when chain c samples target c mod ``rows``: each group of chains
+    sharing a target gets its own; the mean over all chains is a weighted mean of the group
+    means, so its MCSE combines theirs, the ESS add up and R̂ is the worst group's (chains
+    of different targets may rightly disagree)."""
+    groups = [llc_trace[r::rows] for r in range(min(rows, len(llc_trace)))]
+    if len(groups) == 1:
+        return _statistics(llc_trace)
+    stats = [_statistics(g) for g in groups]
+    weights = [len(g) / len(llc_trace) for g in groups]
+    mcse = math.sqrt(sum((w * s[0]) ** 2 for w, s in zip(weights, stats)))
+    rhats = [s[3] for s in stats]
+    rhat = max(rhats) if all(math.isfinite(r) for r in rhats) else float("nan")
+    return mcse, sum(s[1] for s in stats), sum(s[2] for s in stats), rhat
+
+
 def reference_llc(
     model: nn.Module,
     dataset: Any,
@@ -408,11 +489,13 @@ def reference_llc(
     step_size: float | None = None,
     seed: int = 0,
     chunk_size: int | None = None,
+    metric: Any = None,
     progress: bool = False,
     **data_kwargs: Any,
 ) -> ReferenceResult:
     r"""The LLC of ``model`` at its current weights w* by exact (MH-corrected, full-batch,
-    float64) sampling of p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·‖w − w*‖²).
+    float64) sampling of p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·‖w − w*‖²), or of
+    p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·(w − w*)ᵀM(w − w*)) with a diagonal ``metric`` M.
 
     nβ, γ and the loss are those :func:`hf_llc.estimate_llc` uses with the same ``config``
     and data arguments (``config.nbeta``, default n / log n; ``config.localization``); the
@@ -435,6 +518,14 @@ def reference_llc(
             1 / (nβ + γ)).
         seed: base seed (non-negative integer).
         chunk_size: rows per forward pass of L_n (default: all n in one pass).
+        metric: the localizer's diagonal metric M: one row of d positive numbers, or one per
+            chain (rows × d; chain c uses row c mod rows), in the sampled parameters' order.
+            ``LLCResult.localizer_metric`` of an estimate run with
+            ``SamplerConfig(record_metric=True)`` gives each SGLD chain's own target. With
+            several rows, R̂ is the worst over the groups of chains sharing a row (chains of
+            different targets may rightly disagree), so use ``num_chains`` = 2 × rows or more
+            (R̂ is NaN with one chain per row); λ̂ is the mean over all chains and its MCSE
+            combines the groups'. ``None``: Euclidean (M = I).
         progress: log one line per finished chain.
         **data_kwargs: :func:`hf_llc.estimate_llc`'s data arguments (``loss_fn``,
             ``model_loss_fn``, ``forward_kwargs``, ``num_samples``, ``tokenizer``, …).
@@ -456,6 +547,7 @@ def reference_llc(
     ):
         n, d = posterior.num_samples, posterior.num_params
         _check_size(cfg, n, d, posterior.problem.data.columns is not None)
+        metrics = _metric_rows(metric, d)
         problem64, w_star = _float64_problem(posterior)
         init_loss32 = posterior.init_loss
         target = _Target(
@@ -467,7 +559,7 @@ def reference_llc(
     for c in range(num_chains):
         gen = chain_generator(seed, c, "cpu")
         losses, accept, eps = _run_chain(
-            target,
+            target if metrics is None else target.with_metric(metrics[c % len(metrics)]),
             w_star,
             gen,
             num_warmup=num_warmup,
@@ -484,7 +576,7 @@ def reference_llc(
                 "reference chain %d: λ̂ = %.4g, acceptance %.2f, ε = %.3g", c, lam, accept, eps
             )
     llc = target.nbeta * (np.asarray(traces, dtype=np.float64) - init_loss)
-    mcse, ess, ess_b, rhat = _statistics(llc)
+    mcse, ess, ess_b, rhat = _grouped_statistics(llc, 1 if metrics is None else len(metrics))
     return ReferenceResult(
         llc_mean=float(llc.mean()),
         llc_stderr=mcse,
@@ -498,6 +590,7 @@ def reference_llc(
         step_size_per_chain=steps,
         nbeta=target.nbeta,
         localization=target.gamma,
+        localizer="euclidean" if metrics is None else "metric",
         num_samples=n,
         num_params=d,
         init_loss=init_loss,

@@ -90,6 +90,8 @@ def test_run_one_case_with_tiny_settings():
         "num_chains": 2
     }
     assert r["verdict"] in ("ok", "warning", "fail")
+    # The default's localizer is the chains' metric: the reference samples those targets.
+    assert r["reference_localizer"] == "metric"
     json.dumps(r)  # JSON-ready
     table = format_nonlinear_table([r])
     assert "| gelu_minimal | 30 | 200 |" in table
@@ -98,6 +100,35 @@ def test_run_one_case_with_tiny_settings():
     summary = summarise_nonlinear([{**r, "reference_rhat": 1.0}], TINY, 1.0)
     assert summary["max_abs_relative_difference"] == pytest.approx(abs(r["relative_difference"]))
     assert "targets" in format_nonlinear_summary(summary)
+
+
+def test_the_reference_samples_each_sgld_chains_own_target(monkeypatch):
+    """Reference chain c is localized in SGLD chain c's metric; a Euclidean recipe gets a
+    Euclidean reference; the reference runs two chains per SGLD chain unless told otherwise."""
+    import hf_llc.validation_nonlinear as vn
+
+    seen = {}
+    original_estimate, original_reference = vn.estimate_llc, vn.reference_llc
+
+    def estimate(*args, **kwargs):
+        seen["sgld"] = original_estimate(*args, **kwargs)
+        return seen["sgld"]
+
+    def reference(*args, **kwargs):
+        seen["metric"], seen["chains"] = kwargs["metric"], kwargs["num_chains"]
+        return original_reference(*args, **kwargs)
+
+    monkeypatch.setattr(vn, "estimate_llc", estimate)
+    monkeypatch.setattr(vn, "reference_llc", reference)
+    case = next(c for c in NONLINEAR_SUITE if c.name == "tanh_zero_out")
+    ref = {"num_warmup": 10, "num_draws": 10}
+    r = run_nonlinear_case(case, TINY, seed=0, num_samples=200, reference_kwargs=ref)
+    assert seen["metric"] is seen["sgld"].localizer_metric
+    assert seen["metric"].shape == (TINY.num_chains, r["num_params"])
+    assert seen["chains"] == 2 * TINY.num_chains
+    euclid = SamplerConfig(**{**TINY.to_dict(), "localizer": "euclidean"})
+    r = run_nonlinear_case(case, euclid, seed=0, num_samples=200, reference_kwargs=ref)
+    assert seen["metric"] is None and r["reference_localizer"] == "euclidean"
 
 
 def test_summary_against_targets():

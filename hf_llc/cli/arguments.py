@@ -287,7 +287,11 @@ class ValidateArguments:
     )
     reference_warmup: int = _opt(1000, "--suite nonlinear: reference MALA warm-up steps per chain")
     reference_draws: int = _opt(4000, "--suite nonlinear: reference MALA draws per chain")
-    reference_chains: int = _opt(4, "--suite nonlinear: reference MALA chains")
+    reference_chains: int | None = _opt(
+        None,
+        "--suite nonlinear: reference MALA chains (default: two per SGLD chain, each in that "
+        "chain's localizer metric)",
+    )
     jobs: int | None = _opt(None, "worker processes (default: the cores)")
     output: Path | None = _opt(None, "write the results as JSON here")
 

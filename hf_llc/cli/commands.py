@@ -65,7 +65,7 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
         reference_kwargs={
             "num_warmup": args.reference_warmup,
             "num_draws": args.reference_draws,
-            "num_chains": args.reference_chains,
+            **({} if args.reference_chains is None else {"num_chains": args.reference_chains}),
         },
     )
     print(format_nonlinear_table(out["cases"]))

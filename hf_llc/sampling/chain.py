@@ -105,6 +105,8 @@ class ChainResult:
     divergence_step: int | None = None
     divergence_reason: str | None = None
     seconds: float = 0.0
+    #: The localizer's metric M of the draws (flat, CPU), with ``record_metric``; else ``None``.
+    metric: Tensor | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 #: Settings that add a report to the result without changing the estimate's chains: left out
 #: of a run's identity (a checkpointed run's manifest, a model-card entry's ``settings_id``),
 #: so turning them on or off neither blocks a resume nor makes a second card entry.
-REPORT_SETTINGS = ("robustness",)
+REPORT_SETTINGS = ("robustness", "record_metric")
 #: Settings added after runs and cards already recorded their settings, with the value every
 #: earlier run had: left out of a run's identity at that value, so that a run checkpointed or
 #: a card entry written before the setting existed keeps its identity.
@@ -155,6 +155,12 @@ class SamplerConfig:
             the end of its burn-in. Seeds, burn-in, draws and every other setting are the same.
             The estimate itself is unchanged; the run takes about twice as long. The half-step
             chains are not checkpointed (a resumed run reruns them).
+        record_metric: keep each chain's localizer metric M (the diagonal of
+            (γ/2)(w − w*)ᵀM(w − w*), fixed when the ``"fisher-burnin"`` preconditioner freezes)
+            in ``LLCResult.localizer_metric``, one row of d numbers per chain (``None`` when
+            the localizer is Euclidean). Chain c sampled exactly the posterior with row c's
+            metric, so ``reference_llc(..., metric=result.localizer_metric)`` samples the same
+            targets. Costs d floats per chain in memory and in the saved result.
     """
 
     step_size: float | str = _setting(
@@ -209,6 +215,11 @@ class SamplerConfig:
         "also rerun the chains at half their step size (each chain's ε/2) and report how far "
         "λ̂ moves (diagnostics['robustness'], checked by the verdict); about "
         "doubles the run time",
+    )
+    record_metric: bool = _setting(
+        False,
+        "keep each chain's localizer metric M in the result (result.localizer_metric, d numbers "
+        "per chain), e.g. for reference_llc(..., metric=...)",
     )
 
     def __post_init__(self) -> None:
@@ -280,6 +291,11 @@ class SamplerConfig:
             raise ValueError(
                 f"robustness must be True or False, got {self.robustness!r}: True reruns the "
                 "chains at half the step size and reports how far λ̂ moves (CLI: --robustness)."
+            )
+        if not isinstance(self.record_metric, bool):
+            raise ValueError(
+                f"record_metric must be True or False, got {self.record_metric!r}: True keeps "
+                "each chain's localizer metric in result.localizer_metric."
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}.")

@@ -182,6 +182,11 @@ class ChainStack:
             seconds=self.seconds(i),
         )
 
+    def _metric(self, i: int) -> Tensor | None:
+        """Row i's localizer metric M as a CPU copy (``None`` when it is Euclidean)."""
+        metric = self.precond.row(i).metric
+        return None if metric is None else metric.detach().to("cpu", copy=True)
+
     def mark_diverged(self, i: int, step: int, init_loss: float) -> None:
         """Row i diverged at ``step``: recorded, and the row parked at w*."""
         self.div_step[i] = step
@@ -217,6 +222,7 @@ class ChainStack:
             divergence_reason=self.reasons[i],
             retries=[dict(r) for r in self.retries[i]],
             seconds=self.seconds(i),
+            metric=self._metric(i) if cfg.record_metric else None,
         )
 
 
