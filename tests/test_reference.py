@@ -160,6 +160,20 @@ def test_chains_of_different_targets_are_summarised_per_target():
     assert _grouped_statistics(x, 1) == _statistics(x)
 
 
+def test_the_recorded_metric_survives_a_resume(tmp_path):
+    """A finished chain's checkpoint keeps its metric: a resumed run reports the same rows."""
+    model, data = _regression(n=200)
+    cfg = SamplerConfig(num_chains=2, num_burnin=40, num_draws=10, batch_size=50)
+    cfg = SamplerConfig(**{**cfg.to_dict(), "record_metric": True})
+    first = estimate_llc(model, data, cfg, progress=False, output_dir=tmp_path)
+    again = estimate_llc(model, data, cfg, progress=False, output_dir=tmp_path, resume=True)
+    assert again.llc_per_chain == first.llc_per_chain
+    assert np.array_equal(again.localizer_metric, first.localizer_metric)
+    path = first.save(tmp_path / "result.json")
+    loaded = type(first).load(path)
+    assert np.allclose(loaded.localizer_metric, first.localizer_metric, rtol=1e-7)
+
+
 def test_the_estimators_metrics_are_recorded_for_the_reference():
     """``record_metric`` keeps each chain's M = 1/(nβ·A), which the reference accepts as is."""
     model, data = _regression(n=200)
