@@ -389,6 +389,7 @@ def run_nonlinear_case(
         "sgld_init_loss": sgld.init_loss,
         "reference_llc": ref.llc_mean,
         "reference_mcse": ref.llc_stderr,
+        "reference_llc_per_chain": ref.llc_per_chain,
         "reference_rhat": ref.rhat,
         "reference_ess": ref.ess,
         "reference_acceptance": ref.acceptance_rate,
