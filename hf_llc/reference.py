@@ -78,7 +78,10 @@ DATA_KWARGS = frozenset(
         "dataset_description",
     }
 )
-METHODS = ("mala",)
+METHODS = ("mala", "hmc")
+#: The warm-up's default target acceptance rate of each method (Roberts & Rosenthal 1998 for
+#: MALA; 0.8, Stan's, for HMC).
+TARGET_ACCEPTANCE = {"mala": 0.574, "hmc": 0.8}
 # Dual averaging (Hoffman & Gelman 2014, Algorithm 5): shrinkage γ, offset t0, decay κ.
 _DA_GAMMA, _DA_T0, _DA_KAPPA = 0.05, 10.0, 0.75
 
@@ -106,6 +109,8 @@ class ReferenceResult:
         init_loss_float32: the estimator's L_n(w*) (fp32 model, float64 sum) for comparison.
         loss_trace: L_n(w_t) at each draw, one list per chain (float64).
         method, num_warmup, num_draws, target_acceptance, seed: the settings.
+        num_leapfrog: HMC's largest number of leapfrog steps per transition (``None`` for
+            MALA).
         wall_seconds: time of the whole call.
     """
 
@@ -133,6 +138,7 @@ class ReferenceResult:
     target_acceptance: float
     seed: int
     wall_seconds: float
+    num_leapfrog: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (floats, ints, strings and lists of them)."""
@@ -360,10 +366,21 @@ class _Chain:
         self.u, self.loss, self.grad = target(self.w)
 
     def step(self) -> float:
-        """One MALA transition at the current ε; returns the acceptance probability."""
-        eps = self.eps
+        """One transition at the current ε; returns the acceptance probability."""
+        proposal, u, loss, grad, log_alpha = self._propose(self.eps)
+        alpha = 1.0 if log_alpha >= 0 else math.exp(log_alpha)
+        uniform = float(torch.rand((), generator=self.gen, dtype=torch.float64))
+        if uniform < alpha:
+            self.w, self.u, self.loss, self.grad = proposal, u, loss, grad
+        return alpha
+
+    def _noise(self) -> Tensor:
         noise = torch.randn(self.w.shape, generator=self.gen, dtype=self.w.dtype)
-        noise = noise.to(self.w.device)
+        return noise.to(self.w.device)
+
+    def _propose(self, eps: float) -> tuple[Tensor, float, float, Tensor, float]:
+        """The Langevin proposal: (w', U(w'), L_n(w'), ∇U(w'), log acceptance ratio)."""
+        noise = self._noise()
         if self.A is None:
             proposal = self.w - 0.5 * eps * self.grad + math.sqrt(eps) * noise
         else:
@@ -371,20 +388,15 @@ class _Chain:
                 self.w - 0.5 * eps * self.A * self.grad + math.sqrt(eps) * self.A_sqrt * noise
             )
         u, loss, grad = self.target(proposal)
-        if not math.isfinite(u) or not bool(torch.isfinite(grad).all()):
-            log_alpha = -math.inf  # a proposal where U or ∇U is not finite is rejected
-        else:
-            log_alpha = (
-                self.u
-                - u
-                + _log_q(self.w, proposal, grad, eps, self.A)
-                - _log_q(proposal, self.w, self.grad, eps, self.A)
-            )
-        alpha = 1.0 if log_alpha >= 0 else math.exp(log_alpha)
-        uniform = float(torch.rand((), generator=self.gen, dtype=torch.float64))
-        if uniform < alpha:
-            self.w, self.u, self.loss, self.grad = proposal, u, loss, grad
-        return alpha
+        if not _finite(u, grad):
+            return proposal, u, loss, grad, -math.inf  # rejected
+        log_alpha = (
+            self.u
+            - u
+            + _log_q(self.w, proposal, grad, eps, self.A)
+            - _log_q(proposal, self.w, self.grad, eps, self.A)
+        )
+        return proposal, u, loss, grad, log_alpha
 
     def initial_step_size(self, guess: float) -> float:
         """Double or halve ``guess`` until the acceptance probability of one proposal from the
@@ -403,6 +415,43 @@ class _Chain:
         self.w, self.u, self.loss, self.grad = saved[:4]
         self.gen.set_state(saved[4])
         return self.eps
+
+
+class _HMCChain(_Chain):
+    """One HMC chain (Duane et al., Phys. Lett. B 195, 1987; Neal 2011): momentum
+    p ~ N(0, A⁻¹), ``leapfrog`` steps of the Hamiltonian H = U(w) + ½·pᵀA·p (velocity A·p;
+    A as in :class:`_Chain`), accepted with probability min(1, exp(H − H')). The number of
+    leapfrog steps of each transition is drawn uniformly from ⌈L/2⌉…L, which breaks the
+    periodic orbits a fixed length can fall into and keeps every transition reversible."""
+
+    def __init__(self, target: _Target, w: Tensor, gen: torch.Generator, eps: float, leapfrog):
+        super().__init__(target, w, gen, eps)
+        self.leapfrog = int(leapfrog)
+
+    def _velocity(self, p: Tensor) -> Tensor:
+        return p if self.A is None else self.A * p
+
+    def _propose(self, eps: float) -> tuple[Tensor, float, float, Tensor, float]:
+        low = (self.leapfrog + 1) // 2
+        steps = low + int(torch.randint(self.leapfrog - low + 1, (), generator=self.gen))
+        noise = self._noise()
+        p = noise if self.A is None else noise / self.A_sqrt
+        h0 = self.u + 0.5 * float((p * self._velocity(p)).sum())
+        w, grad = self.w, self.grad
+        p = p - 0.5 * eps * grad
+        for k in range(steps):
+            w = w + eps * self._velocity(p)
+            u, loss, grad = self.target(w)
+            if not _finite(u, grad):
+                return w, u, loss, grad, -math.inf  # rejected
+            p = p - (0.5 if k == steps - 1 else 1.0) * eps * grad
+        h1 = u + 0.5 * float((p * self._velocity(p)).sum())
+        return w, u, loss, grad, h0 - h1
+
+
+def _finite(u: float, grad: Tensor) -> bool:
+    """Whether U and ∇U are finite (a proposal where they are not is rejected)."""
+    return math.isfinite(u) and bool(torch.isfinite(grad).all())
 
 
 def _warm_up(chain: _Chain, num_warmup: int, target_acceptance: float) -> None:
@@ -430,13 +479,18 @@ def _run_chain(
     num_draws: int,
     target_acceptance: float,
     step_size: float | None,
+    num_leapfrog: int | None = None,
 ) -> tuple[list[float], float, float]:
-    """One chain from w*: warm-up (ε adapted), then ``num_draws`` MALA steps at a fixed ε.
-    Returns (L_n at each draw, mean acceptance probability of the draws, ε)."""
+    """One chain from w*: warm-up (ε adapted), then ``num_draws`` MALA (or, with
+    ``num_leapfrog``, HMC) transitions at a fixed ε. Returns (L_n at each draw, mean
+    acceptance probability of the draws, ε)."""
     # The step of a unit-curvature direction of L: A = 1/(nβ·M) already scales by 1/nβ.
     default = 1.0 / (target.nbeta + target.gamma) if target.metric is None else 1.0
     guess = step_size if step_size is not None else default
-    chain = _Chain(target, w_star, gen, guess)
+    if num_leapfrog is None:
+        chain = _Chain(target, w_star, gen, guess)
+    else:
+        chain = _HMCChain(target, w_star, gen, guess, num_leapfrog)
     if step_size is None:
         chain.initial_step_size(guess)
     _warm_up(chain, num_warmup, target_acceptance)
@@ -485,8 +539,9 @@ def reference_llc(
     num_chains: int = 4,
     num_warmup: int = 1000,
     num_draws: int = 4000,
-    target_acceptance: float = 0.574,
+    target_acceptance: float | None = None,
     step_size: float | None = None,
+    num_leapfrog: int = 16,
     seed: int = 0,
     chunk_size: int | None = None,
     metric: Any = None,
@@ -507,13 +562,17 @@ def reference_llc(
             n·d ≤ :data:`MAX_SIZE`); it is not modified (a float64 copy is sampled).
         dataset: as for :func:`hf_llc.estimate_llc`, with numeric tensor columns.
         config: a :class:`~hf_llc.SamplerConfig` for nβ and γ (``SamplerConfig()`` if None).
-        method: ``"mala"`` (Metropolis-adjusted Langevin).
+        method: ``"mala"`` (Metropolis-adjusted Langevin, one gradient per transition) or
+            ``"hmc"`` (Hamiltonian Monte Carlo, up to ``num_leapfrog`` gradients per
+            transition; its longer moves mix faster along wide, flat directions).
         num_chains: independent chains, each started at w* with its own generator seeded from
             (seed, chain).
         num_warmup: steps per chain during which ε is adapted (≥ 10); never in the estimate.
         num_draws: steps per chain at the fixed ε that enter the estimate.
-        target_acceptance: the acceptance rate the warm-up aims for (0.574, optimal for MALA
-            in high dimension).
+        target_acceptance: the acceptance rate the warm-up aims for (default
+            :data:`TARGET_ACCEPTANCE`: 0.574, optimal for MALA in high dimension; 0.8 for
+            HMC).
+        num_leapfrog: HMC only: each transition takes ⌈L/2⌉…L leapfrog steps (uniformly).
         step_size: the starting ε of the warm-up (default: found by doubling/halving from
             1 / (nβ + γ)).
         seed: base seed (non-negative integer).
@@ -539,8 +598,14 @@ def reference_llc(
     """
     t0 = time.perf_counter()
     cfg = checked_config(config)
+    if method in METHODS and target_acceptance is None:
+        target_acceptance = TARGET_ACCEPTANCE[method]
     args = (num_chains, num_warmup, num_draws, target_acceptance, seed, step_size, chunk_size)
     _check_settings(method, *args, data_kwargs)
+    if method == "hmc" and (
+        isinstance(num_leapfrog, bool) or not isinstance(num_leapfrog, int) or num_leapfrog < 1
+    ):
+        raise ValueError(f"num_leapfrog must be an integer ≥ 1, got {num_leapfrog!r}.")
     with open_posterior(model, dataset, _fitted(cfg, dataset, data_kwargs), **data_kwargs) as (
         _,
         posterior,
@@ -566,6 +631,7 @@ def reference_llc(
             num_draws=num_draws,
             target_acceptance=float(target_acceptance),
             step_size=step_size,
+            num_leapfrog=num_leapfrog if method == "hmc" else None,
         )
         traces.append(losses)
         accepts.append(accept)
@@ -602,4 +668,5 @@ def reference_llc(
         target_acceptance=float(target_acceptance),
         seed=seed,
         wall_seconds=time.perf_counter() - t0,
+        num_leapfrog=num_leapfrog if method == "hmc" else None,
     )

@@ -394,7 +394,10 @@ def run_nonlinear_case(
         "reference_ess": ref.ess,
         "reference_acceptance": ref.acceptance_rate,
         "reference_settings": {k: getattr(ref, k) for k in ("num_warmup", "num_draws", "seed")}
-        | {"num_chains": len(ref.llc_per_chain)},
+        | {"num_chains": len(ref.llc_per_chain)}
+        | (
+            {} if ref.method == "mala" else {"method": ref.method, "num_leapfrog": ref.num_leapfrog}
+        ),
         "llc_mean": sgld.llc_mean,
         "llc_stderr": sgld.llc_stderr,
         "llc_per_chain": sgld.llc_per_chain,

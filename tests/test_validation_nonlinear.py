@@ -175,10 +175,14 @@ def test_cli_validate_nonlinear_heldout(tmp_path):
     argv = ["validate", "--suite", "nonlinear-heldout", "--num-samples", "60", "--jobs", "1"]
     argv += ["--num-chains", "1", "--num-burnin", "5", "--num-draws", "5", "--batch-size", "16"]
     argv += ["--reference-chains", "1", "--reference-warmup", "10", "--reference-draws", "5"]
-    argv += ["--localizer", "euclidean", "--output", str(out), "--quiet"]
+    argv += ["--localizer", "euclidean", "--reference-method", "hmc"]
+    argv += ["--output", str(out), "--quiet"]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["suite"] == "nonlinear-heldout"
+    for r in report["cases"]:
+        assert r["reference_settings"]["method"] == "hmc"
+        assert r["reference_settings"]["num_leapfrog"] == 16
     assert [r["case"] for r in report["cases"]] == [c.name for c in HELDOUT_NONLINEAR_SUITE]
     assert report["summary"]["config"]["localizer"] == "euclidean"
 

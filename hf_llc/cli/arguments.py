@@ -287,6 +287,11 @@ class ValidateArguments:
     )
     reference_warmup: int = _opt(1000, "--suite nonlinear: reference MALA warm-up steps per chain")
     reference_draws: int = _opt(4000, "--suite nonlinear: reference MALA draws per chain")
+    reference_method: str = _opt(
+        "mala",
+        "--suite nonlinear: the reference sampler, MALA or HMC (up to 16 leapfrog steps a draw)",
+        choices=("mala", "hmc"),
+    )
     reference_chains: int | None = _opt(
         None,
         "--suite nonlinear: reference MALA chains (default: two per SGLD chain, each in that "

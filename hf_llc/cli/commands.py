@@ -65,6 +65,7 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
         reference_kwargs={
             "num_warmup": args.reference_warmup,
             "num_draws": args.reference_draws,
+            "method": args.reference_method,
             **({} if args.reference_chains is None else {"num_chains": args.reference_chains}),
         },
     )
@@ -83,7 +84,7 @@ def _validate(args: argparse.Namespace) -> int:
         return _validate_nonlinear(args)
     from ..validation import SUITES, ValidationCase, format_table, run_suite
 
-    ref_flags = ("reference_warmup", "reference_draws", "reference_chains")
+    ref_flags = ("reference_warmup", "reference_draws", "reference_chains", "reference_method")
     bad = [f"--{k.replace('_', '-')}" for k in ref_flags if k in getattr(args, "given", ())]
     if bad:
         raise ValueError(f"{', '.join(bad)}: options of --suite nonlinear only.")
