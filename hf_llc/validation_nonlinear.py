@@ -340,6 +340,17 @@ HELDOUT_NONLINEAR_SUITE: tuple[NonlinearCase, ...] = (
 NONLINEAR_SUITES = {"nonlinear": NONLINEAR_SUITE, "nonlinear-heldout": HELDOUT_NONLINEAR_SUITE}
 
 
+def _healthy_metrics(sgld) -> Any:
+    """The localizer metrics of the SGLD chains that enter λ̂ (a chain that diverged on every
+    attempt has λ̂_c = NaN and is left out of the mean, so its target is too); ``None`` for a
+    Euclidean localizer."""
+    metric = sgld.localizer_metric
+    if metric is None:
+        return None
+    healthy = [i for i, v in enumerate(sgld.llc_per_chain) if math.isfinite(v)]
+    return metric[healthy] if healthy else metric
+
+
 def run_nonlinear_case(
     case: NonlinearCase,
     config: SamplerConfig | None = None,
@@ -356,7 +367,7 @@ def run_nonlinear_case(
     chain c's own metric (``record_metric``, :func:`hf_llc.reference_llc`'s ``metric``).
     ``reference_kwargs`` go to :func:`hf_llc.reference_llc` (``num_chains``, ``num_warmup``,
     ``num_draws``, ``seed``; its seed defaults to the config's, its chains to two per SGLD
-    chain, so that each target's R̂ is measured)."""
+    chain that entered λ̂, so that each target's R̂ is measured)."""
     cfg = replace(config if config is not None else SamplerConfig(), record_metric=True)
     n = num_samples or case.num_samples
     model, dataset, info = BUILDERS[case.name](n, seed)
@@ -364,11 +375,11 @@ def run_nonlinear_case(
     t0 = time.perf_counter()
     sgld = estimate_llc(model, dataset, cfg, loss_fn=per_sample_loss, progress=False)
     sgld_seconds = time.perf_counter() - t0
-    ref_kw = {"seed": cfg.seed, "num_chains": 2 * cfg.num_chains, **(reference_kwargs or {})}
+    metric = _healthy_metrics(sgld)
+    rows = cfg.num_chains if metric is None else len(metric)
+    ref_kw = {"seed": cfg.seed, "num_chains": 2 * rows, **(reference_kwargs or {})}
     t0 = time.perf_counter()
-    ref = reference_llc(
-        model, dataset, cfg, loss_fn=per_sample_loss, metric=sgld.localizer_metric, **ref_kw
-    )
+    ref = reference_llc(model, dataset, cfg, loss_fn=per_sample_loss, metric=metric, **ref_kw)
     ref_seconds = time.perf_counter() - t0
     diff = sgld.llc_mean - ref.llc_mean
     se = math.hypot(sgld.llc_stderr, ref.llc_stderr)

@@ -227,6 +227,11 @@ def test_the_estimators_metrics_are_recorded_for_the_reference():
     assert estimate_llc(model, data, euclid, progress=False).localizer_metric is None
 
 
+def test_record_metric_must_be_a_bool():
+    with pytest.raises(ValueError, match="record_metric"):
+        SamplerConfig(record_metric="yes")
+
+
 @pytest.mark.parametrize(
     "metric, match",
     [

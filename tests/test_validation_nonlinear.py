@@ -123,7 +123,7 @@ def test_the_reference_samples_each_sgld_chains_own_target(monkeypatch):
     case = next(c for c in NONLINEAR_SUITE if c.name == "tanh_zero_out")
     ref = {"num_warmup": 10, "num_draws": 10}
     r = run_nonlinear_case(case, TINY, seed=0, num_samples=200, reference_kwargs=ref)
-    assert seen["metric"] is seen["sgld"].localizer_metric
+    assert (seen["metric"] == seen["sgld"].localizer_metric).all()  # every chain healthy
     assert seen["metric"].shape == (TINY.num_chains, r["num_params"])
     assert seen["chains"] == 2 * TINY.num_chains
     # Reference chain c samples SGLD chain c mod 2's target: per-chain values for both.
@@ -131,6 +131,19 @@ def test_the_reference_samples_each_sgld_chains_own_target(monkeypatch):
     euclid = SamplerConfig(**{**TINY.to_dict(), "localizer": "euclidean"})
     r = run_nonlinear_case(case, euclid, seed=0, num_samples=200, reference_kwargs=ref)
     assert seen["metric"] is None and r["reference_localizer"] == "euclidean"
+
+
+def test_a_diverged_chains_target_is_left_out_of_the_reference():
+    """λ̂ leaves out a chain that diverged on every attempt (λ̂_c = NaN): so does the
+    reference, which samples the targets of the chains that entered λ̂."""
+    from types import SimpleNamespace
+
+    from hf_llc.validation_nonlinear import _healthy_metrics
+
+    metric = torch.arange(12.0).reshape(3, 4).numpy() + 1
+    sgld = SimpleNamespace(localizer_metric=metric, llc_per_chain=[1.0, float("nan"), 2.0])
+    assert (_healthy_metrics(sgld) == metric[[0, 2]]).all()
+    assert _healthy_metrics(SimpleNamespace(localizer_metric=None, llc_per_chain=[1.0])) is None
 
 
 def test_summary_against_targets():
