@@ -45,6 +45,7 @@ NON_DEFAULT = {
     "chain_mode": ("batched", "batched"),
     "compile": (None, True),
     "robustness": (None, True),
+    "record_metric": (None, True),
     "localizer": ("euclidean", "euclidean"),
 }
 
