@@ -13,9 +13,9 @@ discretisation bias of the step, L_n is the full-batch mean over all n samples (
 noise), and the model, the data, w, U and the gradient are all float64.
 
 ``method="hmc"`` runs Hamiltonian Monte Carlo instead (Duane et al. 1987; Neal 2011):
-momentum p ~ N(0, I), ⌈L/2⌉…L leapfrog steps of H = U(w) + ½‖p‖², accepted with probability
-min(1, exp(H − H')); exact for the same reasons, and its longer moves mix faster along wide,
-flat directions, at up to L gradients per draw.
+momentum p ~ N(0, I) (N(0, A⁻¹) with a ``metric``, A as below), ⌈L/2⌉…L leapfrog steps of
+H = U(w) + ½·pᵀA·p, accepted with probability min(1, exp(H − H')); exact for the same
+reasons, with longer moves per draw at up to L gradients each.
 
 The step size ε of each chain is tuned during the warm-up only, by dual averaging of log ε
 towards a target acceptance rate (Hoffman & Gelman, JMLR 15, 2014, §3.2, their Algorithm 5

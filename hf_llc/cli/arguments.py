@@ -294,7 +294,7 @@ class ValidateArguments:
     )
     reference_chains: int | None = _opt(
         None,
-        "--suite nonlinear: reference MALA chains (default: two per SGLD chain, each in that "
+        "--suite nonlinear: reference chains (default: two per SGLD chain, each in that "
         "chain's localizer metric)",
     )
     jobs: int | None = _opt(None, "worker processes (default: the cores)")
