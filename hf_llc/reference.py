@@ -228,9 +228,11 @@ def _check_settings(
     seed: int,
     step_size: float | None,
     chunk_size: int | None,
+    leapfrog: int | None,
     data_kwargs: Mapping[str, Any],
 ) -> None:
-    """ValueError naming the first bad argument."""
+    """ValueError naming the first bad argument (``leapfrog``: HMC's ``num_leapfrog``, ``None``
+    for MALA)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     for name, value, low in (
@@ -238,6 +240,7 @@ def _check_settings(
         ("num_warmup", num_warmup, 10),
         ("num_draws", num_draws, 1),
         ("seed", seed, 0),
+        *([] if leapfrog is None else [("num_leapfrog", leapfrog, 1)]),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}.")
@@ -605,12 +608,9 @@ def reference_llc(
     cfg = checked_config(config)
     if method in METHODS and target_acceptance is None:
         target_acceptance = TARGET_ACCEPTANCE[method]
+    leapfrog = num_leapfrog if method == "hmc" else None
     args = (num_chains, num_warmup, num_draws, target_acceptance, seed, step_size, chunk_size)
-    _check_settings(method, *args, data_kwargs)
-    if method == "hmc" and (
-        isinstance(num_leapfrog, bool) or not isinstance(num_leapfrog, int) or num_leapfrog < 1
-    ):
-        raise ValueError(f"num_leapfrog must be an integer ≥ 1, got {num_leapfrog!r}.")
+    _check_settings(method, *args, leapfrog, data_kwargs)
     with open_posterior(model, dataset, _fitted(cfg, dataset, data_kwargs), **data_kwargs) as (
         _,
         posterior,
@@ -636,7 +636,7 @@ def reference_llc(
             num_draws=num_draws,
             target_acceptance=float(target_acceptance),
             step_size=step_size,
-            num_leapfrog=num_leapfrog if method == "hmc" else None,
+            num_leapfrog=leapfrog,
         )
         traces.append(losses)
         accepts.append(accept)
@@ -673,5 +673,5 @@ def reference_llc(
         target_acceptance=float(target_acceptance),
         seed=seed,
         wall_seconds=time.perf_counter() - t0,
-        num_leapfrog=num_leapfrog if method == "hmc" else None,
+        num_leapfrog=leapfrog,
     )

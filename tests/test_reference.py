@@ -4,6 +4,7 @@ network against Aoyagi's λ and the SGLD estimator, exactness sanity checks, bad
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -197,8 +198,9 @@ def test_chains_of_different_targets_are_summarised_per_target():
 def test_the_recorded_metric_survives_a_resume(tmp_path):
     """A finished chain's checkpoint keeps its metric: a resumed run reports the same rows."""
     model, data = _regression(n=200)
-    cfg = SamplerConfig(num_chains=2, num_burnin=40, num_draws=10, batch_size=50)
-    cfg = SamplerConfig(**{**cfg.to_dict(), "record_metric": True})
+    cfg = SamplerConfig(
+        num_chains=2, num_burnin=40, num_draws=10, batch_size=50, record_metric=True
+    )
     first = estimate_llc(model, data, cfg, progress=False, output_dir=tmp_path)
     again = estimate_llc(model, data, cfg, progress=False, output_dir=tmp_path, resume=True)
     assert again.llc_per_chain == first.llc_per_chain
@@ -213,9 +215,7 @@ def test_the_estimators_metrics_are_recorded_for_the_reference():
     model, data = _regression(n=200)
     cfg = SamplerConfig(num_chains=2, num_burnin=40, num_draws=10, batch_size=50)
     plain = estimate_llc(model, data, cfg, progress=False)
-    kept = estimate_llc(
-        model, data, SamplerConfig(**{**cfg.to_dict(), "record_metric": True}), progress=False
-    )
+    kept = estimate_llc(model, data, replace(cfg, record_metric=True), progress=False)
     assert plain.localizer_metric is None
     assert kept.llc_per_chain == plain.llc_per_chain  # a report: the chains are the same
     metric = kept.localizer_metric
@@ -223,7 +223,7 @@ def test_the_estimators_metrics_are_recorded_for_the_reference():
     assert not np.allclose(metric[0], metric[1])  # each chain fixes its own during burn-in
     ref = reference_llc(model, data, num_chains=2, num_warmup=10, num_draws=5, metric=metric)
     assert ref.localizer == "metric"
-    euclid = SamplerConfig(**{**cfg.to_dict(), "record_metric": True, "localizer": "euclidean"})
+    euclid = replace(cfg, record_metric=True, localizer="euclidean")
     assert estimate_llc(model, data, euclid, progress=False).localizer_metric is None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,7 +129,7 @@ def test_the_reference_samples_each_sgld_chains_own_target(monkeypatch):
     assert seen["chains"] == 2 * TINY.num_chains
     # Reference chain c samples SGLD chain c mod 2's target: per-chain values for both.
     assert len(r["reference_llc_per_chain"]) == 2 * len(r["llc_per_chain"])
-    euclid = SamplerConfig(**{**TINY.to_dict(), "localizer": "euclidean"})
+    euclid = replace(TINY, localizer="euclidean")
     r = run_nonlinear_case(case, euclid, seed=0, num_samples=200, reference_kwargs=ref)
     assert seen["metric"] is None and r["reference_localizer"] == "euclidean"
 
