@@ -62,11 +62,11 @@ def _run(
     result = estimate_llc(model, dataset, cfg, loss_fn=per_sample_loss, progress=False)
     seconds = time.perf_counter() - t0
     healthy = [i for i, v in enumerate(result.llc_per_chain) if np.isfinite(v)]
-    log_m = np.log(np.asarray(result.localizer_metric, dtype=np.float64)[healthy])
+    metric = np.asarray(result.localizer_metric, dtype=np.float64)[healthy]
+    log_m = np.log(metric)
     bounds = np.cumsum([0, *sizes])
     tensor_sd = max(
-        float(np.log(np.exp(log_m[:, a:b]).mean(axis=1)).std())
-        for a, b in zip(bounds[:-1], bounds[1:])
+        float(np.log(metric[:, a:b].mean(axis=1)).std()) for a, b in zip(bounds[:-1], bounds[1:])
     )
     eps = np.asarray(result.diagnostics["step_size_per_chain"], dtype=np.float64)
     llc = np.asarray(result.llc_per_chain, dtype=np.float64)[healthy]
