@@ -46,7 +46,7 @@ def _run(
 
     torch.set_num_threads(1)
     from hf_llc import SamplerConfig, estimate_llc
-    from hf_llc.validation_nonlinear import BUILDERS, per_sample_loss
+    from hf_llc.validation_nonlinear import BUILDERS, _healthy_metrics, per_sample_loss
 
     model, dataset, _ = BUILDERS[case_name](1000, seed)
     sizes = [p.numel() for p in model.parameters() if p.requires_grad]
@@ -61,22 +61,23 @@ def _run(
     t0 = time.perf_counter()
     result = estimate_llc(model, dataset, cfg, loss_fn=per_sample_loss, progress=False)
     seconds = time.perf_counter() - t0
-    healthy = [i for i, v in enumerate(result.llc_per_chain) if np.isfinite(v)]
-    metric = np.asarray(result.localizer_metric, dtype=np.float64)[healthy]
-    log_m = np.log(metric)
+    # The chains that entered λ̂ (the suite's own selection), their metrics and λ̂.
+    metric = np.asarray(_healthy_metrics(result), dtype=np.float64)
+    llc = np.asarray(result.llc_per_chain, dtype=np.float64)
+    llc = llc[np.isfinite(llc)]
+    sd_log_m = np.log(metric).std(axis=0)
     bounds = np.cumsum([0, *sizes])
     tensor_sd = max(
         float(np.log(metric[:, a:b].mean(axis=1)).std()) for a, b in zip(bounds[:-1], bounds[1:])
     )
     eps = np.asarray(result.diagnostics["step_size_per_chain"], dtype=np.float64)
-    llc = np.asarray(result.llc_per_chain, dtype=np.float64)[healthy]
     return {
         "case": case_name,
         "num_burnin": burnin,
         "fisher_damping": damping,
-        "healthy_chains": len(healthy),
-        "sd_log_metric_median": float(np.median(log_m.std(axis=0))),
-        "sd_log_metric_max": float(log_m.std(axis=0).max()),
+        "healthy_chains": len(llc),
+        "sd_log_metric_median": float(np.median(sd_log_m)),
+        "sd_log_metric_max": float(sd_log_m.max()),
         "tensor_sd_log_metric_max": tensor_sd,
         "llc_mean": float(llc.mean()),
         "llc_sd_across_chains": float(llc.std(ddof=1)),
