@@ -77,8 +77,17 @@ def _assert_same_chains(seq, bat):
         dict(mala=True),  # the default recipe: curvature step sizes, fisher-burnin
         dict(preconditioner="rmsprop-burnin"),
         dict(step_size=2e-4, preconditioner="rmsprop", localization=10, draw_every=2, num_draws=30),
+        dict(mala=True, integrator="leimkuhler-matthews"),
+        dict(step_size=2e-4, preconditioner="identity", integrator="leimkuhler-matthews"),
     ],
-    ids=["identity-fixed", "default-with-mala", "rmsprop-burnin", "rmsprop-thinned"],
+    ids=[
+        "identity-fixed",
+        "default-with-mala",
+        "rmsprop-burnin",
+        "rmsprop-thinned",
+        "leimkuhler-matthews-with-mala",
+        "leimkuhler-matthews-identity",
+    ],
 )
 def test_batched_chains_match_sequential_chains(dln, settings):
     model, dataset = dln

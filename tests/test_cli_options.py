@@ -47,6 +47,7 @@ NON_DEFAULT = {
     "robustness": (None, True),
     "record_metric": (None, True),
     "localizer": ("euclidean", "euclidean"),
+    "integrator": ("leimkuhler-matthews", "leimkuhler-matthews"),
 }
 
 

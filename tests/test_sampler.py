@@ -181,6 +181,80 @@ def test_gaussian_target_stationary_law_is_exact():
     assert abs(r1 - rho) <= 4 * math.sqrt((1 - rho**2) / (K * n_draws))
 
 
+def _lm_autocorrelations(h: float, lags: int) -> np.ndarray:
+    """ρ_s of the Leimkuhler–Matthews iteration e' = a·e + (√ε/2)(ξ_t + ξ_{t+1}), a = 1 − h/2,
+    on precision P (h = εP), for s = 0..lags: ρ_1 = 1 − h/4 (Cov(e_{t+1}, e_t) = a/P + ε/4),
+    then ρ_s = a^{s−1}·ρ_1 (an ARMA(1, 1) process)."""
+    a = 1 - h / 2
+    return np.array([1.0] + [(1 - h / 4) * a ** (s - 1) for s in range(1, lags + 1)])
+
+
+@pytest.mark.parametrize("h", [0.5, 1.5])
+def test_leimkuhler_matthews_stationary_law_is_exact(h):
+    # The same Gaussian target as above, with integrator="leimkuhler-matthews": in a direction
+    # of curvature P the iteration is e' = (1 − h/2)·e + (√ε/2)(ξ_t + ξ_{t+1}), whose stationary
+    # variance is exactly 1/P for every stable h = εP (Euler–Maruyama: 1/(P(1 − h/4)), 14% and
+    # 60% wider at h = 0.5 and 1.5).
+    nbeta, gamma = 100.0, 100.0
+    P = nbeta + gamma
+    w_star = torch.zeros(K, dtype=torch.float64)
+    cfg = _fixed(
+        step_size=h / P,
+        localization=gamma,
+        nbeta=nbeta,
+        num_draws=16_000,
+        integrator="leimkuhler-matthews",
+    )
+    problem = QuadraticProblem(record=True)
+    xbar = problem.x.mean(0)
+    init = float(0.5 * ((w_star - problem.x) ** 2).sum(-1).mean())
+    run_chain(problem, w_star, cfg, 0, nbeta=nbeta, init_loss=init)
+    draws = torch.stack(problem.ws)[cfg.num_burnin :].numpy()
+    mu = ((nbeta * xbar + gamma * w_star) / P).numpy()
+    e, n_draws = draws - mu, draws.shape[0]
+    rho = _lm_autocorrelations(h, 400)  # |a|^400 < 1e-48: the sums below are complete
+    s2 = 1 / P
+
+    # Mean: Var(ē_j) = σ²/N·Σ_s ρ_|s| per coordinate.
+    se_mean = math.sqrt(s2 / n_draws * (2 * rho.sum() - 1))
+    assert np.abs(e.mean(0)).max() <= 4 * se_mean
+
+    # Variance, pooled over the k coordinates: Var(s²) = 2σ⁴/(kN)·Σ_s ρ_|s|² (Gaussian e).
+    # SE/σ² ≈ 0.9% (h = 0.5) and 0.5% (h = 1.5), so 4 SE (≤ 3.7%) excludes the Euler values.
+    var_hat = float((e**2).mean())
+    se_var = s2 * math.sqrt(2 * (2 * (rho**2).sum() - 1) / (K * n_draws))
+    assert abs(var_hat - s2) <= 4 * se_var
+    assert abs(var_hat - _ar1_var(h, P)) > 8 * se_var  # Euler–Maruyama's law is excluded
+
+    # Lag-1 autocorrelation 1 − h/4; Bartlett's variance of r̂_1 is
+    # Σ_s (ρ_{s+1} + ρ_{s−1} − 2ρ_1ρ_s)²/(kN) (s over all integers, ρ_{−s} = ρ_s).
+    r = np.concatenate([rho[:0:-1], rho])  # ρ_s for s = −400..400
+    terms = r[2:] + r[:-2] - 2 * rho[1] * r[1:-1]
+    se_r1 = math.sqrt(float((terms**2).sum()) / (K * n_draws))
+    r1 = float((e[1:] * e[:-1]).sum() / (e[:-1] ** 2).sum())
+    assert abs(r1 - rho[1]) <= 4 * se_r1
+
+
+def test_leimkuhler_matthews_llc_has_no_discretisation_factor():
+    # At w* = x̄ with γ = 0 the expectation is E[λ̂] = nβ·k·σ²/2 = k/2 exactly with this
+    # integrator at h = εnβ = 1 (Euler–Maruyama: (k/2)/(1 − 1/4) = 3.33).
+    nbeta, eps, chains, draws = 100.0, 0.01, 2, 6000
+    cfg = _fixed(
+        step_size=eps,
+        nbeta=nbeta,
+        num_chains=chains,
+        num_draws=draws,
+        integrator="leimkuhler-matthews",
+    )
+    result = _estimate(Quadratic(XBAR), cfg)
+    rho = _lm_autocorrelations(eps * nbeta, 400)
+    # λ̂ averages nβ·½Σ_j e_j²: Var(½e_j²) = σ⁴/2 with σ² = 1/nβ, times the sum of the
+    # autocorrelations of e_j² (ρ_s²): SE/E = sqrt(2·1.9/(k·N)) ≈ 1.1%.
+    se = nbeta * math.sqrt(K * (1 / nbeta) ** 2 / 2 * (2 * (rho**2).sum() - 1) / (chains * draws))
+    assert abs(result.llc_mean - K / 2) <= 4 * se
+    assert abs(result.llc_mean - K / 2 / (1 - eps * nbeta / 4)) > 8 * se
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Localization: E[λ̂] = nβ·k/(2P(1 − εP/4)), P = nβ + γ, at w* = x̄.
 
@@ -483,11 +557,12 @@ def test_mala_acceptance_exact_values():
     assert float(flat) == pytest.approx(math.exp(-1.0), rel=1e-15)
 
 
-def _predicted_acceptance(h: float, P: float, num: int = 400_000):
-    """E[α] over stationary ULA transitions, with log α = (εP²/8)(‖e‖² − ‖e'‖²) (see above)."""
+def _predicted_acceptance(h: float, P: float, num: int = 400_000, var: float | None = None):
+    """E[α] over ULA transitions from the stationary law (variance ``var`` per coordinate;
+    ULA's own by default), with log α = (εP²/8)(‖e‖² − ‖e'‖²) (see above)."""
     rng = np.random.default_rng(0)
     eps, rho = h / P, 1 - h / 2
-    e = rng.normal(size=(num, K)) * math.sqrt(_ar1_var(h, P))
+    e = rng.normal(size=(num, K)) * math.sqrt(_ar1_var(h, P) if var is None else var)
     e2 = rho * e + math.sqrt(eps) * rng.normal(size=(num, K))
     alpha = np.minimum(1.0, np.exp(eps * P**2 / 8 * ((e**2).sum(1) - (e2**2).sum(1))))
     return float(alpha.mean()), float(alpha.std() / math.sqrt(num))
@@ -525,6 +600,35 @@ def test_mala_acceptance_of_runs():
     assert abs(acc - predicted) <= 4 * se + 4 * mc_se
     assert acc < 0.7 < tiny.diagnostics["mala_acceptance"]
     assert len(near.diagnostics["mala_acceptance_per_chain"]) == chains
+
+
+def test_mala_acceptance_with_leimkuhler_matthews_scores_the_euler_proposal():
+    # The recorded α is that of the Euler–Maruyama proposal from w_t with this step's ξ_{t+1}
+    # (the move taken reuses ξ_t, so it is no proposal from w_t alone). w_t follows the
+    # integrator's exact law N(μ, 1/P), so at εP = 3 the prediction is E[α] over e ~ N(0, 1/P)
+    # and e' = (1 − 3/2)·e + √ε·ξ. α_t depends on (e_t, ξ_{t+1}), whose correlation across s
+    # steps decays as |1 − h/2|^{s−1} = 0.5^{s−1}: τ ≤ 5 and SE ≤ sqrt(5/(4N)) = 0.016 as above.
+    nbeta = gamma = 100.0
+    P = nbeta + gamma
+    chains, draws = 2, 2500
+    cfg = _fixed(
+        step_size=3.0 / P,
+        nbeta=nbeta,
+        localization=gamma,
+        num_chains=chains,
+        num_burnin=50,
+        num_draws=draws,
+        mala=True,
+        integrator="leimkuhler-matthews",
+    )
+    acc = _estimate(Quadratic(XBAR), cfg).diagnostics["mala_acceptance"]
+    predicted, mc_se = _predicted_acceptance(3.0, P, var=1 / P)
+    euler_law, _ = _predicted_acceptance(3.0, P)
+    se = math.sqrt(5 / (4 * chains * draws))
+    assert abs(acc - predicted) <= 4 * se + 4 * mc_se
+    # 0.21 here, against 0.58 from Euler–Maruyama's wider law of w_t: the score sees which
+    # law the chain is in.
+    assert abs(acc - euler_law) > 8 * se
 
 
 # --------------------------------------------------------------------------------------------

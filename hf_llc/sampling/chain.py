@@ -133,6 +133,8 @@ class ChainState:
         mala: MALA acceptance probabilities of the draws done (or ``None``).
         retries: the divergence records of earlier attempts.
         seconds: sampling time spent on this chain so far (not part of the result's values).
+        noise: with ``integrator="leimkuhler-matthews"``, the standard normals ξ_t of the last
+            step, which the next step reuses (``None`` for Euler–Maruyama).
     """
 
     chain: int
@@ -153,6 +155,7 @@ class ChainState:
     mala: Tensor | None
     retries: list
     seconds: float = 0.0
+    noise: Tensor | None = None
 
 
 class ChainCheckpoint(Protocol):

@@ -19,6 +19,7 @@ A sequential chain is a stack of one (the eager engine); batched chains are a st
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Protocol
 
 import torch
@@ -144,7 +145,12 @@ def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> 
 def _stepper(post, cfg, stack: ChainStack, engine):
     """``step(G)``: the SGLD update of every running chain (``G`` consumed), one chain's step
     with plain numbers, or one update of the stack with per-chain coefficients."""
-    common = dict(nbeta=post.nbeta, localization=cfg.localization, precond=stack.precond)
+    common = dict(
+        nbeta=post.nbeta,
+        localization=cfg.localization,
+        precond=stack.precond,
+        prev_noise=stack.noise,
+    )
     w_star, cache = post.w_star, {}
 
     def adapt() -> bool:
@@ -182,16 +188,22 @@ def _stepper(post, cfg, stack: ChainStack, engine):
 
 
 def _record_mala(post, cfg, stack: ChainStack, engine, batch, before, k: int) -> None:
-    """MALA's acceptance probability of the step just taken, for every running chain."""
+    """MALA's acceptance probability of the step just taken, for every running chain.
+
+    With the Leimkuhler–Matthews integrator the move taken is not a Langevin proposal from
+    w_t alone (it reuses ξ_t), so what is scored is the Euler–Maruyama proposal from w_t with
+    the same ε, A and this step's ξ_{t+1}: how far a step of this size is from an exact
+    Langevin step, as with Euler–Maruyama."""
     W_old, L_old, G_old = before
-    G_new, L_new = engine.fresh_grad(stack.W, batch)
+    W_new = stack.W if stack.noise is None else _euler_proposals(post, cfg, stack, before)
+    G_new, L_new = engine.fresh_grad(W_new, batch)
     L_old, L_new = L_old.reshape(-1), L_new.reshape(-1)
     for i in range(stack.size):
         if not stack.active[i]:
             continue
         row = stack.precond.row(i)
         kw = dict(nbeta=post.nbeta, localization=cfg.localization, metric=row.metric)
-        w_old, w_new = W_old[i], stack.W[i]
+        w_old, w_new = W_old[i], W_new[i]
         stack.mala[i, k] = mala_acceptance(
             w_old,
             w_new,
@@ -202,6 +214,24 @@ def _record_mala(post, cfg, stack: ChainStack, engine, batch, before, k: int) ->
             step_size=stack.steps[i],
             precond=row.A,
         )
+
+
+def _euler_proposals(post, cfg, stack: ChainStack, before) -> Tensor:
+    """Row i: w_t − (ε/2)·A·∇U(w_t) + √ε·√A·ξ_{t+1}, ξ_{t+1} the normals of the step just
+    taken (held in ``stack.noise``); a parked row stays where it was."""
+    W_old, _, G_old = before
+    W_prop = W_old.clone()
+    for i in range(stack.size):
+        if not stack.active[i]:
+            continue
+        row, eps = stack.precond.row(i), stack.steps[i]
+        kw = dict(nbeta=post.nbeta, localization=cfg.localization, metric=row.metric)
+        drift = potential_grad(G_old[i], W_old[i], post.w_star, **kw)
+        noise = stack.noise[i].clone()
+        if row.A is not None:
+            drift, noise = drift * row.A, noise * row.A_sqrt
+        W_prop[i] += noise * math.sqrt(eps) - drift * (eps / 2)
+    return W_prop
 
 
 def _check_divergence(

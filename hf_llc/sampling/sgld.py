@@ -6,7 +6,14 @@ Localized tempered posterior (Lau et al., arXiv 2308.12108, eq. 7):
 
 SGLD step on minibatch B_t with diagonal preconditioner A (identity for plain SGLD):
 
-    w_{t+1} = w_t − (ε/2)·A·[nβ·∇L_{B_t}(w_t) + γ·(w_t − w*)] + N(0, ε·A)
+    w_{t+1} = w_t − (ε/2)·A·[nβ·∇L_{B_t}(w_t) + γ·(w_t − w*)] + √ε·√A·ξ_t,   ξ_t ~ N(0, I)
+
+(Euler–Maruyama), or with ``integrator="leimkuhler-matthews"`` the noise term
+√ε·√A·(ξ_t + ξ_{t+1})/2: each draw enters two consecutive steps (Leimkuhler & Matthews 2013).
+With a fixed A and ε its stationary law on a Gaussian target is exact: in a direction of
+preconditioned curvature h the iteration is x' = (1 − εh/2)·x + (√ε/2)·(ξ_t + ξ_{t+1}), whose
+stationary variance is 1/h for every stable ε (εh < 4), where Euler–Maruyama's is
+1/(h·(1 − εh/4)).
 
 Every function here works in place: one SGLD step allocates nothing parameter-sized (at most
 a cache-sized chunk) and never synchronises with the host.
@@ -36,12 +43,13 @@ class StepCoefficients:
     keep: float | Tensor  # 1 − εγ/2
     shrink: float | Tensor  # εγ/2
     grad: float | Tensor  # −εnβ/2
+    half_root: float | Tensor  # √ε/2
 
     @classmethod
     def of(cls, half, root, *, nbeta: float, localization: float) -> StepCoefficients:
         """From ``half`` = ε/2 and ``root`` = √ε (numbers or tensors of the same shape)."""
         shrink = half * localization
-        return cls(-half, root, 1 - shrink, shrink, -half * nbeta)
+        return cls(-half, root, 1 - shrink, shrink, -half * nbeta, root / 2)
 
 
 def langevin_update_(
@@ -55,6 +63,7 @@ def langevin_update_(
     draw_noise: Callable[[Tensor], Any],
     precond: Preconditioner | None = None,
     adapt: bool = False,
+    prev_noise: Tensor | None = None,
 ) -> None:
     r"""The SGLD update of ``w`` (one chain (d,) or a stack (chains × d)), in place.
 
@@ -62,6 +71,10 @@ def langevin_update_(
     it holds the drift, then the noise, so the step needs no buffer besides w, the gradient,
     w* and the preconditioner's own state. With ``adapt`` an adaptive preconditioner is first
     refreshed from this step's ∇U (pSGLD's order: the new A moves this step).
+
+    ``prev_noise`` (shaped like ``w``, holding the previous step's standard normals ξ_t)
+    makes it the Leimkuhler–Matthews step: the noise term is √ε·√A·(ξ_t + ξ_{t+1})/2 and
+    ``prev_noise`` is left holding ξ_{t+1} for the next step.
     """
     c = coefficients
     if precond is None or precond.name == "identity":
@@ -71,14 +84,24 @@ def langevin_update_(
             axpy_(w, w_star, c.shrink)
         axpy_(w, grad, c.grad)
         draw_noise(grad)
-        axpy_(w, grad, c.root)
+        if prev_noise is None:
+            axpy_(w, grad, c.root)
+        else:
+            prev_noise.add_(grad)  # ξ_t + ξ_{t+1}
+            axpy_(w, prev_noise, c.half_root)
+            prev_noise.copy_(grad)
         return
     # w ← w − (ε/2)·A·∇U(w), A first refreshed from this ∇U when adapting
     precond.drift_descend_(
         w, grad, w_star, nbeta=nbeta, localization=localization, coef=c.neg_half, adapt=adapt
     )
     draw_noise(grad)
-    precond.descend_(w, grad, c.root, sqrt=True)  # w ← w + √ε·√A·ξ
+    if prev_noise is None:
+        precond.descend_(w, grad, c.root, sqrt=True)  # w ← w + √ε·√A·ξ
+    else:
+        prev_noise.add_(grad)  # ξ_t + ξ_{t+1}, consumed by the move
+        precond.descend_(w, prev_noise, c.half_root, sqrt=True)
+        prev_noise.copy_(grad)
 
 
 def sgld_step_(
@@ -92,6 +115,7 @@ def sgld_step_(
     generator: torch.Generator,
     precond: Preconditioner | Tensor | None = None,
     adapt: bool = False,
+    prev_noise: Tensor | None = None,
 ) -> None:
     r"""One SGLD step, in place on ``w``; ``grad`` is consumed (overwritten).
 
@@ -106,7 +130,9 @@ def sgld_step_(
 
         w ← w − (ε/2)·A·(nβ·g + γ·(w − w*)) + √ε·√A·ξ.
 
-    ``adapt=True`` first refreshes an adaptive preconditioner (RMSProp) from this ∇U.
+    ``adapt=True`` first refreshes an adaptive preconditioner (RMSProp) from this ∇U. With
+    ``prev_noise`` (the previous step's ξ) the noise term is the Leimkuhler–Matthews one,
+    √ε·√A·(ξ_prev + ξ)/2, and ``prev_noise`` is overwritten with this step's ξ.
     """
     if isinstance(precond, Tensor):
         precond = DiagonalPreconditioner(precond, check=False)
@@ -126,6 +152,7 @@ def sgld_step_(
         draw_noise=draw_noise,
         precond=precond,
         adapt=adapt,
+        prev_noise=prev_noise,
     )
 
 
@@ -142,6 +169,7 @@ def sgld_step_chains_(
     precond: Preconditioner | None = None,
     adapt: bool = False,
     cache: dict | None = None,
+    prev_noise: Tensor | None = None,
 ) -> None:
     r"""One SGLD step of every chain, in place on the rows of ``W`` (C × d); ``G`` is consumed.
 
@@ -150,7 +178,8 @@ def sgld_step_chains_(
     into row c of ``G`` once the gradient has been applied; an inactive chain neither moves
     nor draws. ``precond`` holds a (C × d) state per chain or a shared (d,) diagonal;
     ``None`` for identity. ``cache`` (a dict kept between calls) saves rebuilding the
-    per-chain coefficients while the step sizes do not change.
+    per-chain coefficients while the step sizes do not change. ``prev_noise`` (C × d): the
+    Leimkuhler–Matthews step, as in :func:`hf_llc.sampling.sgld_step_`.
     """
     dev, dt = W.device, W.dtype
     eps = tuple(s if a else 0.0 for s, a in zip(step_sizes, active))
@@ -180,6 +209,7 @@ def sgld_step_chains_(
         draw_noise=draw_noise,
         precond=precond,
         adapt=adapt,
+        prev_noise=prev_noise,
     )
 
 

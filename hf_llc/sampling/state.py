@@ -33,7 +33,9 @@ from .preconditioners import Preconditioner
 class ChainStack:
     """C chains at step ``t`` of the same attempt (rows in the order of ``chains``).
 
-    ``W`` is C × d; ``steps`` the per-chain step sizes ε_c; ``active[c]`` is ``False`` once
+    ``W`` is C × d; ``noise`` (C × d, ``integrator="leimkuhler-matthews"`` only) the standard
+    normals of each chain's last step, which its next step reuses; ``steps`` the per-chain
+    step sizes ε_c; ``active[c]`` is ``False`` once
     chain c diverged (its row is parked at w*: it no longer moves nor draws); ``checked`` the
     steps already checked for divergence. ``elapsed`` is the sampling time of earlier sessions
     (a resumed snapshot's), per chain.
@@ -60,6 +62,7 @@ class ChainStack:
     div_step: list[int | None] = field(default_factory=list)
     reasons: list[str | None] = field(default_factory=list)
     elapsed: list[float] = field(default_factory=list)
+    noise: Tensor | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -94,6 +97,14 @@ class ChainStack:
         def buffer(*shape: int) -> Tensor:
             return torch.empty(*shape, dtype=torch.float64, device=device)
 
+        # Drawn here, from each chain's generator, before its first minibatch.
+        vs = [schedule.warm_start(g, w_star) for g in gens]
+        noise = None
+        if cfg.integrator == "leimkuhler-matthews":  # ξ_0, the first step's "previous" draw
+            noise = torch.empty_like(W)
+            for row, gen in zip(noise, gens):
+                torch.randn(row.shape, generator=gen, out=row, dtype=W.dtype, device=device)
+
         return cls(
             chains=list(chains),
             attempt=attempt,
@@ -104,8 +115,7 @@ class ChainStack:
             schedule=schedule,
             steps=[fixed] * C,
             histories=[[] for _ in chains],
-            # Drawn here, from each chain's generator, before its first minibatch.
-            vs=[schedule.warm_start(g, w_star) for g in gens],
+            vs=vs,
             trace=buffer(C, total),
             init_trace=None if post.init_per_sample is None else buffer(C, total),
             mala=buffer(C, cfg.num_draws) if cfg.mala else None,
@@ -114,6 +124,7 @@ class ChainStack:
             div_step=[None] * C,
             reasons=[None] * C,
             elapsed=[0.0] * C,
+            noise=noise,
         )
 
     @classmethod
@@ -147,6 +158,14 @@ class ChainStack:
                 stack.mala[i, : len(state.mala)] = state.mala.to(device)
             stack.retries[i] = [dict(r) for r in state.retries]
             stack.elapsed[i] = state.seconds
+            if stack.noise is not None:
+                if state.noise is None:
+                    raise ValueError(
+                        f"chain {state.chain}'s snapshot has no noise state, which "
+                        "integrator='leimkuhler-matthews' needs: resume it with the integrator "
+                        "it was started with."
+                    )
+                stack.noise[i].copy_(state.noise)
         stack.precond.load_state_dict(_stack_states([s.precond for s in states]))
         if not stack.adapting:
             stack.precond.freeze()  # no-op once the frozen state is loaded
@@ -180,6 +199,7 @@ class ChainStack:
             else _copy(self.mala[i, : _num_draws_before(steps, cfg)]),
             retries=[dict(r) for r in self.retries[i]],
             seconds=self.seconds(i),
+            noise=None if self.noise is None else _copy(self.noise[i]),
         )
 
     def _metric(self, i: int) -> Tensor | None:
