@@ -568,6 +568,20 @@ def _predicted_acceptance(h: float, P: float, num: int = 400_000, var: float | N
     return float(alpha.mean()), float(alpha.std() / math.sqrt(num))
 
 
+def _near_stability_limit(chains: int, draws: int, **kw) -> SamplerConfig:
+    """Full-batch fixed-step chains with MALA scores at εP = 3 (nβ = γ = 100, P = 200)."""
+    return _fixed(
+        step_size=3.0 / 200.0,
+        nbeta=100.0,
+        localization=100.0,
+        num_chains=chains,
+        num_burnin=50,
+        num_draws=draws,
+        mala=True,
+        **kw,
+    )
+
+
 def test_mala_acceptance_of_runs():
     nbeta = gamma = 100.0
     P = nbeta + gamma
@@ -584,16 +598,7 @@ def test_mala_acceptance_of_runs():
     # |ρ|^{s−1}, so τ ≤ 1 + 2/(1 − |ρ|) = 5 and with Var(α) ≤ ¼ over N = 5000 draws
     # SE ≤ sqrt(5/(4N)) = 0.016.
     chains, draws = 2, 2500
-    cfg = _fixed(
-        step_size=3.0 / P,
-        nbeta=nbeta,
-        localization=gamma,
-        num_chains=chains,
-        num_burnin=50,
-        num_draws=draws,
-        mala=True,
-    )
-    near = _estimate(model, cfg)
+    near = _estimate(model, _near_stability_limit(chains, draws))
     predicted, mc_se = _predicted_acceptance(3.0, P)
     se = math.sqrt(5 / (4 * chains * draws))
     acc = near.diagnostics["mala_acceptance"]
@@ -608,19 +613,9 @@ def test_mala_acceptance_with_leimkuhler_matthews_scores_the_euler_proposal():
     # integrator's exact law N(μ, 1/P), so at εP = 3 the prediction is E[α] over e ~ N(0, 1/P)
     # and e' = (1 − 3/2)·e + √ε·ξ. α_t depends on (e_t, ξ_{t+1}), whose correlation across s
     # steps decays as |1 − h/2|^{s−1} = 0.5^{s−1}: τ ≤ 5 and SE ≤ sqrt(5/(4N)) = 0.016 as above.
-    nbeta = gamma = 100.0
-    P = nbeta + gamma
+    P = 200.0
     chains, draws = 2, 2500
-    cfg = _fixed(
-        step_size=3.0 / P,
-        nbeta=nbeta,
-        localization=gamma,
-        num_chains=chains,
-        num_burnin=50,
-        num_draws=draws,
-        mala=True,
-        integrator="leimkuhler-matthews",
-    )
+    cfg = _near_stability_limit(chains, draws, integrator="leimkuhler-matthews")
     acc = _estimate(Quadratic(XBAR), cfg).diagnostics["mala_acceptance"]
     predicted, mc_se = _predicted_acceptance(3.0, P, var=1 / P)
     euler_law, _ = _predicted_acceptance(3.0, P)

@@ -103,10 +103,11 @@ class SamplerConfig:
             preconditioned curvature h (so λ̂ reads high when many directions are near the
             stiffest). ``"leimkuhler-matthews"``: the same step with the noise averaged over
             two consecutive draws, √ε·√A·(ξ_t + ξ_{t+1})/2 (Leimkuhler & Matthews 2013, the
-            overdamped limit of BAOAB): the same cost and stability (εh < 4), and a stationary
-            law that is exact on any Gaussian target for every stable ε, so the Euler
-            inflation is gone and the bias left is of second order in ε on other targets. It
-            keeps one more parameter-sized vector per chain (ξ_t, saved in checkpoints).
+            overdamped limit of BAOAB): one gradient per step and the same stability (εh < 4) as
+            Euler–Maruyama, and a stationary law that is exact on any Gaussian target for every
+            stable ε, so the Euler inflation is gone and the bias left is of second order in ε
+            on other targets. It keeps one more parameter-sized vector per chain (ξ_t, saved in
+            checkpoints) and adds two element-wise passes to a step.
         nbeta: nβ, the inverse temperature times n. ``None`` (default) uses n / log n with
             n the number of samples in the dataset (never the batch size).
         batch_size: m, the minibatch size of each SGLD step.
@@ -192,7 +193,7 @@ class SamplerConfig:
     integrator: str = _setting(
         "euler",
         "the SGLD step: 'euler' (Euler–Maruyama) or 'leimkuhler-matthews' (noise averaged over "
-        "two consecutive draws: exact on Gaussian targets at every stable ε, same cost)",
+        "two consecutive draws: exact on Gaussian targets at every stable ε)",
         choices=INTEGRATORS,
     )
     nbeta: float | None = _setting(None, "nβ, inverse temperature times n (default n / log n)")
