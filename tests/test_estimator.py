@@ -186,6 +186,7 @@ def test_model_without_loss_needs_loss_fn():
         (dict(num_draws=0), "num_draws"),
         (dict(batch_size=0), "batch_size"),
         (dict(preconditioner="adam"), "preconditioner"),
+        (dict(integrator="lm"), r"integrator='lm' is not known: use one of \('euler'"),
     ],
 )
 def test_bad_settings_raise_value_error_naming_the_argument(kwargs, match):
