@@ -227,7 +227,7 @@ def _euler_proposals(post, cfg, stack: ChainStack, before) -> Tensor:
         row, eps = stack.precond.row(i), stack.steps[i]
         kw = dict(nbeta=post.nbeta, localization=cfg.localization, metric=row.metric)
         drift = potential_grad(G_old[i], W_old[i], post.w_star, **kw)
-        noise = stack.noise[i].clone()
+        noise = stack.noise[i]
         if row.A is not None:
             drift, noise = drift * row.A, noise * row.A_sqrt
         W_prop[i] += noise * math.sqrt(eps) - drift * (eps / 2)

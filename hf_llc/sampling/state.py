@@ -35,10 +35,9 @@ class ChainStack:
 
     ``W`` is C × d; ``noise`` (C × d, ``integrator="leimkuhler-matthews"`` only) the standard
     normals of each chain's last step, which its next step reuses; ``steps`` the per-chain
-    step sizes ε_c; ``active[c]`` is ``False`` once
-    chain c diverged (its row is parked at w*: it no longer moves nor draws); ``checked`` the
-    steps already checked for divergence. ``elapsed`` is the sampling time of earlier sessions
-    (a resumed snapshot's), per chain.
+    step sizes ε_c; ``active[c]`` is ``False`` once chain c diverged (its row is parked at w*:
+    it no longer moves nor draws); ``checked`` the steps already checked for divergence.
+    ``elapsed`` is the sampling time of earlier sessions (a resumed snapshot's), per chain.
     """
 
     chains: list[int]
