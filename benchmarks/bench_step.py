@@ -51,6 +51,7 @@ from hf_llc.models.dln import make_dln_problem
 from hf_llc.sampling import SamplerConfig, run_chain
 from hf_llc.sampling.chain import EpochBatcher, chain_generator
 
+PRECONDITIONER_NAMES = ("identity", "fisher-burnin", "rmsprop", "rmsprop-burnin")
 TARGET_RATIO = 1.15
 TARGET_MEMORY = 3.5  # peak memory per chain / parameter bytes, activations aside
 
@@ -107,7 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preconditioners",
         nargs="+",
         default=["identity", "fisher-burnin", "rmsprop-burnin"],
-        choices=["identity", "fisher-burnin", "rmsprop", "rmsprop-burnin"],
+        choices=[p + suffix for suffix in ("", LM_SUFFIX) for p in PRECONDITIONER_NAMES],
+        help="configurations to time; a name ending in +lm uses integrator='leimkuhler-matthews' "
+        "(e.g. fisher-burnin fisher-burnin+lm compares the two steps side by side)",
     )
     p.add_argument(
         "--burnin-fraction",
@@ -272,15 +275,22 @@ def build_lm(args) -> Setup:
     )
 
 
+#: A configuration name ``"<preconditioner>+lm"`` runs that preconditioner with
+#: ``integrator="leimkuhler-matthews"``; a bare name uses the default Euler–Maruyama step.
+LM_SUFFIX = "+lm"
+
+
 def sampler_config(args, preconditioner: str, steps: int, seed: int) -> SamplerConfig:
     burnin = int(round(args.burnin_fraction * steps))
+    name, lm = preconditioner.removesuffix(LM_SUFFIX), preconditioner.endswith(LM_SUFFIX)
     return SamplerConfig(
         step_size=args.step_size,
         batch_size=args.batch_size,
         num_chains=1,
         num_burnin=burnin,
         num_draws=steps - burnin,
-        preconditioner=preconditioner,
+        preconditioner=name,
+        integrator="leimkuhler-matthews" if lm else "euler",
         seed=seed,
     )
 
