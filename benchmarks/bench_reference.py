@@ -53,7 +53,6 @@ def sweep(args) -> None:
     print(f"| teacher | γ | reference λ̂ ± MCSE | {head} | full batch (0.3) |")
     print("|---|---|---|" + "---|" * (len(SCALES) + 1))
     base = SamplerConfig()
-    integrator = dict(integrator=args.integrator)
     for construction, rank, noise, gamma in CASES:
         if noise:
             continue
@@ -72,7 +71,9 @@ def sweep(args) -> None:
         ]
         settings.append(dict(batch_size=args.num_samples))
         for extra in settings:
-            cfg = SamplerConfig(localization=gamma, seed=args.seed, **integrator, **extra)
+            cfg = SamplerConfig(
+                localization=gamma, seed=args.seed, integrator=args.integrator, **extra
+            )
             r, t = _timed(estimate_llc, model, dataset, cfg, progress=False)
             bias = (r.llc_mean - ref.llc_mean) / ref.llc_mean
             cells.append(f"{r.llc_mean:.3f} ± {r.llc_stderr:.3f} ({bias:+.1%}, {t:.0f} s)")
@@ -106,7 +107,6 @@ def main() -> None:
         "| SGLD default ± se | s | SGLD identity ± se | s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    step = dict(integrator=args.integrator)
     for construction, rank, noise, gamma in CASES:
         model, dataset, lam = make_dln_problem(
             [3, 2, 3], rank, construction, args.num_samples, args.seed, noise_std=noise
@@ -115,13 +115,19 @@ def main() -> None:
             reference_llc, model, dataset, SamplerConfig(localization=gamma), seed=args.seed
         )
         default, t_def = _timed(
-            estimate_llc, model, dataset, SamplerConfig(localization=gamma, **step), progress=False
+            estimate_llc,
+            model,
+            dataset,
+            SamplerConfig(localization=gamma, integrator=args.integrator),
+            progress=False,
         )
         ident, t_id = _timed(
             estimate_llc,
             model,
             dataset,
-            SamplerConfig(localization=gamma, preconditioner="identity", **step),
+            SamplerConfig(
+                localization=gamma, preconditioner="identity", integrator=args.integrator
+            ),
             progress=False,
         )
         name = construction + (f" r={rank}" if rank is not None else "")

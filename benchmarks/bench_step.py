@@ -50,8 +50,8 @@ from hf_llc.estimator import FlatParameters, ModelLoss, TensorBatches, _model_de
 from hf_llc.models.dln import make_dln_problem
 from hf_llc.sampling import SamplerConfig, run_chain
 from hf_llc.sampling.chain import EpochBatcher, chain_generator
+from hf_llc.sampling.config import PRECONDITIONERS
 
-PRECONDITIONER_NAMES = ("identity", "fisher-burnin", "rmsprop", "rmsprop-burnin")
 TARGET_RATIO = 1.15
 TARGET_MEMORY = 3.5  # peak memory per chain / parameter bytes, activations aside
 
@@ -108,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preconditioners",
         nargs="+",
         default=["identity", "fisher-burnin", "rmsprop-burnin"],
-        choices=[p + suffix for suffix in ("", LM_SUFFIX) for p in PRECONDITIONER_NAMES],
+        choices=[p + suffix for suffix in ("", LM_SUFFIX) for p in PRECONDITIONERS],
         help="configurations to time; a name ending in +lm uses integrator='leimkuhler-matthews' "
         "(e.g. fisher-burnin fisher-burnin+lm compares the two steps side by side)",
     )

@@ -83,24 +83,30 @@ def langevin_update_(
             w.mul_(c.keep)
             axpy_(w, w_star, c.shrink)
         axpy_(w, grad, c.grad)
-        draw_noise(grad)
-        if prev_noise is None:
-            axpy_(w, grad, c.root)
-        else:
-            prev_noise.add_(grad)  # ξ_t + ξ_{t+1}
-            axpy_(w, prev_noise, c.half_root)
-            prev_noise.copy_(grad)
+        _noise_move_(w, grad, c, draw_noise, None, prev_noise)
         return
     # w ← w − (ε/2)·A·∇U(w), A first refreshed from this ∇U when adapting
     precond.drift_descend_(
         w, grad, w_star, nbeta=nbeta, localization=localization, coef=c.neg_half, adapt=adapt
     )
+    _noise_move_(w, grad, c, draw_noise, precond, prev_noise)
+
+
+def _noise_move_(w, grad, c: StepCoefficients, draw_noise, precond, prev_noise) -> None:
+    """The noise half of the step, in place: ξ_{t+1} is drawn into ``grad``, then
+    w ← w + √ε·√A·ξ_{t+1} (Euler–Maruyama), or with ξ_t in ``prev_noise``
+    w ← w + (√ε/2)·√A·(ξ_t + ξ_{t+1}) and ``prev_noise`` keeps ξ_{t+1} (Leimkuhler–Matthews).
+    ``precond`` ``None`` is the identity."""
     draw_noise(grad)
     if prev_noise is None:
-        precond.descend_(w, grad, c.root, sqrt=True)  # w ← w + √ε·√A·ξ
+        buf, coef = grad, c.root
     else:
-        prev_noise.add_(grad)  # ξ_t + ξ_{t+1}, consumed by the move
-        precond.descend_(w, prev_noise, c.half_root, sqrt=True)
+        buf, coef = prev_noise.add_(grad), c.half_root  # ξ_t + ξ_{t+1}
+    if precond is None:
+        axpy_(w, buf, coef)
+    else:
+        precond.descend_(w, buf, coef, sqrt=True)  # consumes buf
+    if prev_noise is not None:
         prev_noise.copy_(grad)
 
 
