@@ -1,0 +1,147 @@
+"""One SGLD recipe on the nonlinear suites over several teacher seeds, summarised together.
+
+A single run of ``hf-llc validate --suite nonlinear`` cannot rank two recipes: SGLD's standard
+error on these models is 4-10% of λ̂ at the default lengths, and the worst case moves from one
+run to the next. This script runs a recipe (the sampler flags after ``--``, passed to
+``hf-llc validate`` as they are) on ``--suites`` × ``--seeds`` (teacher seed = chain seed),
+writes each run's JSON into ``--dir``, and prints one Markdown row per run and a pooled line:
+
+- per run, over **all five cases** (the validate summary leaves out cases whose reference did
+  not converge, R̂ > 1.05; that count is shown as ``R̂>1.05``): the median and max |relative
+  difference| from the exact reference, the worst case with its verdict, and whether the
+  validate summary says the run meets the targets (median ≤ 5%, max ≤ 10%);
+- pooled over every case of every run: the median |relative difference|, how many cases are
+  more than 10% off, and how many of those the verdict called ``ok`` (misses it did not flag).
+
+``--from`` summarises JSON files written earlier (by this script or by ``hf-llc validate
+--output``) without running anything. Not a test: the numbers go into
+docs/reference_sampler.md.
+
+    python benchmarks/nonlinear_seeds.py --seeds 0 1 2 --dir runs/Y -- \\
+        --localization 10 --integrator leimkuhler-matthews --step-scale 0.6
+    python benchmarks/nonlinear_seeds.py --from runs/Y/*.json
+
+About 5-8 minutes per suite run on 2 cores (with the default ``--reference-draws 16000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import cores
+
+SUITES = ("nonlinear", "nonlinear-heldout")
+#: |relative difference| above this is a miss (the issue's target for the worst case).
+MISS = 0.10
+
+
+def run_row(run: dict, name: str = "") -> dict:
+    """One suite run (the JSON ``hf-llc validate --suite nonlinear… --output`` writes)
+    summarised over all its cases."""
+    cases = run["cases"]
+    diffs = [abs(c["relative_difference"]) for c in cases]
+    worst = max(cases, key=lambda c: abs(c["relative_difference"]))
+    summary = run["summary"]
+    return {
+        "file": name,
+        "suite": run["suite"],
+        "teacher_seed": cases[0]["seed"],
+        "num_cases": len(cases),
+        "median_all": statistics.median(diffs),
+        "max_all": max(diffs),
+        "worst_case": worst["case"],
+        "worst_relative_difference": worst["relative_difference"],
+        "worst_verdict": worst["verdict"],
+        "unconverged_reference": list(summary["unconverged_reference"]),
+        "meets_targets": bool(summary["meets_targets"]),
+        "missed_ok": [c["case"] for c in cases if _missed_ok(c)],
+    }
+
+
+def _missed_ok(case: dict) -> bool:
+    return abs(case["relative_difference"]) > MISS and case["verdict"] == "ok"
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Every case of ``runs`` together: median |relative difference|, the misses (> 10%) and
+    how many of them the verdict called ``ok``; runs meeting the targets."""
+    cases = [c for run in runs for c in run["cases"]]
+    diffs = [abs(c["relative_difference"]) for c in cases]
+    return {
+        "runs": len(runs),
+        "runs_meeting_targets": sum(bool(r["summary"]["meets_targets"]) for r in runs),
+        "cases": len(cases),
+        "median_all": statistics.median(diffs) if diffs else float("nan"),
+        "misses": sum(d > MISS for d in diffs),
+        "misses_called_ok": sum(_missed_ok(c) for c in cases),
+    }
+
+
+def table(runs: list[dict], names: list[str]) -> str:
+    """The Markdown rows of :func:`run_row` and the pooled line."""
+    lines = [
+        "| suite | seed | median / max (all cases) | worst case | R̂>1.05 | meets targets |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run, name in zip(runs, names):
+        r = run_row(run, name)
+        lines.append(
+            f"| {r['suite']} | {r['teacher_seed']} | {r['median_all']:.1%} / {r['max_all']:.1%} "
+            f"| {r['worst_case']} {r['worst_relative_difference']:+.1%} ({r['worst_verdict']}) "
+            f"| {len(r['unconverged_reference'])} | {'yes' if r['meets_targets'] else 'no'} |"
+        )
+    p = pooled(runs)
+    lines.append(
+        f"\n{p['runs_meeting_targets']} of {p['runs']} runs meet the targets; {p['cases']} cases: "
+        f"median |rel. diff| {p['median_all']:.1%}, {p['misses']} more than {MISS:.0%} off, "
+        f"{p['misses_called_ok']} of them with the verdict ok"
+    )
+    return "\n".join(lines)
+
+
+def _run(suite: str, seed: int, out: Path, jobs: int, draws: int, flags: list[str]) -> None:
+    cmd = [sys.executable, "-m", "hf_llc", "validate", "--suite", suite]
+    cmd += ["--teacher-seed", str(seed), "--seed", str(seed), "--jobs", str(jobs)]
+    cmd += ["--reference-draws", str(draws), *flags, "--output", str(out)]
+    print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from", dest="files", nargs="+", type=Path, help="summarise these JSONs")
+    ap.add_argument("--suites", nargs="+", choices=SUITES, default=list(SUITES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--dir", type=Path, default=Path("nonlinear_seeds"))
+    ap.add_argument("--jobs", type=int, default=cores())
+    ap.add_argument("--reference-draws", type=int, default=16000)
+    ap.add_argument("--output", type=Path, help="write the rows and the pooled line as JSON")
+    args = ap.parse_args(argv)
+    files = args.files
+    if files is None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for seed in args.seeds:
+            for suite in args.suites:
+                out = args.dir / f"{suite}_seed{seed}.json"
+                _run(suite, seed, out, args.jobs, args.reference_draws, flags)
+                files.append(out)
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    names = [str(f) for f in files]
+    print(table(runs, names))
+    if args.output is not None:
+        rows = [run_row(run, name) for run, name in zip(runs, names)]
+        args.output.write_text(json.dumps({"runs": rows, "pooled": pooled(runs)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

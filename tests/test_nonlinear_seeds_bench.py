@@ -1,0 +1,90 @@
+"""benchmarks/nonlinear_seeds.py: the per-run rows and the pooled line, from suite JSONs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The script, imported as a module (its ``_common`` import needs benchmarks/ on the path)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "nonlinear_seeds", BENCHMARKS / "nonlinear_seeds.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def _run(suite: str, seed: int, diffs: dict, verdicts: dict, unconverged=(), meets=True) -> dict:
+    """A suite run as ``hf-llc validate --output`` writes it (the fields the script reads)."""
+    cases = [
+        {"case": name, "seed": seed, "relative_difference": d, "verdict": verdicts[name]}
+        for name, d in diffs.items()
+    ]
+    summary = {"unconverged_reference": list(unconverged), "meets_targets": meets}
+    return {"suite": suite, "cases": cases, "summary": summary}
+
+
+RUNS = [
+    _run(
+        "nonlinear",
+        0,
+        {"a": 0.02, "b": -0.04, "c": 0.06},
+        {"a": "ok", "b": "ok", "c": "warning"},
+    ),
+    _run(
+        "nonlinear-heldout",
+        1,
+        {"d": -0.21, "e": 0.12, "f": 0.01},
+        {"d": "warning", "e": "ok", "f": "ok"},
+        unconverged=["f"],
+        meets=False,
+    ),
+]
+
+
+def test_row_counts_every_case_and_names_the_worst(bench):
+    row = bench.run_row(RUNS[1], "x.json")
+    # All three cases count, the unconverged one included: |diffs| 0.01, 0.12, 0.21.
+    assert row["median_all"] == pytest.approx(0.12) and row["max_all"] == pytest.approx(0.21)
+    assert (row["worst_case"], row["worst_verdict"]) == ("d", "warning")
+    assert row["teacher_seed"] == 1 and row["unconverged_reference"] == ["f"]
+    # "e" is 12% off and was called ok: a miss the verdict did not flag; "d" was flagged.
+    assert row["missed_ok"] == ["e"] and row["meets_targets"] is False
+
+
+def test_pooled_over_runs(bench):
+    p = bench.pooled(RUNS)
+    # Six |diffs|: 0.01 0.02 0.04 0.06 0.12 0.21, median (0.04 + 0.06) / 2.
+    assert p["cases"] == 6 and p["median_all"] == pytest.approx(0.05)
+    assert (p["misses"], p["misses_called_ok"]) == (2, 1)
+    assert (p["runs"], p["runs_meeting_targets"]) == (2, 1)
+
+
+def test_main_summarises_files(bench, tmp_path, capsys):
+    files = []
+    for i, run in enumerate(RUNS):
+        files.append(tmp_path / f"run{i}.json")
+        files[-1].write_text(json.dumps(run))
+    out = tmp_path / "summary.json"
+    assert bench.main(["--from", *map(str, files), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| nonlinear-heldout | 1 | 12.0% / 21.0% | d -21.0% (warning) | 1 | no |" in printed
+    assert "1 of 2 runs meet the targets; 6 cases" in printed
+    written = json.loads(out.read_text())
+    assert [r["suite"] for r in written["runs"]] == ["nonlinear", "nonlinear-heldout"]
+    assert written["pooled"]["misses_called_ok"] == 1
