@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script, imported as a module (its ``_common`` import needs benchmarks/ on the path)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "nonlinear_seeds", BENCHMARKS / "nonlinear_seeds.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    """The script, imported as a module."""
+    return load_script("benchmarks/nonlinear_seeds.py")
 
 
 def _run(suite: str, seed: int, diffs: dict, verdicts: dict, unconverged=(), meets=True) -> dict:
