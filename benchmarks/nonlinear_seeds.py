@@ -108,7 +108,7 @@ def _run(suite: str, seed: int, out: Path, jobs: int, draws: int, flags: list[st
     cmd = [sys.executable, "-m", "hf_llc", "validate", "--suite", suite]
     cmd += ["--teacher-seed", str(seed), "--seed", str(seed), "--jobs", str(jobs)]
     cmd += ["--reference-draws", str(draws), *flags, "--output", str(out)]
-    print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    print("$ python", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
