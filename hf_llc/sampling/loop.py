@@ -45,7 +45,15 @@ from .engines import (
     check_batchable,
 )
 from .posterior import LocalPosterior
-from .sgld import mala_acceptance, potential, potential_grad, sgld_step_, sgld_step_chains_
+from .sgld import (
+    StepCoefficients,
+    langevin_update_,
+    mala_acceptance,
+    potential,
+    potential_grad,
+    sgld_step_,
+    sgld_step_chains_,
+)
 from .state import ChainStack
 
 logger = get_logger(__name__)
@@ -217,20 +225,28 @@ def _record_mala(post, cfg, stack: ChainStack, engine, batch, before, k: int) ->
 
 
 def _euler_proposals(post, cfg, stack: ChainStack, before) -> Tensor:
-    """Row i: w_t − (ε/2)·A·∇U(w_t) + √ε·√A·ξ_{t+1}, ξ_{t+1} the normals of the step just
-    taken (held in ``stack.noise``); a parked row stays where it was."""
+    """Row i: the Euler–Maruyama step from w_t (:func:`langevin_update_`, the arithmetic of the
+    step itself) with ξ_{t+1}, the normals of the step just taken (held in ``stack.noise``), as
+    its noise; a parked row stays where it was."""
     W_old, _, G_old = before
     W_prop = W_old.clone()
     for i in range(stack.size):
         if not stack.active[i]:
             continue
-        row, eps = stack.precond.row(i), stack.steps[i]
-        kw = dict(nbeta=post.nbeta, localization=cfg.localization, metric=row.metric)
-        drift = potential_grad(G_old[i], W_old[i], post.w_star, **kw)
-        noise = stack.noise[i]
-        if row.A is not None:
-            drift, noise = drift * row.A, noise * row.A_sqrt
-        W_prop[i] += noise * math.sqrt(eps) - drift * (eps / 2)
+        eps = stack.steps[i]
+        coefficients = StepCoefficients.of(
+            eps / 2, math.sqrt(eps), nbeta=post.nbeta, localization=cfg.localization
+        )
+        langevin_update_(
+            W_prop[i],
+            G_old[i].clone(),
+            post.w_star,
+            coefficients=coefficients,
+            nbeta=post.nbeta,
+            localization=cfg.localization,
+            draw_noise=lambda buf, xi=stack.noise[i]: buf.copy_(xi),
+            precond=stack.precond.row(i),
+        )
     return W_prop
 
 
