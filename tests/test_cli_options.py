@@ -39,6 +39,7 @@ NON_DEFAULT = {
     "init_loss_samples": ("11", 11),
     "curvature_iters": ("3", 3),
     "num_adaptations": ("2", 2),
+    "probe_reach": ("2", 2.0),
     "divergence_factor": ("10", 10.0),
     "divergence_retries": ("1", 1),
     "check_every": ("5", 5),

@@ -374,11 +374,13 @@ class Schedule:
 
 
 def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
-    """ε = c / λ_max, with λ_max probed at w* and at points one noise step away from w*.
+    """ε = c / λ_max, with λ_max probed at w* and at points ``cfg.probe_reach`` noise steps
+    away from w*.
 
     At a flat w* (the origin of a deep linear network, λ_max = γ) a step sized from w* alone
-    would throw the chain far out, where the loss is steep; probing at w* + √(εA)·ξ and
-    moving ε geometrically towards c / λ_max(probe) finds a self-consistent step.
+    would throw the chain far out, where the loss is steep; probing at
+    w* + r·√(εA)·ξ (r = ``probe_reach``) and moving ε geometrically towards
+    c / λ_max(probe) finds a step that is stable that far out as well.
     """
     kw = dict(
         nbeta=nbeta,
@@ -390,11 +392,14 @@ def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, 
     lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
     eps = step_scale / lam
+    reach = cfg.probe_reach
     for _ in range(8):
         xi = torch.randn(w_star.shape, generator=gen, device=w_star.device, dtype=w_star.dtype)
         if precond.A_sqrt is not None:
             xi = xi * precond.A_sqrt
-        lam_p, v = max_curvature(problem, w_star + math.sqrt(eps) * xi, w_star, batch, v0=v, **kw)
+        lam_p, v = max_curvature(
+            problem, w_star + reach * math.sqrt(eps) * xi, w_star, batch, v0=v, **kw
+        )
         target = step_scale / max(lam_p, lam)
         if target >= 0.9 * eps:
             break

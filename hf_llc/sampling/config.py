@@ -25,7 +25,7 @@ REPORT_SETTINGS = ("robustness", "record_metric")
 #: Settings added after runs and cards already recorded their settings, with the value every
 #: earlier run had: left out of a run's identity at that value, so that a run checkpointed or
 #: a card entry written before the setting existed keeps its identity.
-LATER_SETTINGS = {"localizer": "preconditioner", "integrator": "euler"}
+LATER_SETTINGS = {"localizer": "preconditioner", "integrator": "euler", "probe_reach": 1.0}
 
 
 def chain_settings(settings: Mapping[str, Any]) -> dict:
@@ -141,6 +141,15 @@ class SamplerConfig:
             (for very large datasets). ``None`` uses every sample.
         curvature_iters: power iterations per curvature estimate (``step_size="curvature"``).
         num_adaptations: how many times the step size is re-estimated during burn-in.
+        probe_reach: how far from w* the first curvature step is probed, in noise steps
+            √(εA)·ξ (``step_size="curvature"``): ε is moved towards c / λ_max at
+            w* + ``probe_reach``·√(εA)·ξ until the two agree. A chain keeps that first ε for
+            ``num_burnin / (num_adaptations + 1)`` steps before it is measured again, and at a
+            flat w* (the origin of a deep linear network) it drifts out to where the loss is
+            steep within them; a longer reach gives a step that is stable further out. At
+            ``step_scale=0.6`` with ``integrator="leimkuhler-matthews"``, reach 1 (default)
+            let chains diverge at all 8 held-out DLN origins (at 6 of them within 120 steps),
+            reach 2 only at the width-1 bottlenecks 2,1,2 and 1,1,1,1.
         divergence_factor: a chain diverges when its loss is not finite or
             L_B(w_t) − L_n(w*) exceeds ``divergence_factor`` × (|L_n(w*)| + d / nβ), d the number
             of sampled parameters (d/(2nβ) is the largest loss increase any LLC allows).
@@ -217,6 +226,9 @@ class SamplerConfig:
     )
     curvature_iters: int = _setting(10, "power iterations per curvature estimate")
     num_adaptations: int = _setting(8, "step-size re-estimates during burn-in")
+    probe_reach: float = _setting(
+        1.0, "distance of the first step-size probe from w*, in noise steps √(εA)·ξ"
+    )
     divergence_factor: float = _setting(
         1e3, "loss rise, in units of |L_n(w*)| + d/nβ, that counts as a divergence"
     )
@@ -292,6 +304,7 @@ class SamplerConfig:
         _positive_int("draw_every", self.draw_every)
         _positive_int("curvature_iters", self.curvature_iters)
         _nonneg_int("num_adaptations", self.num_adaptations)
+        _positive_finite("probe_reach", self.probe_reach)
         _positive_int("check_every", self.check_every)
         _nonneg_int("divergence_retries", self.divergence_retries)
         _positive_finite("divergence_factor", self.divergence_factor)
