@@ -178,6 +178,7 @@ def run_hf_llc(
 ):
     cfg = SamplerConfig(
         step_size=eps,
+        integrator="euler",  # devinterp's update (the default up to hf_llc 0.1)
         preconditioner="identity",
         nbeta=nbeta,
         localization=gamma,

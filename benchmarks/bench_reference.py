@@ -10,12 +10,14 @@ docs/reference_sampler.md.
 
     python benchmarks/bench_reference.py [--num-samples 2000] [--seed 0]
 
-``--integrator leimkuhler-matthews`` runs every SGLD recipe with that step instead of the
-default Euler–Maruyama one (the reference is unchanged).
+``--integrator``, ``--step-scale`` and ``--probe-reach`` set the step of every SGLD recipe
+(default: ``SamplerConfig()``'s; the reference is unchanged), e.g. ``--integrator
+leimkuhler-matthews --step-scale 0.6 --probe-reach 2`` for the candidate recipe of
+docs/reference_sampler.md.
 
 ``--sweep`` prints a second table instead, to locate the SGLD recipe's bias on the noise-free
-cases: the default recipe at ``step_scale`` 0.3 (the default), 0.15 and 0.075, each with
-burn-in and draws scaled by 0.3 / step_scale (so every run covers the same span of Langevin
+cases: the default recipe at ``step_scale`` c (``--step-scale``, the default's), c/2 and c/4,
+each with burn-in and draws scaled by c / step_scale (so every run covers the same span of Langevin
 time), and the default recipe with full-batch gradients (``batch_size = n``: no minibatch
 noise), each against the reference.
 """
@@ -44,13 +46,23 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-SCALES = (0.3, 0.15, 0.075)
+#: The sweep's step scales, as fractions of ``--step-scale``.
+SCALES = (1.0, 0.5, 0.25)
+
+
+def _recipe(args, **kw) -> SamplerConfig:
+    """The SGLD recipe of ``args`` (integrator, step scale, probe reach) with ``kw`` on top."""
+    base = dict(
+        integrator=args.integrator, step_scale=args.step_scale, probe_reach=args.probe_reach
+    )
+    return SamplerConfig(**{**base, **kw})
 
 
 def sweep(args) -> None:
     """The step-scale and batch-size sweep of the noise-free cases (see the module docstring)."""
-    head = " | ".join(f"step_scale {s:g}" for s in SCALES)
-    print(f"| teacher | γ | reference λ̂ ± MCSE | {head} | full batch (0.3) |")
+    c = args.step_scale
+    head = " | ".join(f"step_scale {c * s:g}" for s in SCALES)
+    print(f"| teacher | γ | reference λ̂ ± MCSE | {head} | full batch ({c:g}) |")
     print("|---|---|---|" + "---|" * (len(SCALES) + 1))
     base = SamplerConfig()
     for construction, rank, noise, gamma in CASES:
@@ -63,17 +75,15 @@ def sweep(args) -> None:
         cells = []
         settings = [
             dict(
-                step_scale=s,
-                num_burnin=round(base.num_burnin * 0.3 / s),
-                num_draws=round(base.num_draws * 0.3 / s),
+                step_scale=c * s,
+                num_burnin=round(base.num_burnin / s),
+                num_draws=round(base.num_draws / s),
             )
             for s in SCALES
         ]
         settings.append(dict(batch_size=args.num_samples))
         for extra in settings:
-            cfg = SamplerConfig(
-                localization=gamma, seed=args.seed, integrator=args.integrator, **extra
-            )
+            cfg = _recipe(args, localization=gamma, seed=args.seed, **extra)
             r, t = _timed(estimate_llc, model, dataset, cfg, progress=False)
             bias = (r.llc_mean - ref.llc_mean) / ref.llc_mean
             cells.append(f"{r.llc_mean:.3f} ± {r.llc_stderr:.3f} ({bias:+.1%}, {t:.0f} s)")
@@ -95,8 +105,20 @@ def main() -> None:
     parser.add_argument(
         "--integrator",
         choices=INTEGRATORS,
-        default="euler",
+        default=SamplerConfig().integrator,
         help="the SGLD recipes' step (SamplerConfig.integrator); the reference is unchanged",
+    )
+    parser.add_argument(
+        "--step-scale",
+        type=float,
+        default=SamplerConfig().step_scale,
+        help="c of the default recipe's curvature step (the sweep scales from it)",
+    )
+    parser.add_argument(
+        "--probe-reach",
+        type=float,
+        default=SamplerConfig().probe_reach,
+        help="SamplerConfig.probe_reach of every SGLD recipe",
     )
     args = parser.parse_args()
     if args.sweep:
@@ -118,16 +140,14 @@ def main() -> None:
             estimate_llc,
             model,
             dataset,
-            SamplerConfig(localization=gamma, integrator=args.integrator),
+            _recipe(args, localization=gamma),
             progress=False,
         )
         ident, t_id = _timed(
             estimate_llc,
             model,
             dataset,
-            SamplerConfig(
-                localization=gamma, preconditioner="identity", integrator=args.integrator
-            ),
+            _recipe(args, localization=gamma, preconditioner="identity"),
             progress=False,
         )
         name = construction + (f" r={rank}" if rank is not None else "")

@@ -68,3 +68,25 @@ def test_a_longer_reach_keeps_chains_at_a_flat_origin_from_diverging():
     assert not far.diagnostics["retries"] and not far.diagnostics["divergences"]
     for eps_far, eps_near in zip(_first_steps(far), _first_steps(near)):
         assert eps_far < eps_near
+
+
+def test_with_a_longer_reach_a_step_measured_afresh_is_probed_too():
+    # The origin of a 5-layer DLN of width 50 (d = 10⁴) at reach 2: the first ε is small
+    # enough that in the first window (33 steps with num_burnin=300) the chain barely leaves
+    # the flat origin, the Fisher diagonal A grows tenfold, and ε, measured afresh at the
+    # chain's nearly flat point, was 5211, which diverged on the next step (loss 1.4e10).
+    # Probed like the first step it stays small. Seeded; one chain.
+    cfg = SamplerConfig(
+        step_scale=0.6,
+        integrator="leimkuhler-matthews",
+        probe_reach=2.0,
+        num_chains=1,
+        num_burnin=300,
+        num_draws=1,
+        divergence_retries=0,
+    )
+    result = _run([50] * 5, "origin", 0, cfg)
+    assert not result.diagnostics["divergences"]
+    (history,) = result.diagnostics["step_size_history"]
+    first, after_refresh = history[0][1], history[1][1]
+    assert history[1][0] == 33 and after_refresh < first

@@ -373,13 +373,13 @@ class Schedule:
         return v.to(WARM_START_DTYPE)
 
 
-def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
-    """ε = c / λ_max, with λ_max probed at w* and at points ``cfg.probe_reach`` noise steps
-    away from w*.
+def _probed_step_size(problem, w, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
+    """ε = c / λ_max, with λ_max probed at ``w`` and at points ``cfg.probe_reach`` noise steps
+    away from it.
 
-    At a flat w* (the origin of a deep linear network, λ_max = γ) a step sized from w* alone
-    would throw the chain far out, where the loss is steep; probing at
-    w* + r·√(εA)·ξ (r = ``probe_reach``) and moving ε geometrically towards
+    At a flat point (the origin of a deep linear network, λ_max = γ) a step sized from that
+    point alone would throw the chain far out, where the loss is steep; probing at
+    w + r·√(εA)·ξ (r = ``probe_reach``) and moving ε geometrically towards
     c / λ_max(probe) finds a step that is stable that far out as well.
     """
     kw = dict(
@@ -389,16 +389,16 @@ def _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, 
         iters=cfg.curvature_iters,
         metric=precond.metric,
     )
-    lam, v = max_curvature(problem, w_star, w_star, batch, v0=v, **kw)
+    lam, v = max_curvature(problem, w, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
     eps = step_scale / lam
     reach = cfg.probe_reach
     for _ in range(8):
-        xi = torch.randn(w_star.shape, generator=gen, device=w_star.device, dtype=w_star.dtype)
+        xi = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
         if precond.A_sqrt is not None:
             xi = xi * precond.A_sqrt
         lam_p, v = max_curvature(
-            problem, w_star + reach * math.sqrt(eps) * xi, w_star, batch, v0=v, **kw
+            problem, w + reach * math.sqrt(eps) * xi, w_star, batch, v0=v, **kw
         )
         target = step_scale / max(lam_p, lam)
         if target >= 0.9 * eps:
@@ -424,11 +424,21 @@ def measure_step_size(
     v: Tensor,
 ) -> tuple[float, Tensor]:
     """The step-size rule of every chain: (ε after a measurement at step ``t``, the power
-    vector). At step 0 the measurement is probed around w* (:func:`_initial_step_size`); later
-    it is c/λ_max at the chain's ``w``, and :meth:`Schedule.next_step_size` says how ε may
-    change."""
+    vector). At step 0 the measurement is probed around w* (:func:`_probed_step_size`). With a
+    ``probe_reach`` other than 1, so is the measurement where a windowed preconditioner was
+    just re-estimated (ε measured afresh, with no bound from the one before), around the
+    chain's ``w``: with the smaller first step of a longer reach, a chain that has barely left
+    a flat w* in its first window would otherwise get a step sized for the flat point and be
+    thrown out at once (every chain at the origin of a 5-layer DLN of width 50 diverged one
+    step after its first re-estimate at reach 2). At reach 1 (the default) that measurement is
+    c/λ_max at the chain's ``w``, as everywhere else, and :meth:`Schedule.next_step_size`
+    says how ε may change."""
     if t == 0:
-        return _initial_step_size(problem, w_star, batch, cfg, step_scale, nbeta, precond, gen, v)
+        return _probed_step_size(
+            problem, w_star, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
+        )
+    if t in schedule.refresh_at and cfg.probe_reach != 1:
+        return _probed_step_size(problem, w, w_star, batch, cfg, step_scale, nbeta, precond, gen, v)
     lam, v = max_curvature(
         problem,
         w,

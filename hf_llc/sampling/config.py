@@ -149,7 +149,11 @@ class SamplerConfig:
             steep within them; a longer reach gives a step that is stable further out. At
             ``step_scale=0.6`` with ``integrator="leimkuhler-matthews"``, reach 1 (default)
             let chains diverge at all 8 held-out DLN origins (at 6 of them within 120 steps),
-            reach 2 only at the width-1 bottlenecks 2,1,2 and 1,1,1,1.
+            reach 2 only at the width-1 bottlenecks 2,1,2 and 1,1,1,1. With a reach other than
+            1 the step measured afresh after each re-estimate of the ``"fisher-burnin"``
+            diagonal is probed the same way, around the chain's point: with the smaller first
+            step, chains at the origin of a 5-layer width-50 DLN barely left it in their first
+            window and a plain measurement there set ε = 5211, which diverged at once.
         divergence_factor: a chain diverges when its loss is not finite or
             L_B(w_t) − L_n(w*) exceeds ``divergence_factor`` × (|L_n(w*)| + d / nβ), d the number
             of sampled parameters (d/(2nβ) is the largest loss increase any LLC allows).
