@@ -310,6 +310,27 @@ def test_each_rule_names_the_problem_and_the_fix():
     assert out["verdict"] == "warning" and "MALA acceptance" in out["reasons"][0]
 
 
+def test_an_imprecise_estimate_is_a_warning():
+    # The [1, 2, 1] DLN at the origin (λ = 0.5): one chain of four read 1.21 against
+    # 0.46-0.52, λ̂ = 0.66 with a standard error of 0.18 (28% of λ̂), while R-hat and ESS
+    # looked healthy.
+    chains = np.array([0.462, 0.464, 1.211, 0.519])
+    mean, stderr = chains.mean(), chains.std(ddof=1) / 2
+    out = _assess(llc_mean=mean, llc_stderr=stderr)
+    assert out["verdict"] == "warning"
+    assert "imprecise" in out["reasons"][0] and "28% of it" in out["reasons"][0]
+    assert "num_chains" in out["reasons"][0]
+    # At the limit (10%) and below it: ok; one chain, λ̂ ≤ 0 or a non-finite stderr: no say.
+    assert _assess(llc_mean=5.0, llc_stderr=0.5)["verdict"] == "ok"
+    assert _assess(llc_mean=5.0, llc_stderr=0.51)["verdict"] == "warning"
+    assert _assess(llc_mean=5.0, llc_stderr=2.0, num_chains=1)["verdict"] == "ok"
+    div = [{"chain": c, "step": 7, "message": "m"} for c in range(3)]
+    three_gone = _assess(llc_mean=5.0, llc_stderr=2.0, divergences=div)["reasons"]
+    assert not any("imprecise" in r for r in three_gone)  # one chain used
+    assert not any("imprecise" in r for r in _assess(llc_mean=-0.1, llc_stderr=0.5)["reasons"])
+    assert _assess(llc_mean=5.0, llc_stderr=float("nan"))["verdict"] == "ok"
+
+
 def test_fail_reasons_come_first():
     out = _assess(llc_mean=-3.0, llc_stderr=0.5, checks={**HEALTHY, "rhat_rank": 1.5})
     assert out["verdict"] == "fail"
