@@ -79,6 +79,8 @@ def _assert_same_chains(seq, bat):
         dict(step_size=2e-4, preconditioner="rmsprop", localization=10, draw_every=2, num_draws=30),
         dict(mala=True, integrator="leimkuhler-matthews"),
         dict(step_size=2e-4, preconditioner="identity", integrator="leimkuhler-matthews"),
+        # Probed re-measurements after each fisher-burnin re-estimate (reach ≠ 1).
+        dict(integrator="leimkuhler-matthews", step_scale=0.6, probe_reach=2.0),
     ],
     ids=[
         "identity-fixed",
@@ -87,6 +89,7 @@ def _assert_same_chains(seq, bat):
         "rmsprop-thinned",
         "leimkuhler-matthews-with-mala",
         "leimkuhler-matthews-identity",
+        "probe-reach-2",
     ],
 )
 def test_batched_chains_match_sequential_chains(dln, settings):
