@@ -373,6 +373,17 @@ class Schedule:
         return v.to(WARM_START_DTYPE)
 
 
+def _curvature_settings(cfg: SamplerConfig, nbeta: float, precond) -> dict:
+    """The keyword arguments of a :func:`max_curvature` measurement under ``precond``."""
+    return dict(
+        nbeta=nbeta,
+        localization=cfg.localization,
+        precond_sqrt=precond.A_sqrt,
+        iters=cfg.curvature_iters,
+        metric=precond.metric,
+    )
+
+
 def _probed_step_size(problem, w, w_star, batch, cfg, step_scale, nbeta, precond, gen, v):
     """ε = c / λ_max, with λ_max probed at ``w`` and at points ``cfg.probe_reach`` noise steps
     away from it.
@@ -382,13 +393,7 @@ def _probed_step_size(problem, w, w_star, batch, cfg, step_scale, nbeta, precond
     w + r·√(εA)·ξ (r = ``probe_reach``) and moving ε geometrically towards
     c / λ_max(probe) finds a step that is stable that far out as well.
     """
-    kw = dict(
-        nbeta=nbeta,
-        localization=cfg.localization,
-        precond_sqrt=precond.A_sqrt,
-        iters=cfg.curvature_iters,
-        metric=precond.metric,
-    )
+    kw = _curvature_settings(cfg, nbeta, precond)
     lam, v = max_curvature(problem, w, w_star, batch, v0=v, **kw)
     lam = max(lam, 1e-12)
     eps = step_scale / lam
@@ -433,24 +438,13 @@ def measure_step_size(
     step after its first re-estimate at reach 2). At reach 1 (the default) that measurement is
     c/λ_max at the chain's ``w``, as everywhere else, and :meth:`Schedule.next_step_size`
     says how ε may change."""
-    if t == 0:
+    if t == 0 or (t in schedule.refresh_at and cfg.probe_reach != 1):
+        center = w_star if t == 0 else w
         return _probed_step_size(
-            problem, w_star, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
+            problem, center, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
         )
-    if t in schedule.refresh_at and cfg.probe_reach != 1:
-        return _probed_step_size(problem, w, w_star, batch, cfg, step_scale, nbeta, precond, gen, v)
-    lam, v = max_curvature(
-        problem,
-        w,
-        w_star,
-        batch,
-        nbeta=nbeta,
-        localization=cfg.localization,
-        precond_sqrt=precond.A_sqrt,
-        v0=v,
-        iters=cfg.curvature_iters,
-        metric=precond.metric,
-    )
+    kw = _curvature_settings(cfg, nbeta, precond)
+    lam, v = max_curvature(problem, w, w_star, batch, v0=v, **kw)
     return schedule.next_step_size(t, step_scale / max(lam, 1e-12), current), v
 
 
