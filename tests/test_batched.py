@@ -81,6 +81,8 @@ def _assert_same_chains(seq, bat):
         dict(step_size=2e-4, preconditioner="identity", integrator="leimkuhler-matthews"),
         # Probed re-measurements after each fisher-burnin re-estimate (reach ≠ 1).
         dict(integrator="leimkuhler-matthews", step_scale=0.6, probe_reach=2.0),
+        # The equivariant first A: each row's Hutchinson probes from its own generator.
+        dict(fisher_start="curvature"),
     ],
     ids=[
         "identity-fixed",
@@ -90,6 +92,7 @@ def _assert_same_chains(seq, bat):
         "leimkuhler-matthews-with-mala",
         "leimkuhler-matthews-identity",
         "probe-reach-2",
+        "fisher-start-curvature",
     ],
 )
 def test_batched_chains_match_sequential_chains(dln, settings):

@@ -228,9 +228,9 @@ def max_curvature(
         )
 
 
-def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, iters, metric):
-    v = v0.to(w.dtype)
-    v = v / v.norm()
+def _hessian_vector_product(problem, w, batch):
+    """``hvp(u)`` = ∇²L_B(w)·u: double backward, or for models that do not support it a
+    forward difference of gradients."""
     try:
         leaf, _, _, g = _grad(problem, w, batch, create_graph=True)
 
@@ -248,6 +248,13 @@ def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, i
             g1 = _grad(problem, w + (h / un) * u, batch)[3]
             return (g1 - g0) * (un / h)
 
+    return hvp
+
+
+def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, iters, metric):
+    v = v0.to(w.dtype)
+    v = v / v.norm()
+    hvp = _hessian_vector_product(problem, w, batch)
     lam = 0.0
     for _ in range(iters):
         u = v if precond_sqrt is None else v * precond_sqrt
@@ -265,6 +272,58 @@ def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, i
 #: The power-iteration vector is kept between step-size measurements only to warm-start the
 #: next one; a direction needs no more than bf16, so it costs half a parameter vector per
 #: chain, and nothing after the last measurement.
+#: ``fisher_start="curvature"``: rounds of the per-tensor curvature estimate at w*, Rademacher
+#: probes per round, and how many standard errors above zero an estimate must be to be used.
+START_ROUNDS, START_PROBES, START_SIGNIFICANCE = 4, 16, 3.0
+
+
+def _tensor_means(x: Tensor, segments: list[int]) -> Tensor:
+    """The mean of ``x`` over each parameter tensor (float64, one number per tensor)."""
+    return torch.stack([part.double().mean() for part in torch.split(x, segments)])
+
+
+def fisher_start(
+    problem: LossProblem, w_star: Tensor, batch: Any, *, nbeta: float, precond, gen
+) -> Tensor:
+    """The first A of the ``"fisher-burnin"`` diagonal, one value per parameter tensor:
+    1/(nβ·(1 + δ)·h_t), h_t the mean of diag ∇²L_B(w*) over tensor t (``fisher_start=
+    "curvature"``).
+
+    F̂ estimates nβ·diag ∇²L at equilibrium, so this is the A the first window would aim for.
+    Unlike A ≡ 1/nβ it is equivariant: under w → D·w (D constant on each tensor) h_t goes to
+    h_t/D_t², so A → D·A·D and the first window, and with it every later one, is the same chain
+    in the other coordinates. (A ≡ 1/nβ is not; with A growing at most
+    ``FisherPreconditioner.GROWTH``-fold per window, a layer scaled by 10⁻² still had a different
+    A at the freeze.)
+
+    h_t is estimated by Hutchinson probes, z ⊙ ∇²L_B·z with Rademacher z drawn from ``gen``,
+    averaged over each tensor. The probes are scaled by √A of the round before (Jacobi
+    equilibration), so that after the first round no tensor's cross terms swamp another's
+    diagonal; after ``START_ROUNDS`` rounds the estimate no longer remembers the flat start.
+    A tensor whose h_t is not ``START_SIGNIFICANCE`` standard errors above zero (a flat or
+    indefinite block: every tensor at the origin of a deep linear network) keeps its previous
+    value, 1/nβ if no round found one. Costs ``START_ROUNDS × START_PROBES`` Hessian-vector
+    products at step 0."""
+    segments = precond.segments
+    a = torch.full((len(segments),), 1.0 / nbeta, dtype=torch.float64, device=w_star.device)
+    sizes = torch.tensor(segments, device=w_star.device)
+    with transform_context(problem):
+        hvp = _hessian_vector_product(problem, w_star, batch)
+        for _ in range(START_ROUNDS):
+            root = a.sqrt().to(w_star.dtype).repeat_interleave(sizes)
+            means = []
+            for _ in range(START_PROBES):
+                z = torch.randint(0, 2, w_star.shape, generator=gen, device=w_star.device)
+                z = z.to(w_star.dtype).mul_(2).sub_(1)
+                means.append(_tensor_means(z * root * hvp(root * z).detach(), segments) / a)
+            est = torch.stack(means)
+            h = est.mean(dim=0)
+            se = est.std(dim=0) / math.sqrt(START_PROBES)
+            h = torch.maximum(h, START_SIGNIFICANCE * se)
+            a = torch.where(h > 0, 1.0 / (nbeta * (1 + precond.damping) * h), a)
+    return a
+
+
 WARM_START_DTYPE = torch.bfloat16
 
 #: A re-estimate of A that raises ε more than this factor is followed by settling

@@ -16,6 +16,7 @@ CHAIN_MODES = ("auto", "batched", "sequential")
 STEP_SIZE_MODES = ("curvature", "auto")
 LOCALIZERS = ("preconditioner", "euclidean")
 INTEGRATORS = ("euler", "leimkuhler-matthews")
+FISHER_STARTS = ("flat", "curvature")
 # The largest finite float32: the sampling state is fp32, so larger settings become inf there.
 FLOAT32_MAX = 3.4028234663852886e38
 #: Settings that add a report to the result without changing the estimate's chains: left out
@@ -25,7 +26,12 @@ REPORT_SETTINGS = ("robustness", "record_metric")
 #: Settings added after runs and cards already recorded their settings, with the value every
 #: earlier run had: left out of a run's identity at that value, so that a run checkpointed or
 #: a card entry written before the setting existed keeps its identity.
-LATER_SETTINGS = {"localizer": "preconditioner", "integrator": "euler", "probe_reach": 1.0}
+LATER_SETTINGS = {
+    "localizer": "preconditioner",
+    "integrator": "euler",
+    "probe_reach": 1.0,
+    "fisher_start": "flat",
+}
 
 
 def chain_settings(settings: Mapping[str, Any]) -> dict:
@@ -133,6 +139,16 @@ class SamplerConfig:
         fisher_damping: δ in A = 1/(F̂ + δ·mean F̂) of ``"fisher-burnin"``, the mean taken over
             each parameter tensor (so the damping is invariant to per-tensor rescaling); it only
             matters for coordinates ~1/δ below their tensor's mean.
+        fisher_start: the first A of ``"fisher-burnin"``, used until its first re-estimate
+            (other preconditioners ignore it, as they ignore ``fisher_damping``). ``"flat"``
+            (default): A ≡ 1/nβ. ``"curvature"``: 1/(nβ·(1 + δ)·h_t) on parameter tensor t,
+            h_t the mean of diag ∇²L_B(w*) over the tensor, estimated with 64 Hessian-vector
+            products at step 0 (:func:`hf_llc.sampling.chain.fisher_start`). The flat start
+            is not equivariant, and since A may grow at most 10-fold per window, a layer scaled
+            by α far from 1 still ends the burn-in with another A: on a ReLU network rescaled
+            by α = 10⁻²…10², λ̂ reads 151.2–160.9 with the default recipe and 138.2–159.6 at
+            ``step_scale=0.6`` (Leimkuhler–Matthews). From the curvature start the chain is the
+            same chain in every scaling: 158.2–158.2 and 154.2–156.7.
         seed: base seed; chain c uses one ``torch.Generator`` seeded from (seed, c) for both its
             data order and its noise, so its result does not depend on the other chains.
         mala: record the Metropolis-adjusted Langevin acceptance probability of every proposal
@@ -221,6 +237,12 @@ class SamplerConfig:
     rmsprop_decay: float = _setting(0.99, "α of the RMSProp running average of g²")
     rmsprop_eps: float = _setting(0.1, "relative damping δ of the RMSProp preconditioners")
     fisher_damping: float = _setting(1e-4, "relative damping δ of fisher-burnin")
+    fisher_start: str = _setting(
+        "flat",
+        "the first A of fisher-burnin: 'flat' (1/nβ) or 'curvature' (per tensor, from "
+        "diag ∇²L at w*: equivariant, so the whole chain is invariant to layer rescaling)",
+        choices=FISHER_STARTS,
+    )
     seed: int = _setting(
         0, "seed of the chains (chain c draws from (seed, c))", aliases=("--sampler-seed",)
     )
@@ -323,6 +345,11 @@ class SamplerConfig:
             raise ValueError(f"rmsprop_decay must be in [0, 1), got {self.rmsprop_decay}.")
         _positive_finite("rmsprop_eps", self.rmsprop_eps)
         _positive_finite("fisher_damping", self.fisher_damping)
+        if self.fisher_start not in FISHER_STARTS:
+            raise ValueError(
+                f"fisher_start={self.fisher_start!r} is not known: use one of {FISHER_STARTS} "
+                "('flat' for A = 1/nβ, 'curvature' for the equivariant start from ∇²L at w*)."
+            )
         if self.chain_mode not in CHAIN_MODES:
             raise ValueError(
                 f"chain_mode={self.chain_mode!r} is not known: use one of {CHAIN_MODES}."

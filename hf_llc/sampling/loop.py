@@ -32,6 +32,7 @@ from .chain import (
     ChainResult,
     ChainState,
     chain_generator,
+    fisher_start,
     measure_step_size,
     retry_record,
 )
@@ -119,6 +120,16 @@ def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> 
     """The schedule at step ``t``: A re-estimated or frozen, each running chain's ε measured."""
     schedule, precond = stack.schedule, stack.precond
     schedule.renew(precond, t)
+    if t == 0 and cfg.fisher_start == "curvature" and precond.name == "fisher":
+        for i in range(stack.size):  # A's first value, equivariant (fisher_start)
+            if stack.active[i]:
+                row = precond.row(i)
+                row_batch = engine.row_batch(batch, idx, i)
+                w_star, gen = post.w_star, stack.gens[i]
+                start = fisher_start(
+                    post.problem, w_star, row_batch, nbeta=post.nbeta, precond=row, gen=gen
+                )
+                row.start_(start)
     if schedule.adaptive and (t == 0 or t in schedule.adapt_at or t == schedule.freeze_at):
         step_scale = cfg.step_scale * stack.step_factor
         for i in range(stack.size):

@@ -471,6 +471,14 @@ class FisherPreconditioner(Preconditioner):
                 yield sl, shift, seen
             start += size
 
+    def start_(self, per_tensor: Tensor) -> None:
+        """A ← ``per_tensor[t]`` on every coordinate of parameter tensor t, before the first
+        window (one chain's view; :func:`hf_llc.sampling.chain.fisher_start` computes it)."""
+        if self.frozen or self.count:
+            raise RuntimeError("the Fisher preconditioner's start is set before its first window.")
+        sizes = torch.tensor(self.segments, device=self.A_now.device)
+        self.A_now.copy_(per_tensor.to(self.A_now.dtype).repeat_interleave(sizes))
+
     def refresh(self) -> None:
         """A ← 1/(F̂ + δ·mean F̂) from the window since the last refresh, the mean taken over
         each parameter tensor (so the damping is equivariant to per-tensor rescaling); A grows
