@@ -105,6 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument(
+        "--start",
+        action="store_true",
+        help="also time fisher_start='curvature' (the equivariant first A: Hessian-vector "
+        "products at w*) against the median SGLD step of the same run",
+    )
+    p.add_argument(
         "--preconditioners",
         nargs="+",
         default=["identity", "fisher-burnin", "rmsprop-burnin"],
@@ -374,7 +380,24 @@ def benchmark(s: Setup, args) -> dict:
     for p in args.preconditioners:
         one = [time_sgld(s, args, p, 1, seed=0) for _ in range(repeats)]
         fixed[p] = statistics.median(one) - statistics.median(per_step[f"SGLD {p}"])
-    return {"per_step": per_step, "fixed": fixed}
+    out = {"per_step": per_step, "fixed": fixed}
+    if args.start:
+        out["start"] = [time_start(s, args, seed=r) for r in range(3 if args.model == "lm" else 10)]
+    return out
+
+
+def time_start(s: Setup, args, seed: int) -> float:
+    """Seconds of one ``fisher_start`` (a chain's first A under ``fisher_start="curvature"``)
+    at w* on one minibatch, as the chain loop calls it at step 0."""
+    from hf_llc.sampling.chain import fisher_start
+    from hf_llc.sampling.preconditioners import FisherPreconditioner
+
+    gen = chain_generator(seed, 0)
+    batch = s.problem.batch(EpochBatcher(s.n, args.batch_size, gen).next())
+    precond = FisherPreconditioner(s.w_star, s.nbeta, 1e-4, s.flat.sizes)
+    t0 = time.perf_counter()
+    fisher_start(s.problem, s.w_star, batch, nbeta=s.nbeta, precond=precond, gen=gen)
+    return time.perf_counter() - t0
 
 
 def print_report(s: Setup, args, res: dict) -> None:
@@ -408,6 +431,14 @@ def print_report(s: Setup, args, res: dict) -> None:
     for p, sec in res["fixed"].items():
         share = sec / (args.steps * med[f"SGLD {p}"])
         print(f"  {p:<22} {1e3 * sec:.3f}  (= {share:.2%} of a {args.steps}-step chain)")
+    if "start" in res:
+        start = statistics.median(res["start"])
+        step = med["SGLD fisher-burnin"] if "SGLD fisher-burnin" in med else train
+        print(
+            f"\nfisher_start='curvature' (once per chain, at step 0): median {1e3 * start:.1f} ms "
+            f"over {len(res['start'])} = {start / step:.0f} SGLD steps "
+            f"(= {start / (5000 * step):.2%} of the default 5,000-step chain)"
+        )
     print("\nOne-off setup (not in the per-step numbers), s:")
     for k, v in s.setup_seconds.items():
         print(f"  {k:<40} {v:.3f}")

@@ -115,8 +115,16 @@ def _resume_from_every_snapshot(tmp_path, problem, w_star, cfg, every, init_loss
         dict(mala=True, preconditioner="rmsprop", draw_every=3),
         dict(step_size=0.01, preconditioner="identity"),
         dict(integrator="leimkuhler-matthews", mala=True),  # ξ_t is part of the state
+        dict(fisher_start="curvature"),  # the first A, set at step 0, is in A's state
     ],
-    ids=["default", "rmsprop-burnin", "mala-rmsprop-thinned", "fixed-identity", "lm-mala"],
+    ids=[
+        "default",
+        "rmsprop-burnin",
+        "mala-rmsprop-thinned",
+        "fixed-identity",
+        "lm-mala",
+        "fisher-start-curvature",
+    ],
 )
 def test_run_chain_resumes_bit_identically_from_every_snapshot(tmp_path, settings):
     problem = TwoLayerProblem()
