@@ -272,55 +272,55 @@ def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, i
 #: The power-iteration vector is kept between step-size measurements only to warm-start the
 #: next one; a direction needs no more than bf16, so it costs half a parameter vector per
 #: chain, and nothing after the last measurement.
-#: ``fisher_start="curvature"``: rounds of the per-tensor curvature estimate at w*, Rademacher
-#: probes per round, and how many standard errors above zero an estimate must be to be used.
-START_ROUNDS, START_PROBES, START_SIGNIFICANCE = 4, 16, 3.0
-
-
-def _tensor_means(x: Tensor, segments: list[int]) -> Tensor:
-    """The mean of ``x`` over each parameter tensor (float64, one number per tensor)."""
-    return torch.stack([part.double().mean() for part in torch.split(x, segments)])
+#: ``fisher_start="curvature"``: rounds of the per-tensor equilibration at w*, and Rademacher
+#: probes per round.
+START_ROUNDS, START_PROBES = 12, 4
 
 
 def fisher_start(
     problem: LossProblem, w_star: Tensor, batch: Any, *, nbeta: float, precond, gen
 ) -> Tensor:
-    """The first A of the ``"fisher-burnin"`` diagonal, one value per parameter tensor:
-    1/(nβ·(1 + δ)·h_t), h_t the mean of diag ∇²L_B(w*) over tensor t (``fisher_start=
-    "curvature"``).
+    """The first A of the ``"fisher-burnin"`` diagonal, one value per parameter tensor
+    (``fisher_start="curvature"``): the scaling that equilibrates the curvature ∇²L_B(w*)
+    between tensors.
 
-    F̂ estimates nβ·diag ∇²L at equilibrium, so this is the A the first window would aim for.
-    Unlike A ≡ 1/nβ it is equivariant: under w → D·w (D constant on each tensor) h_t goes to
-    h_t/D_t², so A → D·A·D and the first window, and with it every later one, is the same chain
-    in the other coordinates. (A ≡ 1/nβ is not; with A growing at most
-    ``FisherPreconditioner.GROWTH``-fold per window, a layer scaled by 10⁻² still had a different
-    A at the freeze.)
+    With A constant on each tensor, Ĥ = √A·∇²L_B·√A; A is chosen so that every tensor's rows
+    of Ĥ have the same root-mean-square size, 1/(nβ·(1 + δ)) per parameter: on a diagonal
+    Hessian that is A = 1/(nβ·(1 + δ)·RMS_t(∂ᵢᵢL)), the per-tensor form of the
+    1/(nβ·∂ᵢᵢL) that F̂ estimates at equilibrium. Unlike A ≡ 1/nβ it is equivariant: under
+    w → D·w (D constant on each tensor) ∇²L → D⁻¹·∇²L·D⁻¹, so the equilibrating A goes to
+    D·A·D, and the first window, and with it every later one, is the same chain in the other
+    coordinates. (From A ≡ 1/nβ, with A growing at most ``FisherPreconditioner.GROWTH``-fold
+    per window, a layer scaled by 10⁻² still had another A at the freeze.) Rows rather than the
+    diagonal: a tensor whose curvature is concentrated in a few directions (a language
+    model's embeddings and large matrices) has a small mean diagonal but a large top
+    eigenvalue, and scaling it by its diagonal would set a step size a thousand times smaller.
 
-    h_t is estimated by Hutchinson probes, z ⊙ ∇²L_B·z with Rademacher z drawn from ``gen``,
-    averaged over each tensor. The probes are scaled by √A of the round before (Jacobi
-    equilibration), so that after the first round no tensor's cross terms swamp another's
-    diagonal; after ``START_ROUNDS`` rounds the estimate no longer remembers the flat start.
-    A tensor whose h_t is not ``START_SIGNIFICANCE`` standard errors above zero (a flat or
-    indefinite block: every tensor at the origin of a deep linear network) keeps its previous
-    value, 1/nβ if no round found one. Costs ``START_ROUNDS × START_PROBES`` Hessian-vector
-    products at step 0."""
+    The squared row norms are estimated with Rademacher probes z drawn from ``gen``:
+    E‖(Ĥz)_t‖² = ‖Ĥ_t,:‖²_F. Each round rescales every tensor's A by the factor that would
+    equilibrate it if its rows were its diagonal (an iteration in the manner of Ruiz's matrix
+    equilibration; exact in one round on a diagonal Hessian); after
+    ``START_ROUNDS`` rounds what is left of the flat start is well below the probes' noise. A
+    tensor with no curvature at all (every tensor at the origin of a deep linear network of
+    depth ≥ 3) keeps 1/nβ. Costs ``START_ROUNDS × START_PROBES`` Hessian-vector products at
+    step 0."""
     segments = precond.segments
-    a = torch.full((len(segments),), 1.0 / nbeta, dtype=torch.float64, device=w_star.device)
-    sizes = torch.tensor(segments, device=w_star.device)
+    device = w_star.device
+    a = torch.full((len(segments),), 1.0 / nbeta, dtype=torch.float64, device=device)
+    sizes = torch.tensor(segments, device=device)
+    target = 1.0 / (nbeta * (1 + precond.damping))
     with transform_context(problem):
         hvp = _hessian_vector_product(problem, w_star, batch)
         for _ in range(START_ROUNDS):
             root = a.sqrt().to(w_star.dtype).repeat_interleave(sizes)
-            means = []
+            squares = torch.zeros(len(segments), dtype=torch.float64, device=device)
             for _ in range(START_PROBES):
-                z = torch.randint(0, 2, w_star.shape, generator=gen, device=w_star.device)
+                z = torch.randint(0, 2, w_star.shape, generator=gen, device=device)
                 z = z.to(w_star.dtype).mul_(2).sub_(1)
-                means.append(_tensor_means(z * root * hvp(root * z).detach(), segments) / a)
-            est = torch.stack(means)
-            h = est.mean(dim=0)
-            se = est.std(dim=0) / math.sqrt(START_PROBES)
-            h = torch.maximum(h, START_SIGNIFICANCE * se)
-            a = torch.where(h > 0, 1.0 / (nbeta * (1 + precond.damping) * h), a)
+                rows = (root * hvp(root * z).detach()).double()
+                squares += torch.stack([r.square().sum() for r in torch.split(rows, segments)])
+            rms = (squares / (START_PROBES * sizes)).sqrt()
+            a = torch.where(rms > 0, a * target / rms, a)
     return a
 
 

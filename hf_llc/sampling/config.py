@@ -141,14 +141,14 @@ class SamplerConfig:
             matters for coordinates ~1/δ below their tensor's mean.
         fisher_start: the first A of ``"fisher-burnin"``, used until its first re-estimate
             (other preconditioners ignore it, as they ignore ``fisher_damping``). ``"flat"``
-            (default): A ≡ 1/nβ. ``"curvature"``: 1/(nβ·(1 + δ)·h_t) on parameter tensor t,
-            h_t the mean of diag ∇²L_B(w*) over the tensor, estimated with 64 Hessian-vector
-            products at step 0 (:func:`hf_llc.sampling.chain.fisher_start`). The flat start
-            is not equivariant, and since A may grow at most 10-fold per window, a layer scaled
-            by α far from 1 still ends the burn-in with another A: on a ReLU network rescaled
-            by α = 10⁻²…10², λ̂ reads 151.2–160.9 with the default recipe and 138.2–159.6 at
-            ``step_scale=0.6`` (Leimkuhler–Matthews). From the curvature start the chain is the
-            same chain in every scaling: 158.2–158.2 and 154.2–156.7.
+            (default): A ≡ 1/nβ. ``"curvature"``: constant on each parameter tensor, the
+            scaling that gives every tensor's rows of √A·∇²L_B(w*)·√A the same size
+            (≈ 1/(nβ·∂ᵢᵢL) on a diagonal Hessian), estimated with 48 Hessian-vector products at
+            step 0 (:func:`hf_llc.sampling.chain.fisher_start`). The flat start is not
+            equivariant, and since A may grow at most 10-fold per window, a layer scaled by α
+            far from 1 still ends the burn-in with another A: on a ReLU network rescaled by
+            α = 10⁻²…10², λ̂ reads 151.2–160.9 with the default recipe. From the curvature
+            start the chain is the same chain in every scaling: 166.15 at every α.
         seed: base seed; chain c uses one ``torch.Generator`` seeded from (seed, c) for both its
             data order and its noise, so its result does not depend on the other chains.
         mala: record the Metropolis-adjusted Langevin acceptance probability of every proposal
@@ -239,8 +239,8 @@ class SamplerConfig:
     fisher_damping: float = _setting(1e-4, "relative damping δ of fisher-burnin")
     fisher_start: str = _setting(
         "flat",
-        "the first A of fisher-burnin: 'flat' (1/nβ) or 'curvature' (per tensor, from "
-        "diag ∇²L at w*: equivariant, so the whole chain is invariant to layer rescaling)",
+        "the first A of fisher-burnin: 'flat' (1/nβ) or 'curvature' (per tensor, equilibrating "
+        "∇²L at w*: equivariant, so the whole chain is invariant to layer rescaling)",
         choices=FISHER_STARTS,
     )
     seed: int = _setting(
