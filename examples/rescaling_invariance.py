@@ -3,14 +3,16 @@
 A ReLU network x ↦ W₂·relu(W₁x + b₁) + b₂ (10-20-10, biases, duplicated hidden units: a
 singular teacher) computes the same function after W₁, b₁ → α·W₁, α·b₁ and W₂ → W₂/α, for any
 α > 0, so its learning coefficient does not depend on α. This script estimates λ̂ at the
-rescaled teacher for α = 10⁻²…10² with five recipes side by side:
+rescaled teacher for α = 10⁻²…10² with six recipes side by side:
 
 - the default (``SamplerConfig()``: the ``"fisher-burnin"`` preconditioner, which is invariant
   without being told the symmetry);
 - the default with the Euclidean localizer (``localizer="euclidean"``: the same invariant chain
   mechanics, but a target that is not invariant);
 - plain SGLD (``preconditioner="identity"``), and the previous default ``"rmsprop-burnin"``;
-- the hand-built diagonal that knows the symmetry (α² on layer 1, α⁻² on layer 2, γ = 0).
+- the hand-built diagonal that knows the symmetry (α² on layer 1, α⁻² on layer 2, γ = 0);
+- the default from the equivariant first A (``fisher_start="curvature"``: the burn-in no
+  longer starts from A ≡ 1/nβ, which leaves a slight trend over α).
 
 It writes ``rescaling_invariance.json`` and ``rescaling_invariance.png`` to ``--out``
 (``docs/`` holds the committed run). ``--quick`` is a smoke run (few steps, two α).
@@ -101,6 +103,7 @@ RECIPES = {
     "rmsprop-burnin (previous default)": {"preconditioner": "rmsprop-burnin"},
     "plain SGLD (identity)": {"preconditioner": "identity"},
     "hand diagonal, γ = 0": {"preconditioner": "hand", "localization": 0.0},
+    "default, curvature start": {"fisher_start": "curvature"},
 }
 
 
