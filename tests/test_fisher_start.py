@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 from hf_llc import SamplerConfig, estimate_llc
 from hf_llc.sampling.chain import START_PROBES, START_ROUNDS, fisher_start
@@ -101,18 +102,6 @@ def test_the_start_goes_to_D_A_D_when_tensors_are_rescaled():
             assert ratio.sub(1).abs().max() < 0.01, (scales, seed, ratio)
 
 
-def _relu_example():
-    """``examples/rescaling_invariance.py`` as a module (its teacher, data and rescaling)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "rescaling_invariance.py"
-    spec = importlib.util.spec_from_file_location("rescaling_invariance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_rescaled_relu_network_runs_the_same_chains_from_the_curvature_start():
     # The ReLU 10-20-10 of examples/rescaling_invariance.py, layer 1 × α and layer 2 ÷ α (one
     # function), short chains with the same seeds. From the curvature start each chain at
@@ -121,7 +110,7 @@ def test_a_rescaled_relu_network_runs_the_same_chains_from_the_curvature_start()
     # From the flat start the first A differs by 10⁴ between the layers, and so do the chains
     # (≈ 143 at α = 10⁻² and ≈ 129 at 10²; checked below, so the test keeps measuring
     # something).
-    ex = _relu_example()
+    ex = load_script("examples/rescaling_invariance.py")
     teacher = ex.make_teacher()
     data = ex.make_data(teacher, 4000)
     base = dict(num_chains=2, num_burnin=600, num_draws=300, batch_size=256)

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
 from hf_llc.models.dln import rescale_dln
@@ -175,16 +176,19 @@ def test_rescaled_deep_linear_networks_match_theory_at_the_defaults():
     assert max(errors) <= 0.15, errors
 
 
-def _relu_example():
-    """``examples/rescaling_invariance.py`` as a module (its teacher, data and rescaling)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "rescaling_invariance.py"
-    spec = importlib.util.spec_from_file_location("rescaling_invariance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _relu_sweep(cfg: SamplerConfig) -> list[float]:
+    """λ̂ of the ReLU 10-20-10 of examples/rescaling_invariance.py at each of its α (one
+    function: layer 1 × α, layer 2 ÷ α), with ``cfg``."""
+    torch.set_num_threads(1)
+    ex = load_script("examples/rescaling_invariance.py")
+    teacher = ex.make_teacher()
+    data = ex.make_data(teacher, 10_000)
+    values = []
+    for alpha in ex.ALPHAS:
+        net = ex.rescaled(teacher, alpha)
+        result = estimate_llc(net, data, cfg, loss_fn=ex.gaussian_nll, progress=False)
+        values.append(result.llc_mean)
+    return values
 
 
 @pytest.mark.slow
@@ -193,15 +197,7 @@ def test_relu_network_estimate_does_not_depend_on_layer_rescaling_at_the_default
     # the defaults (4 chains × 3,000 draws). Each λ̂ has a standard error of ≈ 1–3% of ~165,
     # so "every α within ±5% of their mean" (the issue's bar) holds for an invariant recipe,
     # while the previous default read ≈ 30–65% apart across α.
-    torch.set_num_threads(1)
-    ex = _relu_example()
-    teacher = ex.make_teacher()
-    data = ex.make_data(teacher, 10_000)
-    values = []
-    for alpha in ex.ALPHAS:
-        net = ex.rescaled(teacher, alpha)
-        result = estimate_llc(net, data, SamplerConfig(), loss_fn=ex.gaussian_nll, progress=False)
-        values.append(result.llc_mean)
+    values = _relu_sweep(SamplerConfig())
     mean = float(np.mean(values))
     assert max(abs(v - mean) for v in values) <= 0.05 * mean, values
 
@@ -214,15 +210,6 @@ def test_relu_estimate_does_not_depend_on_rescaling_at_all_from_the_curvature_st
     # at the five α are the same chains up to float rounding and the start's residual, and
     # read 166.15 at every α to two decimals. So every α within ±1% of the mean: far tighter
     # than one λ̂'s standard error (≈ 1.6%), because the chains share seeds and so their noise.
-    torch.set_num_threads(1)
-    ex = _relu_example()
-    teacher = ex.make_teacher()
-    data = ex.make_data(teacher, 10_000)
-    cfg = SamplerConfig(fisher_start="curvature")
-    values = []
-    for alpha in ex.ALPHAS:
-        net = ex.rescaled(teacher, alpha)
-        result = estimate_llc(net, data, cfg, loss_fn=ex.gaussian_nll, progress=False)
-        values.append(result.llc_mean)
+    values = _relu_sweep(SamplerConfig(fisher_start="curvature"))
     mean = float(np.mean(values))
     assert max(abs(v - mean) for v in values) <= 0.01 * mean, values
