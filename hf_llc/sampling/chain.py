@@ -269,9 +269,6 @@ def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, i
     return abs(lam), v.detach()
 
 
-#: The power-iteration vector is kept between step-size measurements only to warm-start the
-#: next one; a direction needs no more than bf16, so it costs half a parameter vector per
-#: chain, and nothing after the last measurement.
 #: ``fisher_start="curvature"``: rounds of the per-tensor equilibration at w*, and Rademacher
 #: probes per round.
 START_ROUNDS, START_PROBES = 12, 4
@@ -324,6 +321,9 @@ def fisher_start(
     return a
 
 
+#: The power-iteration vector is kept between step-size measurements only to warm-start the
+#: next one; a direction needs no more than bf16, so it costs half a parameter vector per
+#: chain, and nothing after the last measurement.
 WARM_START_DTYPE = torch.bfloat16
 
 #: A re-estimate of A that raises ε more than this factor is followed by settling
