@@ -390,11 +390,12 @@ def time_start(s: Setup, args, seed: int) -> float:
     """Seconds of one ``fisher_start`` (a chain's first A under ``fisher_start="curvature"``)
     at w* on one minibatch, as the chain loop calls it at step 0."""
     from hf_llc.sampling.chain import fisher_start
-    from hf_llc.sampling.preconditioners import FisherPreconditioner
+    from hf_llc.sampling.preconditioners import make_preconditioner
 
     gen = chain_generator(seed, 0)
     batch = s.problem.batch(EpochBatcher(s.n, args.batch_size, gen).next())
-    precond = FisherPreconditioner(s.w_star, s.nbeta, 1e-4, s.flat.sizes)
+    cfg = SamplerConfig(fisher_start="curvature")
+    precond = make_preconditioner(cfg, s.w_star, nbeta=s.nbeta, segments=s.flat.sizes)
     t0 = time.perf_counter()
     fisher_start(s.problem, s.w_star, batch, nbeta=s.nbeta, precond=precond, gen=gen)
     return time.perf_counter() - t0

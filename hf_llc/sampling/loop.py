@@ -121,15 +121,7 @@ def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> 
     schedule, precond = stack.schedule, stack.precond
     schedule.renew(precond, t)
     if t == 0 and cfg.fisher_start == "curvature" and precond.name == "fisher":
-        for i in range(stack.size):  # A's first value, equivariant (fisher_start)
-            if stack.active[i]:
-                row = precond.row(i)
-                row_batch = engine.row_batch(batch, idx, i)
-                w_star, gen = post.w_star, stack.gens[i]
-                start = fisher_start(
-                    post.problem, w_star, row_batch, nbeta=post.nbeta, precond=row, gen=gen
-                )
-                row.start_(start)
+        _start_fisher(post, stack, engine, batch, idx)
     if schedule.adaptive and (t == 0 or t in schedule.adapt_at or t == schedule.freeze_at):
         step_scale = cfg.step_scale * stack.step_factor
         for i in range(stack.size):
@@ -159,6 +151,24 @@ def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> 
         # already); the draws use a constant A.
         stack.adapting = False
         precond.freeze()
+
+
+def _start_fisher(post, stack: ChainStack, engine, batch, idx: Tensor) -> None:
+    """Each running chain's first Fisher A, equivariant (``fisher_start="curvature"``), at w*
+    on the chain's own first minibatch, its probes drawn from the chain's own generator."""
+    for i in range(stack.size):
+        if not stack.active[i]:
+            continue
+        row = stack.precond.row(i)
+        start = fisher_start(
+            post.problem,
+            post.w_star,
+            engine.row_batch(batch, idx, i),
+            nbeta=post.nbeta,
+            precond=row,
+            gen=stack.gens[i],
+        )
+        row.start_(start)
 
 
 def _stepper(post, cfg, stack: ChainStack, engine):
