@@ -81,6 +81,49 @@ def test_on_a_diagonal_hessian_the_start_is_exact_and_a_flat_tensor_keeps_one_ov
     torch.testing.assert_close(a, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
 
 
+class DeepLinear:
+    """L(w) = mean ‖W_L···W_1·x‖² over fixed inputs x (labels 0): a deep linear network whose
+    teacher is zero, like the ``"origin"`` cases of the validation suites."""
+
+    num_samples = 64
+
+    def __init__(self, widths):
+        self.shapes = [(o, i) for i, o in zip(widths[:-1], widths[1:])]
+        self.segments = [o * i for o, i in self.shapes]
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(self.num_samples, widths[0], generator=gen, dtype=torch.float64)
+
+    def batch(self, indices):
+        return None
+
+    def loss(self, w, batch):
+        out = self.x
+        for piece, shape in zip(torch.split(w, self.segments), self.shapes):
+            out = out @ piece.reshape(shape).T
+        return out.square().sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("widths", [(1, 2, 1), (2, 1, 2), (1, 1, 1, 1), (5, 4, 5)])
+def test_at_the_origin_of_a_deep_linear_network_the_start_is_the_flat_start(widths):
+    # At w* = 0 with a zero teacher, ∇²L = 0 exactly for every depth ≥ 2 (L is quartic or
+    # higher there; the depth-2 cross block is −2·E[y·xᵀ] = 0), so every probe returns 0 and
+    # every tensor keeps 1/nβ, bit for bit: on these cases the curvature start only advances
+    # the chain's generator (48 Rademacher draws), and the chain has the flat start's law. A
+    # point off the origin gets another A (checked, so the test keeps measuring something).
+    problem = DeepLinear(widths)
+    d = sum(problem.segments)
+
+    def start(w_star):
+        pre = FisherPreconditioner(w_star, NBETA, DAMPING, problem.segments)
+        gen = torch.Generator().manual_seed(0)
+        return fisher_start(problem, w_star, None, nbeta=NBETA, precond=pre, gen=gen)
+
+    at_origin = start(torch.zeros(d, dtype=torch.float64))
+    assert torch.equal(at_origin, torch.full_like(at_origin, 1 / NBETA))
+    off = start(torch.randn(d, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    assert not torch.allclose(off, at_origin, rtol=0.01)
+
+
 def test_the_start_goes_to_D_A_D_when_tensors_are_rescaled():
     # A dense PSD Hessian JᵀJ (rank 8 of 15: cross terms between tensors) seen in coordinates
     # u = D·w, D constant per tensor (H → D⁻¹HD⁻¹), up to 10⁶ between tensors. The flat start
