@@ -14,12 +14,16 @@ writes each run's JSON into ``--dir``, and prints one Markdown row per run and a
   more than 10% off, and how many of those the verdict called ``ok`` (misses it did not flag).
 
 ``--from`` summarises JSON files written earlier (by this script or by ``hf-llc validate
---output``) without running anything. Not a test: the numbers go into
+--output``) without running anything. ``--against`` compares them case by case with another
+recipe's runs at the same suites and seeds: the difference of the pooled median |relative
+difference| (``--from`` minus ``--against``) with a 95% interval from a paired bootstrap over
+the cases, and how many cases ``--from`` reads closer. Not a test: the numbers go into
 docs/reference_sampler.md.
 
     python benchmarks/nonlinear_seeds.py --seeds 0 1 2 --dir runs/Y -- \\
         --localization 10 --integrator leimkuhler-matthews --step-scale 0.6
     python benchmarks/nonlinear_seeds.py --from runs/Y/*.json
+    python benchmarks/nonlinear_seeds.py --from runs/Y/*.json --against runs/X/*.json
 
 About 5-8 minutes per suite run on 2 cores (with the default ``--reference-draws 16000``).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -104,6 +109,43 @@ def table(runs: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _by_case(runs: list[dict]) -> dict[tuple, float]:
+    """|relative difference| of every case, keyed by (suite, teacher seed, case)."""
+    out = {}
+    for run in runs:
+        for c in run["cases"]:
+            key = (run["suite"], c["seed"], c["case"])
+            if key in out:
+                raise ValueError(f"case {key} appears twice; pass each suite run once.")
+            out[key] = abs(c["relative_difference"])
+    return out
+
+
+def compare(runs: list[dict], baseline: list[dict], *, resamples: int = 10_000, seed: int = 0):
+    """``runs`` against ``baseline`` case by case (the same suites, seeds and cases): the
+    difference of their pooled median |relative difference|, its 95% interval from a paired
+    bootstrap over the cases (``resamples`` draws, ``random.Random(seed)``), and how many
+    cases ``runs`` reads closer to the reference."""
+    a, b = _by_case(runs), _by_case(baseline)
+    if set(a) != set(b):
+        missing = sorted(set(a) ^ set(b))[:3]
+        raise ValueError(f"the two sets of runs have different cases (e.g. {missing}).")
+    keys = sorted(a)
+    x, y = [a[k] for k in keys], [b[k] for k in keys]
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(resamples):
+        idx = [rng.randrange(len(keys)) for _ in keys]
+        draws.append(statistics.median(x[i] for i in idx) - statistics.median(y[i] for i in idx))
+    draws.sort()
+    return {
+        "cases": len(keys),
+        "median_difference": statistics.median(x) - statistics.median(y),
+        "interval_95": (draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]),
+        "closer": sum(u < v for u, v in zip(x, y)),
+    }
+
+
 def _run(suite: str, seed: int, out: Path, jobs: int, draws: int, flags: list[str]) -> None:
     cmd = [sys.executable, "-m", "hf_llc", "validate", "--suite", suite]
     cmd += ["--teacher-seed", str(seed), "--seed", str(seed), "--jobs", str(jobs)]
@@ -124,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=cores())
     ap.add_argument("--reference-draws", type=int, default=16000)
     ap.add_argument("--output", type=Path, help="write the rows and the pooled line as JSON")
+    ap.add_argument(
+        "--against", nargs="+", type=Path, help="compare --from case by case with these JSONs"
+    )
     args = ap.parse_args(argv)
     files = args.files
     if files is None:
@@ -137,9 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     runs = [json.loads(Path(f).read_text()) for f in files]
     names = [str(f) for f in files]
     print(table(runs, names))
+    result = {"runs": [run_row(run, name) for run, name in zip(runs, names)]}
+    result["pooled"] = pooled(runs)
+    if args.against:
+        c = compare(runs, [json.loads(Path(f).read_text()) for f in args.against])
+        low, high = c["interval_95"]
+        print(
+            f"\nagainst --against, over {c['cases']} cases: pooled median |rel. diff| "
+            f"{c['median_difference']:+.1%} (paired bootstrap 95%: {low:+.1%} to {high:+.1%}); "
+            f"closer in {c['closer']} of {c['cases']} cases"
+        )
+        result["against"] = {"files": [str(f) for f in args.against], **c}
     if args.output is not None:
-        rows = [run_row(run, name) for run, name in zip(runs, names)]
-        args.output.write_text(json.dumps({"runs": rows, "pooled": pooled(runs)}, indent=1))
+        args.output.write_text(json.dumps(result, indent=1))
     return 0
 
 

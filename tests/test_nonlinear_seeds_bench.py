@@ -76,3 +76,35 @@ def test_main_summarises_files(bench, tmp_path, capsys):
     written = json.loads(out.read_text())
     assert [r["suite"] for r in written["runs"]] == ["nonlinear", "nonlinear-heldout"]
     assert written["pooled"]["misses_called_ok"] == 1
+
+
+def test_compare_pairs_the_cases_and_bootstraps_the_median_difference(bench):
+    # The same six cases read by a second recipe.
+    other = [
+        _run("nonlinear", 0, {"a": 0.01, "b": 0.08, "c": -0.10}, {k: "ok" for k in "abc"}),
+        _run("nonlinear-heldout", 1, {"d": 0.05, "e": -0.20, "f": 0.03}, {k: "ok" for k in "def"}),
+    ]
+    c = bench.compare(RUNS, other, resamples=2000)
+    # RUNS: |diffs| 0.01 0.02 0.04 0.06 0.12 0.21, median 0.05; other: 0.01 0.03 0.05 0.08
+    # 0.10 0.20, median 0.065. RUNS is closer on b, c, e and f, farther on a and d.
+    assert c["cases"] == 6 and c["closer"] == 4
+    assert c["median_difference"] == pytest.approx(0.05 - 0.065)
+    low, high = c["interval_95"]
+    assert low <= c["median_difference"] <= high and low < high
+    # Seeded: the same interval every time.
+    assert bench.compare(RUNS, other, resamples=2000)["interval_95"] == (low, high)
+    with pytest.raises(ValueError, match="different cases"):
+        bench.compare(RUNS, other[:1])
+
+
+def test_against_on_the_command_line(bench, tmp_path, capsys):
+    files = []
+    for i, run in enumerate(RUNS):
+        files.append(tmp_path / f"r{i}.json")
+        files[-1].write_text(json.dumps(run))
+    out = tmp_path / "summary.json"
+    args = ["--from", *map(str, files), "--against", *map(str, files), "--output", str(out)]
+    assert bench.main(args) == 0
+    assert "closer in 0 of 6 cases" in capsys.readouterr().out
+    against = json.loads(out.read_text())["against"]
+    assert against["median_difference"] == 0 and against["interval_95"] == [0, 0]
