@@ -17,8 +17,10 @@ writes each run's JSON into ``--dir``, and prints one Markdown row per run and a
 --output``) without running anything. ``--against`` compares them case by case with another
 recipe's runs at the same suites and seeds: the difference of the pooled median |relative
 difference| (``--from`` minus ``--against``) with a 95% interval from a paired bootstrap over
-the cases, and how many cases ``--from`` reads closer. Not a test: the numbers go into
-docs/reference_sampler.md.
+the cases, and how many cases ``--from`` reads closer. ``--noise-floor`` shows how often an
+unbiased recipe would meet the targets given the runs' own noise (SGLD's standard error and the
+reference's MCSE per case), as reported and divided by 2 or 3 (4× or 9× the chains or draws).
+Not a test: the numbers go into docs/reference_sampler.md.
 
     python benchmarks/nonlinear_seeds.py --seeds 0 1 2 --dir runs/Y -- \\
         --localization 10 --integrator leimkuhler-matthews --step-scale 0.6
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -39,6 +42,8 @@ import sys
 from pathlib import Path
 
 from _common import cores
+
+from hf_llc.validation_nonlinear import TARGET_MAX, TARGET_MEDIAN
 
 SUITES = ("nonlinear", "nonlinear-heldout")
 #: |relative difference| above this is a miss (the issue's target for the worst case).
@@ -146,6 +151,31 @@ def compare(runs: list[dict], baseline: list[dict], *, resamples: int = 10_000, 
     }
 
 
+#: (SGLD standard error, reference MCSE) divisors that ``--noise-floor`` tries: as reported,
+#: 4× the chains, 4× the chains and the reference draws, 9× the chains and 4× the draws.
+NOISE_SCALES = ((1, 1), (2, 1), (2, 2), (3, 2))
+
+
+def noise_floor(runs: list[dict], *, se_div=1.0, mcse_div=1.0, draws=4000, seed=0) -> dict:
+    """What an unbiased recipe would score with these runs' noise: each case's difference
+    drawn as N(0, √((se/se_div)² + (mcse/mcse_div)²)) relative to the reference (SGLD's
+    standard error and the reference's MCSE as each run reported them), ``draws`` times per
+    run. Returns the share of simulated runs meeting both targets and the median of their
+    median |relative difference|. ``se_div`` = 2 stands for 4× the chains."""
+    rng = random.Random(seed)
+    met, medians = 0, []
+    for _ in range(draws):
+        for run in runs:
+            errs = []
+            for c in run["cases"]:
+                sd = math.hypot(c["llc_stderr"] / se_div, c["reference_mcse"] / mcse_div)
+                errs.append(abs(rng.gauss(0.0, sd / abs(c["reference_llc"]))))
+            med = statistics.median(errs)
+            medians.append(med)
+            met += med <= TARGET_MEDIAN and max(errs) <= TARGET_MAX
+    return {"meets_targets": met / (draws * len(runs)), "median_all": statistics.median(medians)}
+
+
 def _run(suite: str, seed: int, out: Path, jobs: int, draws: int, flags: list[str]) -> None:
     cmd = [sys.executable, "-m", "hf_llc", "validate", "--suite", suite]
     cmd += ["--teacher-seed", str(seed), "--seed", str(seed), "--jobs", str(jobs)]
@@ -168,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, help="write the rows and the pooled line as JSON")
     ap.add_argument(
         "--against", nargs="+", type=Path, help="compare --from case by case with these JSONs"
+    )
+    ap.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="also what an unbiased recipe would score with these runs' standard errors",
     )
     args = ap.parse_args(argv)
     files = args.files
@@ -193,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             f"closer in {c['closer']} of {c['cases']} cases"
         )
         result["against"] = {"files": [str(f) for f in args.against], **c}
+    if args.noise_floor:
+        result["noise_floor"] = []
+        print("\nan unbiased recipe with this noise (se, MCSE divided by):")
+        for se_div, mcse_div in NOISE_SCALES:
+            f = noise_floor(runs, se_div=se_div, mcse_div=mcse_div)
+            result["noise_floor"].append({"se_div": se_div, "mcse_div": mcse_div, **f})
+            print(
+                f"  se/{se_div}, MCSE/{mcse_div}: {f['meets_targets']:.0%} of runs meet the "
+                f"targets, median |rel. diff| {f['median_all']:.1%}"
+            )
     if args.output is not None:
         args.output.write_text(json.dumps(result, indent=1))
     return 0

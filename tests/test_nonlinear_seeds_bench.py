@@ -108,3 +108,27 @@ def test_against_on_the_command_line(bench, tmp_path, capsys):
     assert "closer in 0 of 6 cases" in capsys.readouterr().out
     against = json.loads(out.read_text())["against"]
     assert against["median_difference"] == 0 and against["interval_95"] == [0, 0]
+
+
+def _noisy_run(se: float, mcse: float) -> dict:
+    cases = [
+        {"case": str(i), "seed": 0, "llc_stderr": se, "reference_mcse": mcse, "reference_llc": 10.0}
+        for i in range(5)
+    ]
+    return {"suite": "nonlinear", "cases": cases}
+
+
+def test_noise_floor_is_what_an_unbiased_recipe_scores_with_the_runs_noise(bench):
+    # Without noise an unbiased recipe is exact: every simulated run meets the targets.
+    exact = bench.noise_floor([_noisy_run(0.0, 0.0)], draws=200)
+    assert exact == {"meets_targets": 1.0, "median_all": 0.0}
+    # Combined sd 0.5 / 10 = 5% per case: the median of five |N(0, 5%)| is about 0.67·5% ≈ 3.4%;
+    # all five within 10% = 2 sd (0.954⁵ ≈ 0.79) and at least three within 5% = 1 sd (≈ 0.81)
+    # hold together in ≈ 0.675 of runs (40,000 simulated). With 4,000 the binomial sd is 0.0074,
+    # so ±0.04 is more than five of them.
+    f = bench.noise_floor([_noisy_run(0.3, 0.4)], draws=4000)
+    assert f["median_all"] == pytest.approx(0.034, abs=0.003)
+    assert 0.635 < f["meets_targets"] < 0.715
+    # Dividing the standard errors is the same as a run that reported smaller ones.
+    halved = bench.noise_floor([_noisy_run(0.3, 0.4)], se_div=2, mcse_div=2, draws=500)
+    assert halved == bench.noise_floor([_noisy_run(0.15, 0.2)], draws=500)
