@@ -63,11 +63,16 @@ def test_pooled_over_runs(bench):
     assert (p["runs"], p["runs_meeting_targets"]) == (2, 1)
 
 
+def _write_runs(tmp_path) -> list:
+    """RUNS written as the JSON files ``--from`` reads."""
+    files = [tmp_path / f"run{i}.json" for i in range(len(RUNS))]
+    for f, run in zip(files, RUNS):
+        f.write_text(json.dumps(run))
+    return files
+
+
 def test_main_summarises_files(bench, tmp_path, capsys):
-    files = []
-    for i, run in enumerate(RUNS):
-        files.append(tmp_path / f"run{i}.json")
-        files[-1].write_text(json.dumps(run))
+    files = _write_runs(tmp_path)
     out = tmp_path / "summary.json"
     assert bench.main(["--from", *map(str, files), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -98,10 +103,7 @@ def test_compare_pairs_the_cases_and_bootstraps_the_median_difference(bench):
 
 
 def test_against_on_the_command_line(bench, tmp_path, capsys):
-    files = []
-    for i, run in enumerate(RUNS):
-        files.append(tmp_path / f"r{i}.json")
-        files[-1].write_text(json.dumps(run))
+    files = _write_runs(tmp_path)
     out = tmp_path / "summary.json"
     args = ["--from", *map(str, files), "--against", *map(str, files), "--output", str(out)]
     assert bench.main(args) == 0
