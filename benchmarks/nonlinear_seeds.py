@@ -176,6 +176,17 @@ def noise_floor(runs: list[dict], *, se_div=1.0, mcse_div=1.0, draws=4000, seed=
     return {"meets_targets": met / (draws * len(runs)), "median_all": statistics.median(medians)}
 
 
+def _load_run(path: Path) -> dict:
+    """One suite run's JSON; a clear error for anything else (e.g. this script's summary)."""
+    run = json.loads(Path(path).read_text())
+    if not isinstance(run, dict) or "cases" not in run or "suite" not in run:
+        raise SystemExit(
+            f"{path} is not a suite run (no 'suite' and 'cases'); pass the JSON files that "
+            "`hf-llc validate --suite nonlinear… --output` wrote, not a summary."
+        )
+    return run
+
+
 def _run(suite: str, seed: int, out: Path, jobs: int, draws: int, flags: list[str]) -> None:
     cmd = [sys.executable, "-m", "hf_llc", "validate", "--suite", suite]
     cmd += ["--teacher-seed", str(seed), "--seed", str(seed), "--jobs", str(jobs)]
@@ -214,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                 out = args.dir / f"{suite}_seed{seed}.json"
                 _run(suite, seed, out, args.jobs, args.reference_draws, flags)
                 files.append(out)
-    runs = [json.loads(Path(f).read_text()) for f in files]
+    runs = [_load_run(f) for f in files]
     names = [str(f) for f in files]
     print(table(runs, names))
     result = {"runs": [run_row(run, name) for run, name in zip(runs, names)]}
     result["pooled"] = pooled(runs)
     if args.against:
-        c = compare(runs, [json.loads(Path(f).read_text()) for f in args.against])
+        c = compare(runs, [_load_run(f) for f in args.against])
         low, high = c["interval_95"]
         print(
             f"\nagainst --against, over {c['cases']} cases: pooled median |rel. diff| "

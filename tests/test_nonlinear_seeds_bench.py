@@ -134,3 +134,11 @@ def test_noise_floor_is_what_an_unbiased_recipe_scores_with_the_runs_noise(bench
     # Dividing the standard errors is the same as a run that reported smaller ones.
     halved = bench.noise_floor([_noisy_run(0.3, 0.4)], se_div=2, mcse_div=2, draws=500)
     assert halved == bench.noise_floor([_noisy_run(0.15, 0.2)], draws=500)
+
+
+def test_a_summary_among_the_files_is_named(bench, tmp_path):
+    files = _write_runs(tmp_path)
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"runs": [], "pooled": {}}))
+    with pytest.raises(SystemExit, match="summary.json is not a suite run"):
+        bench.main(["--from", *map(str, files), str(summary)])
