@@ -298,9 +298,9 @@ def fisher_start(
     equilibrate it if its rows were its diagonal (an iteration in the manner of Ruiz's matrix
     equilibration; exact in one round on a diagonal Hessian); after
     ``START_ROUNDS`` rounds what is left of the flat start is well below the probes' noise. A
-    tensor with no curvature at all (every tensor at the origin of a deep linear network of
-    depth ≥ 3) keeps 1/nβ. Costs ``START_ROUNDS × START_PROBES`` Hessian-vector products at
-    step 0."""
+    tensor with no curvature at all (every tensor at the origin of a deep linear network with a
+    zero teacher, any depth ≥ 2) keeps 1/nβ. Costs ``START_ROUNDS × START_PROBES``
+    Hessian-vector products at step 0."""
     segments = precond.segments
     device = w_star.device
     a = torch.full((len(segments),), 1.0 / nbeta, dtype=torch.float64, device=device)
