@@ -67,6 +67,27 @@ def test_fisher_start_is_validated_and_left_out_of_old_identities():
     assert chain_settings(cfg.to_dict())["fisher_start"] == "curvature"
 
 
+def test_a_tensor_whose_curvature_is_rounding_keeps_one_over_nbeta():
+    # In float32 a tensor along which the loss is exactly invariant (a key bias under softmax)
+    # has Hessian rows of rounding size, measured at 2e-9 to 1e-8 of the stiffest tensor's;
+    # equilibrating them gave that tensor an A 10⁸ times the others'. Rows below 8 float32
+    # epsilons (1e-6) of the stiffest are treated as flat. Diagonal H, so one round is exact:
+    # the 1e-8 tensor keeps 1/nβ; at 1e-5 (a layer rescaled by ~10², still curvature) the
+    # tensor is equilibrated like the first.
+    for small, flat in ((1e-8, True), (1e-5, False)):
+        diag = torch.cat([torch.ones(6), torch.full((4,), small), torch.ones(5)])
+        pre = FisherPreconditioner(torch.zeros(15), NBETA, DAMPING, SEGMENTS)
+        gen = torch.Generator().manual_seed(0)
+        w_star = torch.zeros(15)
+        a = fisher_start(
+            Quadratic(torch.diag(diag)), w_star, None, nbeta=NBETA, precond=pre, gen=gen
+        )
+        equilibrated = 1 / (NBETA * (1 + DAMPING) * small)
+        expected = 1 / NBETA if flat else equilibrated
+        assert a[1].item() == pytest.approx(expected, rel=1e-5), (small, a)
+        assert a[0].item() == pytest.approx(1 / (NBETA * (1 + DAMPING)), rel=1e-5)
+
+
 def test_on_a_diagonal_hessian_the_start_is_exact_and_a_flat_tensor_keeps_one_over_nbeta():
     # With H diagonal, Ĥz = √A·H·√A·z has |entries| A_t·h_i exactly (z² = 1), so the probes
     # have no noise and one round sets A_t = 1/(nβ·(1 + δ)·RMS_t(h)); the later rounds keep it.
@@ -168,3 +189,27 @@ def test_a_rescaled_relu_network_runs_the_same_chains_from_the_curvature_start()
         np.testing.assert_allclose(curved[alpha], curved[1.0], rtol=0.005)
     flat = [np.asarray(per_chain(alpha, "flat")) for alpha in (1e-2, 1e2)]
     assert np.abs(flat[0] - flat[1]).max() > 0.05 * np.abs(flat[1]).max()
+
+
+def test_without_burn_in_the_frozen_a_is_the_curvature_start():
+    # num_burnin=0 freezes A at step 0: the start is set first, so the draws sample with it
+    # (it used to be set after the freeze and raised). The start is constant on each tensor,
+    # so each chain's localizer metric M = 1/(nβ·A) is too, and the two layers of this DLN at a
+    # full-rank point (curvatures of different size) get different values.
+    from hf_llc import make_dln_problem
+
+    model, data, _ = make_dln_problem([3, 4, 3], rank=3, construction="full_rank", num_samples=2000)
+    cfg = SamplerConfig(
+        num_chains=2,
+        num_burnin=0,
+        num_draws=20,
+        batch_size=256,
+        record_metric=True,
+        fisher_start="curvature",
+    )
+    result = estimate_llc(model, data, cfg, progress=False)
+    metric = np.asarray(result.localizer_metric)
+    for row in metric:
+        first, second = row[:12], row[12:]
+        assert np.ptp(first) == 0 and np.ptp(second) == 0
+        assert abs(first[0] / second[0] - 1) > 0.01

@@ -272,6 +272,15 @@ def _power_iteration(problem, w, batch, nbeta, localization, precond_sqrt, v0, i
 #: ``fisher_start="curvature"``: rounds of the per-tensor equilibration at w*, and Rademacher
 #: probes per round.
 START_ROUNDS, START_PROBES = 12, 4
+#: A tensor whose rows of ∇²L_B(w*) are below this many machine epsilons (of w*'s dtype: 8·eps
+#: ≈ 10⁻⁶ in float32) times the stiffest tensor's (root mean square, in the flat start's
+#: coordinates) is treated as having no curvature: its rows are rounding, not curvature.
+#: Measured in float32: a key bias, along which softmax attention is exactly invariant, sits at
+#: 2·10⁻⁹–10⁻⁸ of the stiffest tensor (equilibrated, its A came out 10⁸ times the others' and
+#: its rounding noise, so amplified, spoiled every chain); real tensors sit at ≥ 3·10⁻³ on the
+#: nonlinear suites, DLNs and tiny GPT-2 / Llama models, and at 3·10⁻⁵ on the ReLU network with
+#: one layer scaled by 10² (``examples/rescaling_invariance.py``).
+START_ROUNDING = 8
 
 
 def fisher_start(
@@ -298,14 +307,19 @@ def fisher_start(
     equilibrate it if its rows were its diagonal (an iteration in the manner of Ruiz's matrix
     equilibration; exact in one round on a diagonal Hessian); after
     ``START_ROUNDS`` rounds what is left of the flat start is well below the probes' noise. A
-    tensor with no curvature at all (every tensor at the origin of a deep linear network with a
-    zero teacher, any depth ≥ 2) keeps 1/nβ. Costs ``START_ROUNDS × START_PROBES``
+    tensor with no curvature keeps 1/nβ: none at all (every tensor at the origin of a deep
+    linear network with a zero teacher, any depth ≥ 2), or, in the first round, rows below
+    ``START_ROUNDING`` machine epsilons times the stiffest tensor's (rounding along an exact
+    symmetry such as a key bias; so in float32 the start is equivariant for rescalings that
+    keep every tensor's rows above 10⁻⁶ of the stiffest, a layer scaled by up to about 10² to
+    10³). Costs ``START_ROUNDS × START_PROBES``
     Hessian-vector products at step 0."""
     segments = precond.segments
     device = w_star.device
     a = torch.full((len(segments),), 1.0 / nbeta, dtype=torch.float64, device=device)
     sizes = torch.tensor(segments, device=device)
     target = 1.0 / (nbeta * (1 + precond.damping))
+    flat = None
     with transform_context(problem):
         hvp = _hessian_vector_product(problem, w_star, batch)
         for _ in range(START_ROUNDS):
@@ -317,7 +331,9 @@ def fisher_start(
                 rows = (root * hvp(root * z).detach()).double()
                 squares += torch.stack([r.square().sum() for r in torch.split(rows, segments)])
             rms = (squares / (START_PROBES * sizes)).sqrt()
-            a = torch.where(rms > 0, a * target / rms, a)
+            if flat is None:  # the first round: every tensor in the flat start's coordinates
+                flat = rms <= START_ROUNDING * torch.finfo(w_star.dtype).eps * rms.max()
+            a = torch.where(flat, a, a * target / rms)
     return a
 
 

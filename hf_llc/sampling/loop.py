@@ -119,9 +119,10 @@ def run_stack(
 def _adapt(post, cfg, stack: ChainStack, engine, batch, idx: Tensor, t: int) -> None:
     """The schedule at step ``t``: A re-estimated or frozen, each running chain's ε measured."""
     schedule, precond = stack.schedule, stack.precond
-    schedule.renew(precond, t)
     if t == 0 and cfg.fisher_start == "curvature" and precond.name == "fisher":
+        # Before renew: without burn-in A is frozen at step 0, and then it is this start.
         _start_fisher(post, stack, engine, batch, idx)
+    schedule.renew(precond, t)
     if schedule.adaptive and (t == 0 or t in schedule.adapt_at or t == schedule.freeze_at):
         step_scale = cfg.step_scale * stack.step_factor
         for i in range(stack.size):
