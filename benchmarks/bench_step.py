@@ -9,7 +9,8 @@ interleaved in one process:
 
 * SGLD: ``hf_llc.sampling.run_chain`` itself, on the problem built exactly as
   ``hf_llc.estimate_llc`` builds it (``TensorBatches`` → ``FlatParameters`` → ``ModelLoss``),
-  with a fixed float step size (no curvature estimation), once per preconditioner;
+  with a fixed float step size (no curvature estimation) and the flat first A (the default's
+  one-time curvature start is timed on its own with ``--start``), once per preconditioner;
   ms/step = wall time of the whole ``run_chain`` call / number of steps (nothing subtracted).
 * train: ``model(**batch).loss`` (the model's own loss from the labels), ``loss.backward()``,
   ``torch.optim.SGD.step()``, ``zero_grad(set_to_none=True)``, minibatch indices drawn the
@@ -297,6 +298,9 @@ def sampler_config(args, preconditioner: str, steps: int, seed: int) -> SamplerC
         num_draws=steps - burnin,
         preconditioner=name,
         integrator="leimkuhler-matthews" if lm else "euler",
+        # The per-step cost: the default's curvature start (48 Hessian-vector products once
+        # per chain, at step 0) would land in these short timed runs; ``--start`` times it.
+        fisher_start="flat",
         seed=seed,
     )
 

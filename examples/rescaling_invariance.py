@@ -5,14 +5,15 @@ singular teacher) computes the same function after W₁, b₁ → α·W₁, α·
 α > 0, so its learning coefficient does not depend on α. This script estimates λ̂ at the
 rescaled teacher for α = 10⁻²…10² with six recipes side by side:
 
-- the default (``SamplerConfig()``: the ``"fisher-burnin"`` preconditioner, which is invariant
-  without being told the symmetry);
+- the default (``SamplerConfig()``: the ``"fisher-burnin"`` preconditioner from its
+  equivariant first A, ``fisher_start="curvature"``, which is invariant without being told
+  the symmetry);
 - the default with the Euclidean localizer (``localizer="euclidean"``: the same invariant chain
   mechanics, but a target that is not invariant);
-- plain SGLD (``preconditioner="identity"``), and the previous default ``"rmsprop-burnin"``;
+- plain SGLD (``preconditioner="identity"``), and the earlier default ``"rmsprop-burnin"``;
 - the hand-built diagonal that knows the symmetry (α² on layer 1, α⁻² on layer 2, γ = 0);
-- the default from the equivariant first A (``fisher_start="curvature"``: the burn-in no
-  longer starts from A ≡ 1/nβ, which leaves a slight trend over α).
+- the earlier default, ``"fisher-burnin"`` from the flat first A (``fisher_start="flat"``:
+  A ≡ 1/nβ, which leaves a slight trend over α).
 
 It writes ``rescaling_invariance.json`` and ``rescaling_invariance.png`` to ``--out``
 (``docs/`` holds the committed run). ``--quick`` is a smoke run (few steps, two α).
@@ -98,12 +99,12 @@ def hand_diagonal(net: ReLUNet, alpha: float) -> dict[str, torch.Tensor]:
 
 
 RECIPES = {
-    "default (fisher-burnin)": {},
+    "default (fisher-burnin, curvature start)": {},
     "fisher-burnin, Euclidean localizer": {"localizer": "euclidean"},
-    "rmsprop-burnin (previous default)": {"preconditioner": "rmsprop-burnin"},
+    "rmsprop-burnin (an earlier default)": {"preconditioner": "rmsprop-burnin"},
     "plain SGLD (identity)": {"preconditioner": "identity"},
     "hand diagonal, γ = 0": {"preconditioner": "hand", "localization": 0.0},
-    "default, curvature start": {"fisher_start": "curvature"},
+    "fisher-burnin, flat start (an earlier default)": {"fisher_start": "flat"},
 }
 
 
@@ -131,7 +132,7 @@ def run(alphas, n: int, base: SamplerConfig, recipes=RECIPES) -> dict:
                 }
             )
             print(
-                f"α = {alpha:<6g} {label:34s} λ̂ = {result.llc_mean:8.2f} ± "
+                f"α = {alpha:<6g} {label:46s} λ̂ = {result.llc_mean:8.2f} ± "
                 f"{result.llc_stderr:.2f}  {result.verdict}",
                 flush=True,
             )

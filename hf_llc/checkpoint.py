@@ -63,6 +63,7 @@ from torch import Tensor
 
 from ._logging import get_logger
 from .sampling import ChainResult, ChainState
+from .sampling.config import LATER_SETTINGS
 from .serialization import atomic_write, describe_os_error, to_plain, write_json
 
 logger = get_logger(__name__)
@@ -723,5 +724,13 @@ def _manifest_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> l
                 same = x == y
             if not same:
                 what = "settings" if section == "config" else "model/data"
-                out.append(f"{what} {key}: saved {x!r}, now {y!r}")
+                out.append(f"{what} {key}: saved {_recorded(section, key, x, a)}, now {y!r}")
     return out
+
+
+def _recorded(section: str, key: str, value: Any, saved: Mapping[str, Any]) -> str:
+    """A saved setting as the run had it: a setting added later and left out of the record at
+    its earlier value (``LATER_SETTINGS``) is named with that value, not as ``None``."""
+    if section == "config" and key not in saved and key in LATER_SETTINGS:
+        return f"{LATER_SETTINGS[key]!r} (the value before the setting was recorded)"
+    return repr(value)

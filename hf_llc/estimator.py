@@ -911,8 +911,9 @@ def _step_times_curvature(
     σ = min(√(T·ε·A), 1/√γ) the farthest a chain could have diffused in T steps: at a singular
     w* (the origin of a deep linear network, where ∇²L = 0) the curvature the chain meets is
     away from w*. A is the user's diagonal; for RMSProp, whose A is learned per chain and not
-    kept, A ≈ 1 (its normalisation, mean(A) = 1), and for the Fisher diagonal A ≈ 1/nβ (its
-    value before the first window: unit curvature of L).
+    kept, A ≈ 1 (its normalisation, mean(A) = 1), and for the Fisher diagonal A ≈ 1/nβ (the
+    flat start's value before the first window: unit curvature of L; the default's curvature
+    start differs per tensor, so this is an approximation there too).
     """
     if cfg.step_size == "curvature":
         attempts = [len(ch.retries) for ch in healthy] or [0]

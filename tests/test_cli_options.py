@@ -34,7 +34,7 @@ NON_DEFAULT = {
     "rmsprop_decay": ("0.9", 0.9),
     "rmsprop_eps": ("0.5", 0.5),
     "fisher_damping": ("0.01", 0.01),
-    "fisher_start": ("curvature", "curvature"),
+    "fisher_start": ("flat", "flat"),
     "seed": ("5", 5),
     "mala": (None, True),
     "init_loss_samples": ("11", 11),

@@ -60,11 +60,13 @@ def _per_tensor(values) -> torch.Tensor:
 def test_fisher_start_is_validated_and_left_out_of_old_identities():
     with pytest.raises(ValueError, match="fisher_start"):
         SamplerConfig(fisher_start="hessian")
-    # Runs recorded before the setting existed started flat: their identity must not change.
-    assert LATER_SETTINGS["fisher_start"] == SamplerConfig().fisher_start == "flat"
-    assert "fisher_start" not in chain_settings(SamplerConfig().to_dict())
-    cfg = SamplerConfig(fisher_start="curvature")
-    assert chain_settings(cfg.to_dict())["fisher_start"] == "curvature"
+    # Runs recorded before the setting existed started flat: their identity must not change,
+    # so "flat" stays out of a run's identity, and the default (now "curvature") is in it: a
+    # run checkpointed with the old default is not resumed under the new one.
+    assert LATER_SETTINGS["fisher_start"] == "flat"
+    assert SamplerConfig().fisher_start == "curvature"
+    assert "fisher_start" not in chain_settings(SamplerConfig(fisher_start="flat").to_dict())
+    assert chain_settings(SamplerConfig().to_dict())["fisher_start"] == "curvature"
 
 
 def test_a_tensor_whose_curvature_is_rounding_keeps_one_over_nbeta():

@@ -289,6 +289,24 @@ def test_interrupted_twice_and_finished_runs_resume_without_rerunning(
     assert _comparable(again) == _comparable(reference)
 
 
+def test_a_run_from_the_flat_start_default_resumes_only_with_that_start(tmp_path, dln):
+    # Runs saved before fisher_start="curvature" became the default left the flat start out of
+    # their settings (it is not in their identity): the new default is refused, naming the
+    # start as the run had it, and the run resumes with fisher_start="flat".
+    model, data, _ = dln
+    out = tmp_path / "run"
+    small = dict(CFG, num_chains=1, num_draws=5, num_burnin=5)
+    flat = SamplerConfig(**small, fisher_start="flat")
+    first = estimate_llc(model, data, flat, progress=False, output_dir=out)
+    assert "fisher_start" not in json.loads((out / "manifest.json").read_text())["config"]
+    with pytest.raises(ValueError, match=r"fisher_start: saved 'flat' \(the value before"):
+        estimate_llc(
+            model, data, SamplerConfig(**small), progress=False, output_dir=out, resume=True
+        )
+    again = estimate_llc(model, data, flat, progress=False, output_dir=out, resume=True)
+    assert _comparable(again) == _comparable(first)
+
+
 def test_resume_refuses_other_settings_model_or_folder(tmp_path, dln):
     model, data, _ = dln
     out = tmp_path / "run"

@@ -140,15 +140,17 @@ class SamplerConfig:
             each parameter tensor (so the damping is invariant to per-tensor rescaling); it only
             matters for coordinates ~1/δ below their tensor's mean.
         fisher_start: the first A of ``"fisher-burnin"``, used until its first re-estimate
-            (other preconditioners ignore it, as they ignore ``fisher_damping``). ``"flat"``
-            (default): A ≡ 1/nβ. ``"curvature"``: constant on each parameter tensor, the
-            scaling that gives every tensor's rows of √A·∇²L_B(w*)·√A the same size
-            (≈ 1/(nβ·∂ᵢᵢL) on a diagonal Hessian), estimated with 48 Hessian-vector products at
-            step 0 (:func:`hf_llc.sampling.chain.fisher_start`). The flat start is not
-            equivariant, and since A may grow at most 10-fold per window, a layer scaled by α
-            far from 1 still ends the burn-in with another A: on a ReLU network rescaled by
-            α = 10⁻²…10², λ̂ reads 151.2–160.9 with the default recipe. From the curvature
-            start the chain is the same chain in every scaling: 166.15 at every α.
+            (other preconditioners ignore it, as they ignore ``fisher_damping``).
+            ``"curvature"`` (default): constant on each parameter tensor, the scaling that gives
+            every tensor's rows of √A·∇²L_B(w*)·√A the same size (≈ 1/(nβ·∂ᵢᵢL) on a diagonal
+            Hessian), estimated with 48 Hessian-vector products at step 0
+            (:func:`hf_llc.sampling.chain.fisher_start`); a tensor without curvature (rows of
+            rounding size, such as a key bias) keeps 1/nβ. It goes to D·A·D under w → D·w,
+            so the chain is the same chain in every scaling of the layers: on a ReLU network
+            rescaled by α = 10⁻²…10², λ̂ reads 166.15 at every α. ``"flat"``: A ≡ 1/nβ, the
+            earlier default, which is not equivariant; since A may grow at most 10-fold per
+            window, a layer scaled by α far from 1 still ends the burn-in with another A
+            (151.2–160.9 on that network). Runs saved with the flat start resume only with it.
         seed: base seed; chain c uses one ``torch.Generator`` seeded from (seed, c) for both its
             data order and its noise, so its result does not depend on the other chains.
         mala: record the Metropolis-adjusted Langevin acceptance probability of every proposal
@@ -238,9 +240,10 @@ class SamplerConfig:
     rmsprop_eps: float = _setting(0.1, "relative damping δ of the RMSProp preconditioners")
     fisher_damping: float = _setting(1e-4, "relative damping δ of fisher-burnin")
     fisher_start: str = _setting(
-        "flat",
-        "the first A of fisher-burnin: 'flat' (1/nβ) or 'curvature' (per tensor, equilibrating "
-        "∇²L at w*: equivariant, so the whole chain is invariant to layer rescaling)",
+        "curvature",
+        "the first A of fisher-burnin: 'curvature' (per tensor, equilibrating ∇²L at w*: "
+        "equivariant, so the whole chain is invariant to layer rescaling) or 'flat' (1/nβ, "
+        "the earlier default)",
         choices=FISHER_STARTS,
     )
     seed: int = _setting(

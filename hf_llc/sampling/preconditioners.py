@@ -325,8 +325,9 @@ class FisherPreconditioner(Preconditioner):
         A = 1 / (F̂ + δ·mean(F̂)),
 
     fixed until the next refresh (:meth:`freeze` is the last one). Before the first refresh
-    A ≡ 1/nβ. Under a reparametrization w → D·w (D diagonal) the gradient goes to D⁻¹·g, so
-    F̂ → D⁻²·F̂ and A → D·A·D: exactly the transformation that makes the SGLD chain
+    A ≡ 1/nβ, or, with ``fisher_start="curvature"`` (the default), the per-tensor start that
+    :meth:`start_` sets at step 0. Under a reparametrization w → D·w (D diagonal) the gradient
+    goes to D⁻¹·g, so F̂ → D⁻²·F̂ and A → D·A·D: exactly the transformation that makes the SGLD chain
     equivariant (RMSProp's 1/√V only goes to D·A). At equilibrium E[(∂ᵢU)²] = E[∂ᵢᵢU], so F̂ is a
     posterior-averaged curvature diagonal (plus minibatch noise, which scales the same way).
     The damping δ (``fisher_damping``) is relative to the mean of F̂ over each parameter tensor,
