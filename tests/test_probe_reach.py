@@ -8,13 +8,17 @@ one that does not throw the chains out to where the loss is too steep for it.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 
 import pytest
+import torch
 
 from hf_llc import SamplerConfig, estimate_llc, make_dln_problem
+from hf_llc.sampling.chain import Schedule, measure_step_size
 from hf_llc.sampling.config import LATER_SETTINGS, chain_settings
+from hf_llc.sampling.preconditioners import make_preconditioner
 from hf_llc.validation import per_sample_loss_fn
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -90,3 +94,55 @@ def test_with_a_longer_reach_a_step_measured_afresh_is_probed_too():
     (history,) = result.diagnostics["step_size_history"]
     first, after_refresh = history[0][1], history[1][1]
     assert history[1][0] == 33 and after_refresh < first
+
+
+class _Barrier:
+    """L(w) = ½‖w‖² − 10⁻³·√(r − max|wᵢ|) on every sample: NaN, with its derivatives, for
+    max|wᵢ| > r = ``radius``, a loss that overflows a short way from w* = 0, as a model's can
+    far out."""
+
+    num_samples = 1
+
+    def __init__(self, radius: float):
+        self.radius = radius
+
+    def batch(self, indices):
+        return None
+
+    def loss(self, w, batch):
+        return 0.5 * w.square().sum() - 1e-3 * torch.sqrt(self.radius - w.abs().max())
+
+
+def test_a_probe_where_the_loss_is_not_finite_shrinks_the_step_instead_of_making_it_nan():
+    # The first step is probed at w* + r·√(εA)·ξ. With nβ = 100 the unbarriered first step is
+    # 0.3/101 ≈ 3e-3, whose probes have coordinates up to ~0.1 (√ε times the largest of 64
+    # normal draws): beyond a barrier at 0.01 their curvature is NaN, which used to make ε NaN
+    # (max(nan, λ) is nan; the chain then diverged "with step size nan"). Now such a probe
+    # shrinks ε 4-fold and probes again: the first ε is finite and smaller than without the
+    # barrier (seeded probes; measured 1.2e-5 against 3.0e-3, and NaN before the fix).
+    cfg = SamplerConfig(preconditioner="identity")
+    schedule = Schedule.of(cfg)
+
+    def first_step(radius: float) -> float:
+        w_star = torch.zeros(64, dtype=torch.float64)
+        gen = torch.Generator().manual_seed(0)
+        precond = make_preconditioner(cfg, w_star, nbeta=100.0)
+        eps, _ = measure_step_size(
+            _Barrier(radius),
+            w_star,
+            w_star,
+            None,
+            t=0,
+            current=math.nan,
+            schedule=schedule,
+            cfg=cfg,
+            step_scale=0.3,
+            nbeta=100.0,
+            precond=precond,
+            gen=gen,
+            v=torch.randn(64, generator=gen, dtype=torch.float64),
+        )
+        return eps
+
+    barred, free = first_step(0.01), first_step(1e6)
+    assert math.isfinite(barred) and 0 < barred < free, (barred, free)

@@ -337,6 +337,11 @@ def fisher_start(
     return a
 
 
+#: A step-size measurement whose curvature is not finite (the loss overflowed at the point,
+#: or at a probe point) shrinks ε by this factor instead of setting it to NaN (a NaN step made
+#: every later update NaN, and the chain was reported diverged "with step size nan").
+UNMEASURABLE_SHRINK = 4.0
+
 #: The power-iteration vector is kept between step-size measurements only to warm-start the
 #: next one; a direction needs no more than bf16, so it costs half a parameter vector per
 #: chain, and nothing after the last measurement.
@@ -477,9 +482,15 @@ def _probed_step_size(problem, w, w_star, batch, cfg, step_scale, nbeta, precond
         xi = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
         if precond.A_sqrt is not None:
             xi = xi * precond.A_sqrt
-        lam_p, v = max_curvature(
+        lam_p, v_p = max_curvature(
             problem, w + reach * math.sqrt(eps) * xi, w_star, batch, v0=v, **kw
         )
+        if not math.isfinite(lam_p):
+            # The loss or its curvature is not finite that far out (an overflow): a step this
+            # size would carry the chain there. Shrink it, as for a very stiff probe.
+            eps /= UNMEASURABLE_SHRINK
+            continue
+        v = v_p
         target = step_scale / max(lam_p, lam)
         if target >= 0.9 * eps:
             break
@@ -515,11 +526,19 @@ def measure_step_size(
     says how ε may change."""
     if t == 0 or (t in schedule.refresh_at and cfg.probe_reach != 1):
         center = w_star if t == 0 else w
-        return _probed_step_size(
+        eps, v = _probed_step_size(
             problem, center, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
         )
+        if t > 0 and not math.isfinite(eps):  # not measurable at the chain's point (below)
+            eps = current / UNMEASURABLE_SHRINK
+        return eps, v
     kw = _curvature_settings(cfg, nbeta, precond)
     lam, v = max_curvature(problem, w, w_star, batch, v0=v, **kw)
+    if not math.isfinite(lam):
+        # Not measurable at the chain's point (the loss or its curvature overflowed there): the
+        # step shrinks instead of becoming NaN; a chain that has left the finite region is then
+        # caught by the divergence check with a step that says what it was.
+        return schedule.next_step_size(t, current / UNMEASURABLE_SHRINK, current), v
     return schedule.next_step_size(t, step_scale / max(lam, 1e-12), current), v
 
 
@@ -527,9 +546,14 @@ def divergence_message(
     chain: int, step: int, loss: float, init_loss: float, step_size: float, step_factor: float
 ) -> str:
     """The report of a chain that diverged at ``step`` (attempts after the first say so)."""
+    size = (
+        f"step size {step_size:.3g}"
+        if math.isfinite(step_size)
+        else "step size not measurable: the curvature at w* was not finite"
+    )
     return (
         f"chain {chain} diverged at step {step} (loss {loss:.4g}, "
-        f"L_n(w*) = {init_loss:.4g}, step size {step_size:.3g}): reduce step_size "
+        f"L_n(w*) = {init_loss:.4g}, {size}): reduce step_size "
         f"(or step_scale) by 2-10x"
         + (f" (attempt {1 + round(math.log2(1 / step_factor))})" if step_factor < 1 else "")
     )
