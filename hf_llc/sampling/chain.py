@@ -312,8 +312,7 @@ def fisher_start(
     ``START_ROUNDING`` machine epsilons times the stiffest tensor's (rounding along an exact
     symmetry such as a key bias; so in float32 the start is equivariant for rescalings that
     keep every tensor's rows above 10⁻⁶ of the stiffest, a layer scaled by up to about 10² to
-    10³). Costs ``START_ROUNDS × START_PROBES``
-    Hessian-vector products at step 0."""
+    10³). Costs ``START_ROUNDS × START_PROBES`` Hessian-vector products at step 0."""
     segments = precond.segments
     device = w_star.device
     a = torch.full((len(segments),), 1.0 / nbeta, dtype=torch.float64, device=device)
