@@ -123,17 +123,17 @@ def test_a_probe_where_the_loss_is_not_finite_shrinks_the_step_instead_of_making
     cfg = SamplerConfig(preconditioner="identity")
     schedule = Schedule.of(cfg)
 
-    def first_step(radius: float) -> float:
+    def first_step(radius: float, t: int = 0, at: float = 0.0, current=math.nan) -> float:
         w_star = torch.zeros(64, dtype=torch.float64)
         gen = torch.Generator().manual_seed(0)
         precond = make_preconditioner(cfg, w_star, nbeta=100.0)
         eps, _ = measure_step_size(
             _Barrier(radius),
-            w_star,
+            torch.full_like(w_star, at),
             w_star,
             None,
-            t=0,
-            current=math.nan,
+            t=t,
+            current=current,
             schedule=schedule,
             cfg=cfg,
             step_scale=0.3,
@@ -146,3 +146,9 @@ def test_a_probe_where_the_loss_is_not_finite_shrinks_the_step_instead_of_making
 
     barred, free = first_step(0.01), first_step(1e6)
     assert math.isfinite(barred) and 0 < barred < free, (barred, free)
+    # Later, at a chain point beyond the barrier, a measurement on the burn-in grid shrinks the
+    # current step 4-fold instead (the identity preconditioner has no windows or freeze; those
+    # steps take the same branch).
+    assert schedule.adapt_at
+    for t in sorted(schedule.adapt_at):
+        assert first_step(0.01, t=t, at=0.02, current=1e-3) == 1e-3 / 4, t

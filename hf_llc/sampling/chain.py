@@ -528,17 +528,16 @@ def measure_step_size(
         eps, v = _probed_step_size(
             problem, center, w_star, batch, cfg, step_scale, nbeta, precond, gen, v
         )
-        if t > 0 and not math.isfinite(eps):  # not measurable at the chain's point (below)
-            eps = current / UNMEASURABLE_SHRINK
-        return eps, v
-    kw = _curvature_settings(cfg, nbeta, precond)
-    lam, v = max_curvature(problem, w, w_star, batch, v0=v, **kw)
-    if not math.isfinite(lam):
+    else:
+        kw = _curvature_settings(cfg, nbeta, precond)
+        lam, v = max_curvature(problem, w, w_star, batch, v0=v, **kw)
+        eps = schedule.next_step_size(t, step_scale / max(lam, 1e-12), current)
+    if t > 0 and not math.isfinite(eps):
         # Not measurable at the chain's point (the loss or its curvature overflowed there): the
         # step shrinks instead of becoming NaN; a chain that has left the finite region is then
         # caught by the divergence check with a step that says what it was.
-        return schedule.next_step_size(t, current / UNMEASURABLE_SHRINK, current), v
-    return schedule.next_step_size(t, step_scale / max(lam, 1e-12), current), v
+        eps = current / UNMEASURABLE_SHRINK
+    return eps, v
 
 
 def divergence_message(
