@@ -411,7 +411,10 @@ def result_fields(result, wall: float) -> dict:
         "num_divergences": len(diag.get("divergences") or []),
         "robustness": None
         if robust is None
-        else {k: robust.get(k) for k in ("relative_change", "within_noise", "llc_means")},
+        else {
+            k: robust.get(k)
+            for k in ("relative_change", "within_noise", "llc_means", "llc_stderrs", "num_draws")
+        },
         "chain_steps": chain_steps,
         "wall_s": wall,
         "sampling_s": sampling,

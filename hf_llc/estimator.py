@@ -46,7 +46,7 @@ from .checkpoint import (
     RunCheckpoint,
     releases_run_locks,
 )
-from .diagnostics import assess_estimate, robustness_report, trace_checks
+from .diagnostics import HALF_STEP_LENGTH, assess_estimate, robustness_report, trace_checks
 from .distributed import ProcessInfo
 from .peft_support import adapter_info
 from .plotting import plot_llc_result
@@ -576,9 +576,10 @@ def _half_step_run(
     progress: bool,
 ) -> tuple[list[ChainResult], SamplerConfig, float] | None:
     """The robustness report's second run: the estimate's chains again at half their step size
-    (:func:`_half_steps`), same seeds, burn-in and draws; not checkpointed (the output folder
-    holds the estimate's chains only). Returns the chains, the settings of the first group of
-    them and the wall-clock seconds; ``None`` when no chain has a finite step size to halve."""
+    (:func:`_half_steps`), same seeds, over the same sampling time (:func:`_half_step_config`:
+    twice the burn-in and the draws); not checkpointed (the output folder holds the estimate's
+    chains only). Returns the chains, the settings of the first group of them and the
+    wall-clock seconds; ``None`` when no chain has a finite step size to halve."""
     procs = run.procs
     steps = _half_steps(chain_cfg, chains)
     if steps is None:
@@ -588,12 +589,13 @@ def _half_step_run(
     groups: dict[float, list[int]] = {}
     for c in mine:
         groups.setdefault(steps[c], []).append(c)
-    configs = {eps: replace(chain_cfg, step_size=eps, robustness=False) for eps in groups}
+    configs = {eps: _half_step_config(chain_cfg, eps) for eps in groups}
     bar = None
     if progress and procs.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(mine) * chain_cfg.num_steps, desc="SGLD at ε/2", unit="step")
+        steps_each = _half_step_config(chain_cfg, 1.0).num_steps
+        bar = tqdm(total=len(mine) * steps_each, desc="SGLD at ε/2", unit="step")
     start = time.perf_counter()
     done: list[ChainResult] = []
     try:
@@ -603,8 +605,25 @@ def _half_step_run(
         if bar is not None:
             bar.close()
     half = sorted(procs.gather(done), key=lambda ch: ch.chain)
-    first = configs[steps[half[0].chain]] if half else replace(chain_cfg, robustness=False)
+    first = configs[steps[half[0].chain]] if half else _half_step_config(chain_cfg, None)
     return half, first, time.perf_counter() - start
+
+
+def _half_step_config(chain_cfg: SamplerConfig, step_size: float | None) -> SamplerConfig:
+    """The settings of a half-step chain: the fixed ``step_size`` (ε/2), and twice the burn-in
+    and the draws, so that it samples the same stretch of Langevin time as the chain at ε
+    (time = steps × step). λ̂(ε/2) − λ̂(ε) then measures the discretization alone: with the
+    same step counts the half-step chain would have travelled half as far from w*, and a λ̂
+    still settling over the draws (a drift the verdict's flatness check reports on its own)
+    would read as a dependence on ε. ``None`` keeps the step (for a run with no chain)."""
+    step = chain_cfg.step_size if step_size is None else step_size
+    return replace(
+        chain_cfg,
+        step_size=step,
+        num_burnin=HALF_STEP_LENGTH * chain_cfg.num_burnin,
+        num_draws=HALF_STEP_LENGTH * chain_cfg.num_draws,
+        robustness=False,
+    )
 
 
 def _half_steps(chain_cfg: SamplerConfig, chains: list[ChainResult]) -> dict[int, float] | None:
@@ -646,6 +665,8 @@ def _robustness(
         step_size_per_chain=per_chain,
         llc_per_chain=[list(r.llc_per_chain) for r in runs],
         num_divergences=[len(r.diagnostics["divergences"]) for r in runs],
+        num_burnin=[cfg.num_burnin, half_cfg.num_burnin],
+        num_draws=[cfg.num_draws, half_cfg.num_draws],
         half_step_verdict=other.verdict,
         sampling_seconds=[r.timings["sampling_seconds"] for r in runs],
         seconds=seconds,

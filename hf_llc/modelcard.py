@@ -913,9 +913,10 @@ def _diagnostics_summary(diag: Mapping) -> dict:
 
 
 def _robustness_summary(report: Mapping) -> dict:
-    """λ̂ at ε and ε/2 and the change (the per-chain values stay in the JSON)."""
-    keys = ("step_rule", "step_sizes", "llc_means", "llc_stderrs", "relative_change")
-    return to_plain({k: report.get(k) for k in (*keys, "within_noise")})
+    """λ̂ at ε and ε/2, each run's burn-in and draws, and the change (the per-chain values
+    stay in the JSON)."""
+    keys = ("step_rule", "step_sizes", "num_burnin", "num_draws", "llc_means", "llc_stderrs")
+    return to_plain({k: report.get(k) for k in (*keys, "relative_change", "within_noise")})
 
 
 def _calibration_summary(calibration: Mapping) -> dict:

@@ -76,6 +76,9 @@ def test_the_report_has_both_step_sizes_the_second_exactly_half(robust):
     assert rep["combined_stderr"] == pytest.approx(math.hypot(*rep["llc_stderrs"]), rel=1e-12)
     assert rep["within_noise"] == (abs(b - a) <= 2 * rep["combined_stderr"])
     assert rep["num_divergences"] == [0, 0]
+    # Twice the burn-in and draws at ε/2: the same Langevin time as the estimate's chains.
+    assert rep["num_burnin"] == [WELL_BEHAVED.num_burnin, 2 * WELL_BEHAVED.num_burnin]
+    assert rep["num_draws"] == [WELL_BEHAVED.num_draws, 2 * WELL_BEHAVED.num_draws]
     assert robust.timings["robustness_seconds"] > 0
     assert robust.config["robustness"] is True
 
@@ -95,12 +98,13 @@ def test_turning_the_report_on_leaves_the_estimate_unchanged(robust, plain):
 
 def test_no_warning_when_halving_the_step_does_not_move_the_estimate(robust):
     """The default step_scale 0.3: ε·h_max ≤ 0.3 inflates λ̂ by at most ~8% at ε and ~4% at
-    ε/2, so the expected change is ≤ 4%, under the 10% limit. 4 chains × 600 draws (seed 0) put
-    the standard error of each λ̂ near 3%; over seeds 0-5 the change measured 0.1-4.7%
-    (0.02-0.99 combined standard errors), so neither condition of the warning comes near."""
+    ε/2, so the expected change is ≤ 4%, under the 10% limit. 4 chains × 600 draws at ε and
+    × 1,200 at ε/2 put the standard errors near 2-3% and 1-3%, so that real ~4% change may
+    or may not exceed 2 combined standard errors: the 10% limit is what keeps the warning
+    off. Over seeds 0-5 the change measured 0.3-8.8% (0.05-3.2 combined standard errors;
+    seed 0 is the 8.8%), the mean λ̂ 3.21 at ε against 3.07 at ε/2 (λ = 3)."""
     rep = robust.diagnostics["robustness"]
     assert rep["relative_change"] <= 0.10
-    assert rep["within_noise"]
     assert not any(REASON in r for r in robust.verdict_reasons)
     assert robust.verdict == "ok", robust.verdict_reasons
 
@@ -109,7 +113,8 @@ def test_the_verdict_warns_when_the_step_is_far_too_large(robust):
     """A fixed ε six times the curvature rule's (step_scale 0.3): ε·λ_max ≈ 1.8 on a
     minibatch, ε·h ≈ 1.3 on the full data, which inflates λ̂ by ~1/(1 − 1.3/4) ≈ 1.5 against
     ~1.2 at ε/2: λ̂ falls by ~18% on halving ε, many standard errors (measured over seeds 0-5,
-    4 chains × 200 draws: 16-26%, 3.3-9.2 combined standard errors, no divergence)."""
+    4 chains × 200 draws, 400 at ε/2: 14-24%, 3.3-11.2 combined standard errors, no
+    divergence)."""
     model, data, lam = _regular()
     eps = 6 * min(robust.diagnostics["step_size_per_chain"])
     cfg = replace(WELL_BEHAVED, num_burnin=100, num_draws=200, step_size=eps, robustness=True)
@@ -189,7 +194,8 @@ def test_the_card_records_the_report_under_the_same_entry(robust, plain, tmp_pat
     assert summary["llc_means"] == rep["llc_means"]
     assert summary["step_sizes"] == rep["step_sizes"]
     assert summary["relative_change"] == rep["relative_change"]
-    assert summary["within_noise"] is True and summary["step_rule"] == "curvature"
+    assert summary["within_noise"] is rep["within_noise"] and summary["step_rule"] == "curvature"
+    assert summary["num_draws"] == rep["num_draws"] and summary["num_burnin"] == rep["num_burnin"]
     assert entry["settings"]["robustness"] is True
     front = path.read_text().split("---\n")[1]
     assert "step_size_robustness" in yaml.safe_load(front)["hf_llc"][0]["diagnostics"]

@@ -196,9 +196,10 @@ class SamplerConfig:
             when it moves more than 10% and more than 2 combined standard errors
             (discretization bias). Chain c runs again at the fixed step ε_c/2, ε_c the step
             it drew with: the configured or calibrated ε, or the one the curvature rule chose by
-            the end of its burn-in. Seeds, burn-in, draws and every other setting are the same.
-            The estimate itself is unchanged; the run takes about twice as long. The half-step
-            chains are not checkpointed (a resumed run reruns them).
+            the end of its burn-in, for twice the burn-in and twice the draws (the same Langevin
+            time, so that only the discretization differs). Seeds and every other setting are
+            the same. The estimate itself is unchanged; the run takes about three times as
+            long. The half-step chains are not checkpointed (a resumed run reruns them).
         record_metric: keep each chain's localizer metric M (the diagonal of
             (γ/2)(w − w*)ᵀM(w − w*), fixed when the ``"fisher-burnin"`` preconditioner freezes)
             in ``LLCResult.localizer_metric``, one row of d numbers per chain (``None`` when
@@ -272,9 +273,9 @@ class SamplerConfig:
     compile: bool = _setting(False, "torch.compile the loss and gradient")
     robustness: bool = _setting(
         False,
-        "also rerun the chains at half their step size (each chain's ε/2) and report how far "
-        "λ̂ moves (diagnostics['robustness'], checked by the verdict); about "
-        "doubles the run time",
+        "also rerun the chains at half their step size (each chain's ε/2, over twice the "
+        "burn-in and draws: the same Langevin time) and report how far λ̂ moves "
+        "(diagnostics['robustness'], checked by the verdict); about triples the run time",
     )
     record_metric: bool = _setting(
         False,
