@@ -17,6 +17,14 @@ momentum p ~ N(0, I) (N(0, A⁻¹) with a ``metric``, A as below), ⌈L/2⌉…L
 H = U(w) + ½·pᵀA·p, accepted with probability min(1, exp(H − H')); exact for the same
 reasons, with longer moves per draw at up to L gradients each.
 
+``num_temperatures=K`` adds replica exchange (parallel tempering): each chain runs K replicas
+at temperatures 1 = t_0 > … > t_{K−1}, replica k sampling exp(−t_k·nβ·L_n(w) − localizer),
+and neighbours swap states with the Metropolis probability min(1, exp((t_k − t_{k+1})·nβ·
+(L_n(x) − L_n(y)))). Every move leaves the product of the tempered targets invariant, so the
+t = 1 replica samples p exactly, and it reaches modes behind loss barriers that a chain from
+w* alone does not leave (chains that each stay in their own mode agree with each other, and
+R̂ cannot see the mode they all miss).
+
 The step size ε of each chain is tuned during the warm-up only, by dual averaging of log ε
 towards a target acceptance rate (Hoffman & Gelman, JMLR 15, 2014, §3.2, their Algorithm 5
 constants), and then held fixed, so the draws are one time-homogeneous MH chain whose
@@ -116,6 +124,10 @@ class ReferenceResult:
         method, num_warmup, num_draws, target_acceptance, seed: the settings.
         num_leapfrog: HMC's largest number of leapfrog steps per transition (``None`` for
             MALA).
+        tempering: with ``num_temperatures`` > 1, the replica exchange's report, means over
+            the chains: ``temperatures``, ``llc_by_temperature`` (each replica's λ̂ at
+            nβ' = t·nβ), ``step_size``, ``acceptance``, ``swap_acceptance`` (per neighbouring
+            pair) and ``swap_every``; ``None`` without tempering.
         wall_seconds: time of the whole call.
     """
 
@@ -144,6 +156,7 @@ class ReferenceResult:
     seed: int
     wall_seconds: float
     num_leapfrog: int | None = None
+    tempering: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (floats, ints, strings and lists of them)."""
@@ -155,8 +168,18 @@ class ReferenceResult:
             f"reference λ̂ = {self.llc_mean:.4g} ± {self.llc_stderr:.2g} (MCSE; R̂ = "
             f"{self.rhat:.3f}, ESS = {self.ess:.0f}, acceptance = {self.acceptance_rate:.2f}, "
             f"ε = {self.step_size:.3g}, nβ = {self.nbeta:.4g}, γ = {self.localization:g}"
+            f"{self._tempering_text()}"
             f"{' in the given metric' if self.localizer == 'metric' else ''}, "
             f"n = {self.num_samples}, d = {self.num_params})"
+        )
+
+    def _tempering_text(self) -> str:
+        if not self.tempering:
+            return ""
+        temps, swaps = self.tempering["temperatures"], self.tempering["swap_acceptance"]
+        return (
+            f", {len(temps)} replicas down to t = {temps[-1]:.3g}, swap acceptance "
+            f"{min(swaps):.2f}–{max(swaps):.2f}"
         )
 
 
@@ -184,6 +207,8 @@ class _Target:
         self.problem, self.w_star, self.nbeta, self.gamma = problem, w_star, nbeta, gamma
         #: The localizer's diagonal metric M (float64), or ``None`` for the Euclidean one.
         self.metric: Tensor | None = None
+        #: t of a tempered replica: U_t(w) = t·nβ·L_n(w) + the localizer (1: the target).
+        self.temperature = 1.0
         n = problem.num_samples
         self.batches = [
             problem.batch(torch.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)
@@ -206,16 +231,30 @@ class _Target:
         delta2 = (w - self.w_star).pow(2)
         if self.metric is not None:
             delta2 = delta2 * self.metric
-        u = self.nbeta * loss + 0.5 * self.gamma * delta2.sum()
+        u = self.temperature * self.nbeta * loss + 0.5 * self.gamma * delta2.sum()
         if not torch.isfinite(u):
             return math.inf, float(loss.detach()), torch.zeros_like(w)
         (grad,) = torch.autograd.grad(u, w)
         return float(u.detach()), float(loss.detach()), grad
 
+    def localizer(self, w: Tensor) -> tuple[float, Tensor]:
+        """The localizer's value (γ/2)·Σ M(w − w*)² and gradient γ·M·(w − w*) (M = 1 when
+        Euclidean)."""
+        delta = w - self.w_star
+        scaled = delta if self.metric is None else delta * self.metric
+        return float(0.5 * self.gamma * (scaled * delta).sum()), self.gamma * scaled
+
     def with_metric(self, metric: Tensor | None) -> _Target:
         """The same target localized in ``metric`` (shares the model and the data)."""
         other = copy.copy(self)
         other.metric = metric
+        return other
+
+    def with_temperature(self, temperature: float) -> _Target:
+        """The tempered target exp(−t·nβ·L_n(w) − localizer) (shares the model and the
+        data)."""
+        other = copy.copy(self)
+        other.temperature = float(temperature)
         return other
 
 
@@ -373,6 +412,17 @@ class _Chain:
         self.w = w.clone()
         self.u, self.loss, self.grad = target(self.w)
 
+    def adopt(self, w: Tensor, loss: float, grad: Tensor, temperature: float) -> None:
+        """Take over the state (w, L_n(w), ∇U_t'(w)) of a replica at temperature t' (a
+        replica-exchange swap): U and ∇U are re-weighted to this chain's temperature from the
+        loss and the localizer, without evaluating the model again."""
+        target = self.target
+        loc, loc_grad = target.localizer(w)
+        loss_grad = (grad - loc_grad) / (temperature * target.nbeta)
+        self.w, self.loss = w, loss
+        self.u = target.temperature * target.nbeta * loss + loc
+        self.grad = target.temperature * target.nbeta * loss_grad + loc_grad
+
     def step(self) -> float:
         """One transition at the current ε; returns the acceptance probability."""
         proposal, u, loss, grad, log_alpha = self._propose(self.eps)
@@ -462,20 +512,37 @@ def _finite(u: float, grad: Tensor) -> bool:
     return math.isfinite(u) and bool(torch.isfinite(grad).all())
 
 
-def _warm_up(chain: _Chain, num_warmup: int, target_acceptance: float) -> None:
-    """Dual averaging of log ε towards ``target_acceptance`` (Hoffman & Gelman 2014,
-    Algorithm 5); ε is then fixed at the averaged value exp(log ε̄)."""
-    mu = math.log(10.0 * chain.eps)
-    h_bar, log_eps_bar = 0.0, 0.0
-    for m in range(1, num_warmup + 1):
-        alpha = chain.step()
+class _DualAveraging:
+    """Dual averaging of log ε towards a target acceptance rate (Hoffman & Gelman 2014,
+    Algorithm 5), one transition at a time; :meth:`finish` fixes ε at exp(log ε̄)."""
+
+    def __init__(self, chain: _Chain, target_acceptance: float):
+        self.chain, self.target = chain, target_acceptance
+        self.mu = math.log(10.0 * chain.eps)
+        self.h_bar, self.log_eps_bar, self.m = 0.0, 0.0, 0
+
+    def update(self, alpha: float) -> None:
+        """Adapt ε after a transition accepted with probability ``alpha``."""
+        self.m += 1
+        m = self.m
         weight = 1.0 / (m + _DA_T0)
-        h_bar = (1.0 - weight) * h_bar + weight * (target_acceptance - alpha)
-        log_eps = mu - math.sqrt(m) / _DA_GAMMA * h_bar
+        self.h_bar = (1.0 - weight) * self.h_bar + weight * (self.target - alpha)
+        log_eps = self.mu - math.sqrt(m) / _DA_GAMMA * self.h_bar
         eta = m**-_DA_KAPPA
-        log_eps_bar = eta * log_eps + (1.0 - eta) * log_eps_bar
-        chain.eps = math.exp(log_eps)
-    chain.eps = math.exp(log_eps_bar)
+        self.log_eps_bar = eta * log_eps + (1.0 - eta) * self.log_eps_bar
+        self.chain.eps = math.exp(log_eps)
+
+    def finish(self) -> None:
+        self.chain.eps = math.exp(self.log_eps_bar)
+
+
+def _warm_up(chain: _Chain, num_warmup: int, target_acceptance: float) -> None:
+    """Dual averaging of log ε towards ``target_acceptance`` over ``num_warmup`` transitions;
+    ε is then fixed at the averaged value exp(log ε̄)."""
+    adapt = _DualAveraging(chain, target_acceptance)
+    for _ in range(num_warmup):
+        adapt.update(chain.step())
+    adapt.finish()
 
 
 def _run_chain(
@@ -509,6 +576,98 @@ def _run_chain(
         losses.append(chain.loss)
     assert chain.eps == eps  # the draws are a fixed-step chain
     return losses, accept / num_draws, eps
+
+
+def _ladder(num_temperatures: int, min_temperature: float) -> list[float]:
+    """The geometric ladder 1 = t_0 > t_1 > … > t_{K−1} = ``min_temperature``."""
+    if num_temperatures == 1:
+        return [1.0]
+    ratio = min_temperature ** (1.0 / (num_temperatures - 1))
+    return [ratio**k for k in range(num_temperatures)]
+
+
+def _swap_round(replicas: list[_Chain], parity: int, gen: torch.Generator, accepts: list) -> None:
+    """Replica-exchange swaps of the pairs (k, k + 1) with k ≡ ``parity`` (mod 2), the
+    deterministic even–odd scheme (Okabe et al. 2001; Syed et al. 2022). Swapping the states
+    x (at t_k) and y (at t_{k+1}) is accepted with probability
+    min(1, exp((t_k − t_{k+1})·nβ·(L_n(x) − L_n(y)))): the localizer, the same at every
+    temperature, cancels. ``accepts[k]`` collects each pair's acceptance probabilities."""
+    for k in range(parity, len(replicas) - 1, 2):
+        a, b = replicas[k], replicas[k + 1]
+        ta, tb = a.target.temperature, b.target.temperature
+        log_alpha = (ta - tb) * a.target.nbeta * (a.loss - b.loss)
+        alpha = 1.0 if log_alpha >= 0 else math.exp(log_alpha)
+        accepts[k].append(alpha)
+        if float(torch.rand((), generator=gen, dtype=torch.float64)) < alpha:
+            state_a = (a.w, a.loss, a.grad)
+            a.adopt(b.w, b.loss, b.grad, tb)
+            b.adopt(*state_a, ta)
+
+
+def _run_tempered(
+    target: _Target,
+    w_star: Tensor,
+    gen: torch.Generator,
+    temperatures: list[float],
+    *,
+    num_warmup: int,
+    num_draws: int,
+    target_acceptance: float,
+    step_size: float | None,
+    num_leapfrog: int | None,
+    swap_every: int,
+) -> tuple[list[float], float, float, dict]:
+    """One replica-exchange chain from w*: a replica per temperature t_k (exp(−U_{t_k})),
+    each a MALA (or HMC) chain with its own ε adapted during the warm-up and fixed after,
+    and after every ``swap_every`` transitions a round of swaps between neighbours
+    (:func:`_swap_round`, alternating the even and the odd pairs). The product of the
+    tempered targets is stationary for every move, so the t = 1 replica's draws sample the
+    target exactly; the hotter replicas cross loss barriers the target's chain alone would
+    not, and pass those states down. Returns the t = 1 replica's L_n at each draw, its mean
+    acceptance probability and ε, and a report: each temperature's mean L_n over the draws,
+    ε and acceptance, and each pair's mean swap acceptance over the draws."""
+    default = 1.0 / (target.nbeta + target.gamma) if target.metric is None else 1.0
+    guess = step_size if step_size is not None else default
+    replicas: list[_Chain] = []
+    for t in temperatures:
+        tempered = target.with_temperature(t)
+        if num_leapfrog is None:
+            replicas.append(_Chain(tempered, w_star, gen, guess))
+        else:
+            replicas.append(_HMCChain(tempered, w_star, gen, guess, num_leapfrog))
+        if step_size is None:
+            replicas[-1].initial_step_size(guess)
+    adapters = [_DualAveraging(r, target_acceptance) for r in replicas]
+    swaps: list[list[float]] = [[] for _ in replicas[1:]]
+    rounds = 0
+    for m in range(1, num_warmup + 1):
+        for r, adapt in zip(replicas, adapters):
+            adapt.update(r.step())
+        if m % swap_every == 0:
+            _swap_round(replicas, rounds % 2, gen, swaps)
+            rounds += 1
+    for adapt in adapters:
+        adapt.finish()
+    swaps = [[] for _ in replicas[1:]]
+    losses, accept = [], [0.0] * len(replicas)
+    loss_sums = [0.0] * len(replicas)
+    for m in range(1, num_draws + 1):
+        for k, r in enumerate(replicas):
+            accept[k] += r.step()
+        if m % swap_every == 0:
+            _swap_round(replicas, rounds % 2, gen, swaps)
+            rounds += 1
+        losses.append(replicas[0].loss)
+        for k, r in enumerate(replicas):
+            loss_sums[k] += r.loss
+    report = {
+        "temperatures": list(temperatures),
+        "mean_loss": [x / num_draws for x in loss_sums],
+        "step_size": [r.eps for r in replicas],
+        "acceptance": [a / num_draws for a in accept],
+        "swap_acceptance": [float(np.mean(x)) if x else float("nan") for x in swaps],
+    }
+    return losses, accept[0] / num_draws, replicas[0].eps, report
 
 
 def _statistics(llc_trace: np.ndarray) -> tuple[float, float, float, float]:
@@ -553,6 +712,9 @@ def reference_llc(
     seed: int = 0,
     chunk_size: int | None = None,
     metric: Any = None,
+    num_temperatures: int = 1,
+    min_temperature: float = 0.02,
+    swap_every: int = 1,
     progress: bool = False,
     **data_kwargs: Any,
 ) -> ReferenceResult:
@@ -593,6 +755,18 @@ def reference_llc(
             different targets may rightly disagree), so use ``num_chains`` = 2 × rows or more
             (R̂ is NaN with one chain per row); λ̂ is the mean over all chains and its MCSE
             combines the groups'. ``None``: Euclidean (M = I).
+        num_temperatures: replica exchange (parallel tempering; Swendsen & Wang 1986, Geyer
+            1991) with this many replicas per chain, at the temperatures
+            1 = t_0 > … > t_{K−1} = ``min_temperature`` spaced geometrically, replica k
+            sampling exp(−t_k·nβ·L_n(w) − localizer); neighbours swap states every
+            ``swap_every`` transitions (even and odd pairs in turn). Only the t = 1 replica's
+            draws enter λ̂; the hot replicas, where loss barriers are lower, carry a chain
+            between modes that a single chain from w* would never leave, so use it when the
+            chains of one target disagree (R̂). Costs K times the transitions. 1: no tempering.
+        min_temperature: the hottest replica's t, in (0, 1) (with ``num_temperatures`` > 1).
+            Lower crosses higher barriers but needs more replicas for the swaps to be accepted
+            (``ReferenceResult.tempering["swap_acceptance"]``, aim for ≥ 0.2).
+        swap_every: transitions between rounds of swaps (≥ 1).
         progress: log one line per finished chain.
         **data_kwargs: :func:`hf_llc.estimate_llc`'s data arguments (``loss_fn``,
             ``model_loss_fn``, ``forward_kwargs``, ``num_samples``, ``tokenizer``, …).
@@ -611,6 +785,8 @@ def reference_llc(
     leapfrog = num_leapfrog if method == "hmc" else None
     args = (num_chains, num_warmup, num_draws, target_acceptance, seed, step_size, chunk_size)
     _check_settings(method, *args, leapfrog, data_kwargs)
+    _check_tempering(num_temperatures, min_temperature, swap_every)
+    temperatures = _ladder(num_temperatures, min_temperature)
     with open_posterior(model, dataset, _fitted(cfg, dataset, data_kwargs), **data_kwargs) as (
         _,
         posterior,
@@ -625,19 +801,24 @@ def reference_llc(
         )
     with torch.no_grad():
         init_loss = float(target.loss(w_star))
-    traces, accepts, steps = [], [], []
+    traces, accepts, steps, reports = [], [], [], []
     for c in range(num_chains):
         gen = chain_generator(seed, c, "cpu")
-        losses, accept, eps = _run_chain(
-            target if metrics is None else target.with_metric(metrics[c % len(metrics)]),
-            w_star,
-            gen,
+        kwargs = dict(
             num_warmup=num_warmup,
             num_draws=num_draws,
             target_acceptance=float(target_acceptance),
             step_size=step_size,
             num_leapfrog=leapfrog,
         )
+        chain_target = target if metrics is None else target.with_metric(metrics[c % len(metrics)])
+        if len(temperatures) == 1:
+            losses, accept, eps = _run_chain(chain_target, w_star, gen, **kwargs)
+        else:
+            losses, accept, eps, report = _run_tempered(
+                chain_target, w_star, gen, temperatures, swap_every=swap_every, **kwargs
+            )
+            reports.append(report)
         traces.append(losses)
         accepts.append(accept)
         steps.append(eps)
@@ -674,4 +855,44 @@ def reference_llc(
         seed=seed,
         wall_seconds=time.perf_counter() - t0,
         num_leapfrog=leapfrog,
+        tempering=_tempering_summary(reports, target.nbeta, init_loss, swap_every),
     )
+
+
+def _check_tempering(num_temperatures: Any, min_temperature: Any, swap_every: Any) -> None:
+    """ValueError naming the bad replica-exchange setting."""
+    for name, value in (("num_temperatures", num_temperatures), ("swap_every", swap_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}.")
+    ok = isinstance(min_temperature, (int, float)) and not isinstance(min_temperature, bool)
+    if not ok or not 0.0 < min_temperature < 1.0:
+        raise ValueError(
+            f"min_temperature must be in (0, 1), got {min_temperature!r}: the hottest "
+            "replica samples exp(−min_temperature·nβ·L_n − localizer)."
+        )
+
+
+def _tempering_summary(
+    reports: list[dict], nbeta: float, init_loss: float, swap_every: int
+) -> dict | None:
+    """The replica-exchange report over the chains (``None`` without tempering): the
+    temperatures, each one's λ̂ at nβ' = t·nβ (t·nβ·(mean L_n − L_n(w*)), the LLC estimate of
+    that tempered posterior), ε and acceptance, and each neighbouring pair's swap acceptance,
+    all means over the chains."""
+    if not reports:
+        return None
+
+    def mean(key: str) -> list[float]:
+        return [float(v) for v in np.mean([r[key] for r in reports], axis=0)]
+
+    temps = reports[0]["temperatures"]
+    return {
+        "temperatures": temps,
+        "llc_by_temperature": [
+            t * nbeta * (loss - init_loss) for t, loss in zip(temps, mean("mean_loss"))
+        ],
+        "step_size": mean("step_size"),
+        "acceptance": mean("acceptance"),
+        "swap_acceptance": mean("swap_acceptance") if len(temps) > 1 else [],
+        "swap_every": swap_every,
+    }

@@ -406,8 +406,15 @@ def run_nonlinear_case(
         "reference_acceptance": ref.acceptance_rate,
         "reference_settings": {k: getattr(ref, k) for k in ("num_warmup", "num_draws", "seed")}
         | {"num_chains": len(ref.llc_per_chain)}
+        | ({} if ref.method == "mala" else {"method": ref.method, "num_leapfrog": ref.num_leapfrog})
         | (
-            {} if ref.method == "mala" else {"method": ref.method, "num_leapfrog": ref.num_leapfrog}
+            {}
+            if ref.tempering is None
+            else {
+                "num_temperatures": len(ref.tempering["temperatures"]),
+                "min_temperature": ref.tempering["temperatures"][-1],
+                "swap_acceptance": ref.tempering["swap_acceptance"],
+            }
         ),
         "llc_mean": sgld.llc_mean,
         "llc_stderr": sgld.llc_stderr,

@@ -190,6 +190,7 @@ def test_cli_validate_nonlinear_heldout(tmp_path):
     argv += ["--num-chains", "1", "--num-burnin", "5", "--num-draws", "5", "--batch-size", "16"]
     argv += ["--reference-chains", "1", "--reference-warmup", "10", "--reference-draws", "5"]
     argv += ["--localizer", "euclidean", "--reference-method", "hmc"]
+    argv += ["--reference-temperatures", "2", "--reference-min-temperature", "0.1"]
     argv += ["--output", str(out), "--quiet"]
     assert main(argv) == 0
     report = json.loads(out.read_text())
@@ -197,6 +198,9 @@ def test_cli_validate_nonlinear_heldout(tmp_path):
     for r in report["cases"]:
         assert r["reference_settings"]["method"] == "hmc"
         assert r["reference_settings"]["num_leapfrog"] == 16
+        assert r["reference_settings"]["num_temperatures"] == 2
+        assert r["reference_settings"]["min_temperature"] == pytest.approx(0.1)
+        assert len(r["reference_settings"]["swap_acceptance"]) == 1
     assert [r["case"] for r in report["cases"]] == [c.name for c in HELDOUT_NONLINEAR_SUITE]
     assert report["summary"]["config"]["localizer"] == "euclidean"
 
@@ -207,7 +211,8 @@ def test_cli_refuses_dln_options_with_nonlinear():
     assert exc.value.code == 2
 
 
-def test_cli_refuses_reference_options_without_nonlinear():
+@pytest.mark.parametrize("flag", ["--reference-draws", "--reference-temperatures"])
+def test_cli_refuses_reference_options_without_nonlinear(flag):
     with pytest.raises(SystemExit) as exc:
-        main(["validate", "--reference-draws", "10"])
+        main(["validate", flag, "10"])
     assert exc.value.code == 2

@@ -292,6 +292,15 @@ class ValidateArguments:
         "--suite nonlinear: the reference sampler, MALA or HMC (up to 16 leapfrog steps a draw)",
         choices=("mala", "hmc"),
     )
+    reference_temperatures: int = _opt(
+        1,
+        "--suite nonlinear: replicas per reference chain, replica exchange down to "
+        "--reference-min-temperature (1: none); for targets with several modes, whose "
+        "reference chains disagree (R-hat)",
+    )
+    reference_min_temperature: float = _opt(
+        0.02, "--suite nonlinear: the hottest replica's temperature, in (0, 1)"
+    )
     reference_chains: int | None = _opt(
         None,
         "--suite nonlinear: reference chains (default: two per SGLD chain, each in that "

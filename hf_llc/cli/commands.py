@@ -66,6 +66,8 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
             "num_warmup": args.reference_warmup,
             "num_draws": args.reference_draws,
             "method": args.reference_method,
+            "num_temperatures": args.reference_temperatures,
+            "min_temperature": args.reference_min_temperature,
             **({} if args.reference_chains is None else {"num_chains": args.reference_chains}),
         },
     )
@@ -84,7 +86,14 @@ def _validate(args: argparse.Namespace) -> int:
         return _validate_nonlinear(args)
     from ..validation import SUITES, ValidationCase, format_table, run_suite
 
-    ref_flags = ("reference_warmup", "reference_draws", "reference_chains", "reference_method")
+    ref_flags = (
+        "reference_warmup",
+        "reference_draws",
+        "reference_chains",
+        "reference_method",
+        "reference_temperatures",
+        "reference_min_temperature",
+    )
     bad = [f"--{k.replace('_', '-')}" for k in ref_flags if k in getattr(args, "given", ())]
     if bad:
         raise ValueError(f"{', '.join(bad)}: options of --suite nonlinear only.")
