@@ -401,10 +401,11 @@ class SamplerConfig:
 #: sequences and 500 + 1,000 steps per chain keep a run affordable on a GPU; ε = 0.6/λ_max
 #: (twice the default) mixed on small GPT-2s where 0.3 left R-hat ≥ 1.15 even with chains twice
 #: as long, and moved λ̂ by 2.3% against it (measured from the flat start). ``robustness``
-#: reruns every chain at half its step, so the verdict itself says when λ̂ depends on ε (about
-#: twice the cost). The preset as a whole on a 10⁵ GPT-2: from the default's curvature start
-#: three seeds agree within one standard error and the rerun moves λ̂ 8–13%; from the flat
-#: start the seeds disagree and the rerun moves it 24–29% (``docs/language_models.md``).
+#: reruns every chain at half its step over the same Langevin time, so the verdict itself says
+#: when λ̂ depends on ε (about three times the cost). The preset as a whole on a 10⁵ GPT-2:
+#: from the default's curvature start three seeds agree within one standard error, and the
+#: rerun moves λ̂ 4.0% and 5.5% (seeds 0 and 2; 8–13% when it kept the step counts); from the
+#: flat start the seeds disagree (``docs/language_models.md``).
 PRESETS: dict[str, dict[str, Any]] = {
     "language-model": {
         "step_scale": 0.6,
