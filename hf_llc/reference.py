@@ -168,8 +168,8 @@ class ReferenceResult:
             f"reference λ̂ = {self.llc_mean:.4g} ± {self.llc_stderr:.2g} (MCSE; R̂ = "
             f"{self.rhat:.3f}, ESS = {self.ess:.0f}, acceptance = {self.acceptance_rate:.2f}, "
             f"ε = {self.step_size:.3g}, nβ = {self.nbeta:.4g}, γ = {self.localization:g}"
-            f"{self._tempering_text()}"
-            f"{' in the given metric' if self.localizer == 'metric' else ''}, "
+            f"{' in the given metric' if self.localizer == 'metric' else ''}"
+            f"{self._tempering_text()}, "
             f"n = {self.num_samples}, d = {self.num_params})"
         )
 
@@ -533,6 +533,7 @@ class _DualAveraging:
         self.chain.eps = math.exp(log_eps)
 
     def finish(self) -> None:
+        """End the warm-up: ε = exp(log ε̄), the averaged step, fixed from now on."""
         self.chain.eps = math.exp(self.log_eps_bar)
 
 
