@@ -546,6 +546,27 @@ def _warm_up(chain: _Chain, num_warmup: int, target_acceptance: float) -> None:
     adapt.finish()
 
 
+def _new_chain(
+    target: _Target,
+    w_star: Tensor,
+    gen: torch.Generator,
+    step_size: float | None,
+    num_leapfrog: int | None,
+) -> _Chain:
+    """A MALA (or, with ``num_leapfrog``, HMC) chain at w* with its first ε: ``step_size``,
+    or found by doubling/halving from the step of a unit-curvature direction of L."""
+    # A = 1/(nβ·M) already scales by 1/nβ.
+    default = 1.0 / (target.nbeta + target.gamma) if target.metric is None else 1.0
+    guess = step_size if step_size is not None else default
+    if num_leapfrog is None:
+        chain = _Chain(target, w_star, gen, guess)
+    else:
+        chain = _HMCChain(target, w_star, gen, guess, num_leapfrog)
+    if step_size is None:
+        chain.initial_step_size(guess)
+    return chain
+
+
 def _run_chain(
     target: _Target,
     w_star: Tensor,
@@ -560,15 +581,7 @@ def _run_chain(
     """One chain from w*: warm-up (ε adapted), then ``num_draws`` MALA (or, with
     ``num_leapfrog``, HMC) transitions at a fixed ε. Returns (L_n at each draw, mean
     acceptance probability of the draws, ε)."""
-    # The step of a unit-curvature direction of L: A = 1/(nβ·M) already scales by 1/nβ.
-    default = 1.0 / (target.nbeta + target.gamma) if target.metric is None else 1.0
-    guess = step_size if step_size is not None else default
-    if num_leapfrog is None:
-        chain = _Chain(target, w_star, gen, guess)
-    else:
-        chain = _HMCChain(target, w_star, gen, guess, num_leapfrog)
-    if step_size is None:
-        chain.initial_step_size(guess)
+    chain = _new_chain(target, w_star, gen, step_size, num_leapfrog)
     _warm_up(chain, num_warmup, target_acceptance)
     eps = chain.eps
     losses, accept = [], 0.0
@@ -627,17 +640,10 @@ def _run_tempered(
     not, and pass those states down. Returns the t = 1 replica's L_n at each draw, its mean
     acceptance probability and ε, and a report: each temperature's mean L_n over the draws,
     ε and acceptance, and each pair's mean swap acceptance over the draws."""
-    default = 1.0 / (target.nbeta + target.gamma) if target.metric is None else 1.0
-    guess = step_size if step_size is not None else default
-    replicas: list[_Chain] = []
-    for t in temperatures:
-        tempered = target.with_temperature(t)
-        if num_leapfrog is None:
-            replicas.append(_Chain(tempered, w_star, gen, guess))
-        else:
-            replicas.append(_HMCChain(tempered, w_star, gen, guess, num_leapfrog))
-        if step_size is None:
-            replicas[-1].initial_step_size(guess)
+    replicas = [
+        _new_chain(target.with_temperature(t), w_star, gen, step_size, num_leapfrog)
+        for t in temperatures
+    ]
     adapters = [_DualAveraging(r, target_acceptance) for r in replicas]
     swaps: list[list[float]] = [[] for _ in replicas[1:]]
     rounds = 0
