@@ -589,13 +589,13 @@ def _half_step_run(
     groups: dict[float, list[int]] = {}
     for c in mine:
         groups.setdefault(steps[c], []).append(c)
-    configs = {eps: _half_step_config(chain_cfg, eps) for eps in groups}
+    base = _half_step_config(chain_cfg)
+    configs = {eps: replace(base, step_size=eps) for eps in groups}
     bar = None
     if progress and procs.is_main:
         from tqdm.auto import tqdm
 
-        steps_each = _half_step_config(chain_cfg, 1.0).num_steps
-        bar = tqdm(total=len(mine) * steps_each, desc="SGLD at ε/2", unit="step")
+        bar = tqdm(total=len(mine) * base.num_steps, desc="SGLD at ε/2", unit="step")
     start = time.perf_counter()
     done: list[ChainResult] = []
     try:
@@ -605,21 +605,19 @@ def _half_step_run(
         if bar is not None:
             bar.close()
     half = sorted(procs.gather(done), key=lambda ch: ch.chain)
-    first = configs[steps[half[0].chain]] if half else _half_step_config(chain_cfg, None)
+    first = configs[steps[half[0].chain]] if half else base
     return half, first, time.perf_counter() - start
 
 
-def _half_step_config(chain_cfg: SamplerConfig, step_size: float | None) -> SamplerConfig:
-    """The settings of a half-step chain: the fixed ``step_size`` (ε/2), and twice the burn-in
-    and the draws, so that it samples the same stretch of Langevin time as the chain at ε
-    (time = steps × step). λ̂(ε/2) − λ̂(ε) then measures the discretization alone: with the
-    same step counts the half-step chain would have travelled half as far from w*, and a λ̂
-    still settling over the draws (a drift the verdict's flatness check reports on its own)
-    would read as a dependence on ε. ``None`` keeps the step (for a run with no chain)."""
-    step = chain_cfg.step_size if step_size is None else step_size
+def _half_step_config(chain_cfg: SamplerConfig) -> SamplerConfig:
+    """The lengths of a half-step chain (each chain's fixed ε/2 is set on top): twice the
+    burn-in and the draws, so that it samples the same stretch of Langevin time as the chain
+    at ε (time = steps × step). λ̂(ε/2) − λ̂(ε) then measures the discretization alone: with
+    the same step counts the half-step chain would have travelled half as far from w*, and a
+    λ̂ still settling over the draws (a drift the verdict's flatness check reports on its own)
+    would read as a dependence on ε."""
     return replace(
         chain_cfg,
-        step_size=step,
         num_burnin=HALF_STEP_LENGTH * chain_cfg.num_burnin,
         num_draws=HALF_STEP_LENGTH * chain_cfg.num_draws,
         robustness=False,
