@@ -13,6 +13,10 @@ writes each run's JSON into ``--dir``, and prints one Markdown row per run and a
 - pooled over every case of every run: the median |relative difference|, how many cases are
   more than 10% off, and how many of those the verdict called ``ok`` (misses it did not flag).
 
+Each run's JSON is rewritten after every finished case, and the script passes ``--resume``:
+rerunning the same command after a stop continues each unfinished run where it stopped
+instead of starting over (a run made with other flags is refused, not mixed in).
+
 ``--from`` summarises JSON files written earlier (by this script or by ``hf-llc validate
 --output``) without running anything. ``--against`` compares them case by case with another
 recipe's runs at the same suites and seeds: the difference of the pooled median |relative
@@ -184,13 +188,18 @@ def _load_run(path: Path) -> dict:
             f"{path} is not a suite run (no 'suite' and 'cases'); pass the JSON files that "
             "`hf-llc validate --suite nonlinear… --output` wrote, not a summary."
         )
+    if run.get("pending"):
+        raise SystemExit(
+            f"{path} is an unfinished run ({', '.join(run['pending'])} pending): rerun its "
+            "command (it continues with --resume) before summarising it."
+        )
     return run
 
 
 def _run(suite: str, seed: int, out: Path, jobs: int, draws: int, flags: list[str]) -> None:
     cmd = [sys.executable, "-m", "hf_llc", "validate", "--suite", suite]
     cmd += ["--teacher-seed", str(seed), "--seed", str(seed), "--jobs", str(jobs)]
-    cmd += ["--reference-draws", str(draws), *flags, "--output", str(out)]
+    cmd += ["--reference-draws", str(draws), *flags, "--output", str(out), "--resume"]
     print("$ python", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 

@@ -8,14 +8,16 @@ parallel worker processes, one thread each.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from ._text import table_lines
 from .estimator import estimate_llc
 from .models.dln import dln_truth, make_dln_problem, rescale_dln
 from .sampling import SamplerConfig
-from .serialization import format_header
+from .serialization import check_format, format_header, to_plain, write_json
 
 DEFAULT_NUM_SAMPLES = 100_000
 
@@ -260,6 +262,125 @@ def run_suite(
     }
 
 
+@dataclass
+class SuiteRecord:
+    """A suite run's report on disk, rewritten as each case finishes.
+
+    After every finished case :meth:`add` writes the report so far to ``path`` (atomically):
+    the finished cases in the suite's order, their summary, the run's ``recipe`` and the keys
+    of the cases still ``pending``. An interrupted run so loses only the cases in progress.
+    :meth:`resume` reads such a report back and keeps its cases, so that only the others run;
+    a report made with another recipe is refused rather than mixed in.
+
+    Args:
+        path: the report's JSON file (``None``: keep nothing on disk).
+        recipe: what every case of one report shares (sampler settings, problem settings);
+            JSON-ready.
+        order: every case's key in the suite's order (the report lists cases in this order,
+            then any others it holds; a later --resume may add any of them).
+        key: a finished case's key, from its result dict (the keys of ``order``).
+        summarise: ``(results, wall_seconds) -> summary`` of the finished cases.
+        header: top-level fields of the report besides the format, cases and summary.
+        write: ``False`` on processes that must not write (all but the main one).
+        numbers: the result keys whose ``null`` in the file stands for NaN (JSON has no NaN,
+            so :func:`~hf_llc.serialization.write_json` writes it as ``null``); a kept case
+            gets its NaN back, so that the summary and the table read it as a number.
+    """
+
+    path: Path | None
+    recipe: dict
+    order: Sequence[Hashable]
+    key: Callable[[dict], Hashable]
+    summarise: Callable[[list[dict], float], dict]
+    header: dict = field(default_factory=dict)
+    write: bool = True
+    numbers: tuple[str, ...] = ()
+    done: dict = field(default_factory=dict)
+    #: Wall seconds of the earlier runs the report continues.
+    earlier_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    #: The keys of the cases this run is to finish (see :meth:`pending`).
+    selected: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.selected = self.selected or list(self.order)
+        # The recipe as it reads back from JSON (tuples become lists), to compare with a file's.
+        self.recipe = json.loads(json.dumps(to_plain(self.recipe)))
+
+    def resume(self) -> int:
+        """Keep the finished cases of the report in ``path``; returns how many. Nothing there:
+        0. Raises ``ValueError`` (naming the file and the fix) for a report of another kind or
+        made with another recipe."""
+        if self.path is None or not self.path.exists():
+            return 0
+        old = json.loads(self.path.read_text())
+        check_format(old, "validation_report", source=self.path)
+        if "recipe" not in old:
+            raise ValueError(
+                f"{self.path} records no recipe (written by an earlier hf_llc), so its cases "
+                "cannot be matched to this run: pass another --output, or remove it and start "
+                "over."
+            )
+        if old["recipe"] != self.recipe:
+            differs = sorted(
+                k
+                for k in set(old["recipe"]) | set(self.recipe)
+                if old["recipe"].get(k) != self.recipe.get(k)
+            )
+            raise ValueError(
+                f"{self.path} holds cases made with other {', '.join(differs)}: one report "
+                "keeps one recipe. Run with the same settings to continue it, or pass another "
+                "--output."
+            )
+        for result in old.get("cases", []):
+            nan = {k: math.nan for k in self.numbers if k in result and result[k] is None}
+            self.done[self.key(result)] = {**result, **nan}
+        self.earlier_seconds = float(old.get("summary", {}).get("wall_seconds") or 0.0)
+        return len(old.get("cases", []))
+
+    def pending(self, cases: Sequence[Any], case_key: Callable[[Any], Hashable]) -> list:
+        """The ``cases`` this run is to finish (all of ``order`` unless called) whose key
+        (``case_key(case)``) has no result yet; the report's ``pending`` lists them until
+        they finish."""
+        self.selected = [case_key(c) for c in cases]
+        return [c for c in cases if case_key(c) not in self.done]
+
+    def add(self, result: dict) -> None:
+        """Record one finished case and write the report so far."""
+        self.done[self.key(result)] = result
+        if self.write and self.path is not None:
+            write_json(self.path, self.report())
+
+    def report(self) -> dict:
+        """The report of the finished cases (``pending``: the selected cases' keys not done)."""
+        keys = [k for k in self.order if k in self.done]
+        keys += [k for k in self.done if k not in set(self.order)]
+        results = [self.done[k] for k in keys]
+        seconds = self.earlier_seconds + time.perf_counter() - self.started
+        return {
+            **format_header("validation_report"),
+            **self.header,
+            "recipe": self.recipe,
+            "cases": results,
+            "pending": to_plain([k for k in self.selected if k not in self.done]),
+            "summary": self.summarise(results, seconds),
+        }
+
+
+#: The numeric fields of a DLN case's result (see :class:`SuiteRecord`'s ``numbers``).
+RESULT_NUMBERS = ("llc_mean", "llc_std", "llc_stderr", "relative_error", "step_size")
+
+
+def case_key(case: ValidationCase) -> tuple:
+    """A DLN case's key in a :class:`SuiteRecord` (widths, rank, construction)."""
+    return (tuple(case.widths), case.rank, case.construction)
+
+
+def result_key(result: dict) -> tuple:
+    """The key of a DLN case's result dict (the same as :func:`case_key` of its case)."""
+    return (tuple(result["widths"]), result["rank"], result["construction"])
+
+
 def summarise(results: Sequence[dict], config: SamplerConfig, seconds: float, n: int) -> dict:
     """Median and max |relative error| over the cases, with the recipe that produced them."""
     errors = [abs(r["relative_error"]) for r in results if math.isfinite(r["relative_error"])]
@@ -312,8 +433,11 @@ __all__ = [
     "PAPER_SUITE",
     "QUICK_SUITE",
     "SUITES",
+    "SuiteRecord",
     "ValidationCase",
+    "case_key",
     "format_table",
+    "result_key",
     "run_case",
     "run_cases",
     "run_suite",

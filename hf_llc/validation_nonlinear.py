@@ -428,6 +428,22 @@ def run_nonlinear_case(
     }
 
 
+#: The numeric fields of a case's result that may be NaN (see
+#: :class:`hf_llc.validation.SuiteRecord`'s ``numbers``).
+RESULT_NUMBERS = (
+    "init_loss",
+    "llc_mean",
+    "llc_stderr",
+    "reference_llc",
+    "reference_mcse",
+    "reference_rhat",
+    "reference_ess",
+    "reference_acceptance",
+    "relative_difference",
+    "z",
+)
+
+
 def run_nonlinear_suite(
     cases: Sequence[NonlinearCase] = NONLINEAR_SUITE,
     config: SamplerConfig | None = None,

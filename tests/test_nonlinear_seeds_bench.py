@@ -142,3 +142,21 @@ def test_a_summary_among_the_files_is_named(bench, tmp_path):
     summary.write_text(json.dumps({"runs": [], "pooled": {}}))
     with pytest.raises(SystemExit, match="summary.json is not a suite run"):
         bench.main(["--from", *map(str, files), str(summary)])
+
+
+def test_an_unfinished_run_is_named(bench, tmp_path):
+    files = _write_runs(tmp_path)
+    run = json.loads(files[0].read_text())
+    run["pending"] = ["attention"]
+    files[0].write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="unfinished run \\(attention pending\\)"):
+        bench.main(["--from", *map(str, files)])
+
+
+def test_each_run_continues_where_it_stopped(bench, tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: commands.append(cmd))
+    bench._run("nonlinear", 1, tmp_path / "r.json", 1, 100, ["--num-chains", "2"])
+    (cmd,) = commands
+    assert cmd[-1] == "--resume" and cmd[cmd.index("--output") + 1] == str(tmp_path / "r.json")
+    assert "--num-chains" in cmd

@@ -38,6 +38,15 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(
+            "expected comma-separated case names like relu_duplicated,attention"
+        )
+    return values
+
+
 def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
@@ -306,8 +315,21 @@ class ValidateArguments:
         "--suite nonlinear: reference chains (default: two per SGLD chain, each in that "
         "chain's localizer metric)",
     )
+    cases: list[str] | None = _opt(
+        None,
+        "--suite nonlinear…: run only these of the suite's cases (comma-separated names)",
+        parse=_names,
+        metavar="NAMES",
+    )
     jobs: int | None = _opt(None, "worker processes (default: the cores)")
-    output: Path | None = _opt(None, "write the results as JSON here")
+    output: Path | None = _opt(
+        None, "write the results as JSON here (rewritten after each finished case)"
+    )
+    resume: bool = _opt(
+        False,
+        "keep the cases already in --output (a run that was stopped, or other --cases of the "
+        "same recipe) and run only the others",
+    )
 
 
 #: The dataclasses behind each command's flags, in ``--help`` order, with their group titles.

@@ -17,14 +17,55 @@ from .arguments import build_parser, config_from_args, parse_args
 from .inputs import load_inputs
 
 
+def _suite_record(args: argparse.Namespace, recipe: dict, order, key, summarise, **kw):
+    """The :class:`~hf_llc.validation.SuiteRecord` of a ``validate`` run: written to
+    ``--output`` after each case; with ``--resume`` it first keeps the cases already there."""
+    from ..validation import SuiteRecord
+
+    if args.resume and args.output is None:
+        raise ValueError("--resume continues the report in --output: add --output FILE.")
+    if args.output is not None:
+        _check_writable(args.output)
+    record = SuiteRecord(args.output, recipe, order, key, summarise, **kw)
+    if args.resume:
+        kept = record.resume()
+        if not args.quiet and kw.get("write", True):
+            print(f"kept {kept} finished case(s) from {args.output}", file=sys.stderr, flush=True)
+    return record
+
+
+def _write_report(args: argparse.Namespace, out: dict) -> None:
+    if args.output is not None:
+        from ..serialization import write_json
+
+        write_json(args.output, out)
+        print(f"wrote {args.output}")
+
+
+def _nonlinear_cases(args: argparse.Namespace, suite) -> list:
+    """The suite's cases, or the ones ``--cases`` names (in the suite's order)."""
+    if args.cases is None:
+        return list(suite)
+    names = [c.name for c in suite]
+    unknown = [n for n in args.cases if n not in names]
+    if unknown:
+        raise ValueError(
+            f"--cases {','.join(unknown)}: not in --suite {args.suite}; its cases are "
+            f"{', '.join(names)}."
+        )
+    return [c for c in suite if c.name in args.cases]
+
+
 def _validate_nonlinear(args: argparse.Namespace) -> int:
     """``validate --suite nonlinear``: each case's SGLD λ̂ (the sampler flags' recipe) against
     the exact reference (same nβ and γ), as a Markdown table."""
     from ..validation_nonlinear import (
         NONLINEAR_SUITES,
+        RESULT_NUMBERS,
         format_nonlinear_summary,
         format_nonlinear_table,
         run_nonlinear_suite,
+        summarise_nonlinear,
     )
 
     given = getattr(args, "given", set())
@@ -37,13 +78,37 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
     num_samples = args.num_samples if "num_samples" in given else None
     if num_samples is not None and num_samples < 2:
         raise ValueError(f"--num-samples must be ≥ 2, got {num_samples}.")
-    if args.output is not None:
-        _check_writable(args.output)
     cfg = config_from_args(args)
-    cases = NONLINEAR_SUITES[args.suite]
+    suite = NONLINEAR_SUITES[args.suite]
+    selected = _nonlinear_cases(args, suite)
+    reference_kwargs = {
+        "num_warmup": args.reference_warmup,
+        "num_draws": args.reference_draws,
+        "method": args.reference_method,
+        "num_temperatures": args.reference_temperatures,
+        "min_temperature": args.reference_min_temperature,
+        **({} if args.reference_chains is None else {"num_chains": args.reference_chains}),
+    }
+    recipe = {
+        "config": cfg.to_dict(),
+        "teacher_seed": args.teacher_seed,
+        "num_samples": num_samples,
+        "reference": reference_kwargs,
+    }
+    record = _suite_record(
+        args,
+        recipe,
+        [c.name for c in suite],
+        lambda r: r["case"],
+        lambda results, seconds: summarise_nonlinear(results, cfg, seconds),
+        header={"suite": args.suite},
+        numbers=RESULT_NUMBERS,
+    )
+    cases = record.pending(selected, lambda c: c.name)
     done = []
 
     def report(r: dict) -> None:
+        record.add(r)
         done.append(r)
         if not args.quiet:
             print(
@@ -55,36 +120,59 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    out = run_nonlinear_suite(
+    run_nonlinear_suite(
         cases,
         cfg,
         jobs=args.jobs,
         on_result=report,
         seed=args.teacher_seed,
         num_samples=num_samples,
-        reference_kwargs={
-            "num_warmup": args.reference_warmup,
-            "num_draws": args.reference_draws,
-            "method": args.reference_method,
-            "num_temperatures": args.reference_temperatures,
-            "min_temperature": args.reference_min_temperature,
-            **({} if args.reference_chains is None else {"num_chains": args.reference_chains}),
-        },
+        reference_kwargs=reference_kwargs,
     )
+    out = record.report()
     print(format_nonlinear_table(out["cases"]))
     print("\n" + format_nonlinear_summary(out["summary"]))
-    if args.output is not None:
-        from ..serialization import write_json
-
-        write_json(args.output, out)
-        print(f"wrote {args.output}")
+    _write_report(args, out)
     return 0
+
+
+def _dln_cases(args: argparse.Namespace) -> list:
+    """The ``--widths`` case, or the ``--suite``'s cases (``--cases`` is nonlinear-only)."""
+    from ..validation import SUITES, ValidationCase
+
+    if args.cases is not None:
+        raise ValueError(
+            f"--cases names cases of --suite nonlinear and nonlinear-heldout; pick a DLN case "
+            f"with --widths (and --rank, --construction) instead of --suite {args.suite}."
+        )
+    if args.widths is None:
+        if args.rank is not None or args.construction is not None:
+            raise ValueError("--rank/--construction need --widths (or drop them to run a suite).")
+        return list(SUITES[args.suite])
+    construction = args.construction
+    if construction is None:
+        low = args.rank is not None and args.rank < min(args.widths)
+        construction = "aligned" if low else "full_rank"
+    rank = args.rank
+    if rank is None:
+        rank = 0 if construction == "origin" else min(args.widths)
+    from ..models.dln import dln_truth
+
+    dln_truth(args.widths, rank, construction)  # clear error before any work
+    return [ValidationCase(tuple(args.widths), rank, construction)]
 
 
 def _validate(args: argparse.Namespace) -> int:
     if args.suite.startswith("nonlinear"):
         return _validate_nonlinear(args)
-    from ..validation import SUITES, ValidationCase, format_table, run_suite
+    from ..validation import (
+        RESULT_NUMBERS,
+        case_key,
+        format_table,
+        result_key,
+        run_suite,
+        summarise,
+    )
 
     ref_flags = (
         "reference_warmup",
@@ -101,34 +189,35 @@ def _validate(args: argparse.Namespace) -> int:
     n = args.num_samples
     if n < 2:
         raise ValueError(f"--num-samples must be ≥ 2, got {n}.")
-    if args.widths is not None:
-        construction = args.construction
-        if construction is None:
-            low = args.rank is not None and args.rank < min(args.widths)
-            construction = "aligned" if low else "full_rank"
-        rank = args.rank
-        if rank is None:
-            rank = 0 if construction == "origin" else min(args.widths)
-        from ..models.dln import dln_truth
-
-        dln_truth(args.widths, rank, construction)  # clear error before any work
-        cases = [ValidationCase(tuple(args.widths), rank, construction)]
-    else:
-        if args.rank is not None or args.construction is not None:
-            raise ValueError("--rank/--construction need --widths (or drop them to run a suite).")
-        cases = list(SUITES[args.suite])
-    if args.output is not None:
-        _check_writable(args.output)
-
-    done = []
+    all_cases = _dln_cases(args)
     distributed = _world_size() > 1
     main_process = _is_main_process()
     if distributed:
         # Under accelerate launch / torchrun every process runs every case, with the chains of
         # each case split over the processes; only the main process prints and writes.
         args.jobs = 1
+    problem = {
+        "num_samples": n,
+        "seed": args.teacher_seed,
+        "input_distribution": args.input_distribution,
+        "loss_type": args.loss_type,
+        "mixed_precision": args.mixed_precision,
+        "rescale": args.rescale,
+    }
+    record = _suite_record(
+        args,
+        {"config": cfg.to_dict(), **problem},
+        [case_key(c) for c in all_cases],
+        result_key,
+        lambda results, seconds: summarise(results, cfg, seconds, n),
+        write=main_process,
+        numbers=RESULT_NUMBERS,
+    )
+    cases = record.pending(all_cases, case_key)
+    done = []
 
     def report(r: dict) -> None:
+        record.add(r)
         done.append(r)
         if not args.quiet and main_process:
             print(
@@ -139,20 +228,10 @@ def _validate(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    out = run_suite(
-        cases,
-        cfg,
-        num_samples=n,
-        seed=args.teacher_seed,
-        input_distribution=args.input_distribution,
-        loss_type=args.loss_type,
-        mixed_precision=args.mixed_precision,
-        rescale=args.rescale,
-        jobs=args.jobs,
-        on_result=report,
-    )
+    run_suite(cases, cfg, jobs=args.jobs, on_result=report, **problem)
     if not main_process:
         return 0
+    out = record.report()
     print(format_table(out["cases"]))
     s = out["summary"]
     print(
@@ -161,11 +240,7 @@ def _validate(args: argparse.Namespace) -> int:
         f"verdicts: {', '.join(f'{k} {v}' for k, v in s['verdicts'].items()) or '-'}, "
         f"{s['wall_seconds']:.0f}s"
     )
-    if args.output is not None:
-        from ..serialization import write_json
-
-        write_json(args.output, out)
-        print(f"wrote {args.output}")
+    _write_report(args, out)
     return 0
 
 
