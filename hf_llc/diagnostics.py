@@ -399,9 +399,30 @@ def localization_checks(*, localization_ratio: float) -> list[tuple[str, str]]:
     ]
 
 
-def statistic_checks(checks: dict, *, used_chains: int) -> list[tuple[str, str]]:
+def _or_larger_step(diverged: bool) -> str:
+    """The end of a slow-mixing warning's advice: a larger step size, unless chains of the
+    same run diverged (then the step is already too large, and only length helps)."""
+    if diverged:
+        return "; not a larger step size: chains diverged at this one"
+    return " or a larger step size"
+
+
+def _more_draws(ess: float, need: float, draws: float | None) -> str:
+    """The fewest ``num_draws`` that may give ``need`` effective draws where ``draws`` gave
+    ``ess`` (ESS grows about linearly with the draws once the chains mix; a slow burn-in can
+    need more)."""
+    if not (_finite(draws) and draws > 0 and ess > 0):
+        return "run more draws (num_draws)"
+    factor = need / ess
+    return f"run at least {factor:.1f}× the draws (num_draws ≥ {math.ceil(draws * factor)})"
+
+
+def statistic_checks(
+    checks: dict, *, used_chains: int, diverged: bool = False
+) -> list[tuple[str, str]]:
     """R̂, bulk and tail ESS and flatness against their thresholds; each one that could not be
-    computed (NaN or missing) is a warning saying so, never a pass."""
+    computed (NaN or missing) is a warning saying so, never a pass. ``diverged``: chains of
+    this run diverged, so the advice is longer chains, not a larger step."""
     out: list[tuple[str, str]] = []
     draws = checks.get("draws_per_chain")
     short = draws is not None and draws < MIN_DRAWS_FOR_STATISTICS
@@ -429,7 +450,7 @@ def statistic_checks(checks: dict, *, used_chains: int) -> list[tuple[str, str]]
             (
                 "warning",
                 f"chains disagree (rank-normalized split R-hat {rhat:.3f} > {RHAT_MAX}): run "
-                "longer chains (num_burnin, num_draws) or a larger step size",
+                f"longer chains (num_burnin, num_draws){_or_larger_step(diverged)}",
             )
         )
     for key, name, per_chain in (
@@ -444,8 +465,9 @@ def statistic_checks(checks: dict, *, used_chains: int) -> list[tuple[str, str]]
                 (
                     "warning",
                     f"few independent draws ({name} {ess:.0f} over {used_chains} chains, fewer "
-                    f"than {per_chain} per chain): the chains mix slowly; run more draws "
-                    "(num_draws) or a larger step size",
+                    f"than {per_chain} per chain): the chains mix slowly; "
+                    f"{_more_draws(ess, per_chain * used_chains, draws)}"
+                    f"{_or_larger_step(diverged)}",
                 )
             )
     if not _finite(checks.get("flatness", float("nan"))):
@@ -572,12 +594,13 @@ def assess_estimate(
       :func:`robustness_checks`, λ̂ moving on halving the step size → warning.
     """
     used = num_chains - len(divergences)
+    diverged = bool(divergences or retries)
     reasons = divergence_checks(divergences, retries, num_chains=num_chains)
     reasons += minimum_checks(llc_mean, llc_stderr, checks, used_chains=used)
     reasons += precision_checks(llc_mean, llc_stderr, used_chains=used)
-    reasons += flatness_checks(checks, used_chains=used)
+    reasons += flatness_checks(checks, used_chains=used, diverged=diverged)
     if used > 0:
-        reasons += statistic_checks(checks, used_chains=used)
+        reasons += statistic_checks(checks, used_chains=used, diverged=diverged)
     reasons += mala_checks(mala_acceptance_per_chain)
     if used > 0 and not np.isfinite(llc_mean):
         reasons.append(("fail", "the estimate is not finite: check the loss and the data"))
@@ -682,10 +705,12 @@ def precision_checks(
     ]
 
 
-def flatness_checks(checks: dict, *, used_chains: int) -> list[tuple[str, str]]:
+def flatness_checks(
+    checks: dict, *, used_chains: int, diverged: bool = False
+) -> list[tuple[str, str]]:
     """Mean flatness over the chains beyond ± :func:`flatness_threshold` → warning: the loss
-    is still rising (more burn-in or a larger step) or still falling (not at a minimum, or
-    burn-in)."""
+    is still rising (more burn-in, or a larger step unless chains ``diverged``) or still
+    falling (not at a minimum, or burn-in)."""
     reasons: list[tuple[str, str]] = []
     flat = checks.get("flatness", float("nan"))
     limit = checks.get("flatness_threshold", flatness_threshold(used_chains))
@@ -695,7 +720,7 @@ def flatness_checks(checks: dict, *, used_chains: int) -> list[tuple[str, str]]:
                 "warning",
                 f"loss still rising at the end (drift {flat:+.2f} spreads over the second half "
                 f"of the draws, limit {limit:.2f}): the chains have not reached equilibrium; "
-                "more burn-in (num_burnin) or a larger step size",
+                f"more burn-in (num_burnin){_or_larger_step(diverged)}",
             )
         )
     elif np.isfinite(flat) and flat < -limit:

@@ -505,3 +505,20 @@ def test_verdict_round_trips_and_old_results_still_load(tmp_path):
     assert legacy.verdict is None and legacy.verdict_reasons == []
     assert "verdict" not in legacy.summary()
     assert "chain" in legacy.chain_table()
+
+
+def test_slow_mixing_advice_after_a_divergence_is_length_not_a_larger_step():
+    # The duplicated ReLU unit of the nonlinear suite (seed 0, 16 chains) read these numbers
+    # with 10 chains restarted after a divergence; the advice must not ask for a larger step.
+    slow = {**HEALTHY, "rhat_rank": 1.115, "ess_bulk": 92.5, "draws_per_chain": 3000}
+    retry = [{"chain": 0, "step": 1130, "step_size": 0.137, "message": "m"}]
+    reasons = _assess(num_chains=16, checks=slow, retries=retry)["reasons"]
+    (rhat,) = [r for r in reasons if "R-hat" in r]
+    (ess,) = [r for r in reasons if "bulk ESS" in r]
+    for r in (rhat, ess):
+        assert "not a larger step size: chains diverged at this one" in r
+    assert "at least 1.7× the draws (num_draws ≥ 5190)" in ess  # 160 / 92.5 = 1.73
+    calm = _assess(num_chains=16, checks=slow)["reasons"]
+    assert all("or a larger step size" in r for r in calm if "R-hat" in r or "bulk ESS" in r)
+    rising = _assess(checks={**HEALTHY, "flatness": 2.0}, retries=retry)["reasons"]
+    assert any("still rising" in r and "not a larger step size" in r for r in rising)
