@@ -467,12 +467,23 @@ def run_nonlinear_suite(
     }
 
 
+def _meets(median: float, worst: float, *, untested: bool) -> bool | None:
+    """True / False against the targets; None when they hold only because cases are left out
+    (or no case counts at all)."""
+    if not (median <= TARGET_MEDIAN and worst <= TARGET_MAX):
+        return None if math.isnan(worst) else False
+    return None if untested else True
+
+
 def summarise_nonlinear(results: Sequence[dict], config: SamplerConfig, seconds: float) -> dict:
     """Median and max |relative difference| from the reference, against the targets.
 
     Only cases whose reference converged (R̂ ≤ :data:`REFERENCE_RHAT_LIMIT`) count: an
     unconverged reference is no ground truth, so its gap measures nothing; those cases are
-    listed in ``unconverged_reference`` instead."""
+    listed in ``unconverged_reference`` instead. ``meets_targets`` is ``True`` only when every
+    reference converged and the targets hold, ``False`` when the converged cases already miss
+    them, and ``None`` (untested) when they hold on the converged cases but others are left
+    out: a suite is not passed on the cases that happened to converge."""
     unconverged = [
         r["case"] for r in results if not r.get("reference_rhat", 0.0) <= REFERENCE_RHAT_LIMIT
     ]
@@ -488,7 +499,7 @@ def summarise_nonlinear(results: Sequence[dict], config: SamplerConfig, seconds:
         "max_abs_relative_difference": worst,
         "target_median": TARGET_MEDIAN,
         "target_max": TARGET_MAX,
-        "meets_targets": bool(median <= TARGET_MEDIAN and worst <= TARGET_MAX),
+        "meets_targets": _meets(median, worst, untested=bool(unconverged)),
         "unconverged_reference": unconverged,
         "reference_rhat_limit": REFERENCE_RHAT_LIMIT,
         "wall_seconds": seconds,
@@ -522,12 +533,16 @@ def format_nonlinear_table(results: Sequence[dict]) -> str:
 
 def format_nonlinear_summary(summary: dict) -> str:
     """One line: median and max |relative difference|, and whether they meet the targets."""
-    meets = "meets" if summary["meets_targets"] else "does NOT meet"
     left_out = summary.get("unconverged_reference") or []
+    meets = {True: "meets", False: "does NOT meet"}.get(
+        summary["meets_targets"],
+        f"is untested against ({len(left_out)} of {summary['num_cases']} references did not "
+        "converge; the rest are within)",
+    )
     counted = summary["num_cases"] - len(left_out)
     note = (
         f" ({', '.join(left_out)} left out: reference R̂ > {summary['reference_rhat_limit']:g},"
-        " run it longer with --reference-draws)"
+        " run it longer with --reference-draws, or with --reference-temperatures)"
         if left_out
         else ""
     )

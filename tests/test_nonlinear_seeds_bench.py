@@ -160,3 +160,10 @@ def test_each_run_continues_where_it_stopped(bench, tmp_path, monkeypatch):
     (cmd,) = commands
     assert cmd[-1] == "--resume" and cmd[cmd.index("--output") + 1] == str(tmp_path / "r.json")
     assert "--num-chains" in cmd
+
+
+def test_a_run_passed_only_on_its_converged_cases_reads_untested(bench):
+    untested = _run("nonlinear", 2, {"a": 0.01, "b": 0.3}, {"a": "ok", "b": "warning"}, ["b"], None)
+    lines = bench.table([untested, RUNS[0]], ["u.json", "r.json"]).splitlines()
+    assert lines[2].endswith("| 1 | untested |") and lines[3].endswith("| 0 | yes |")
+    assert bench.pooled([untested, RUNS[0]])["runs_meeting_targets"] == 1

@@ -158,11 +158,21 @@ def test_summary_against_targets():
     # A case whose reference did not converge is no ground truth: left out, and said so.
     unconverged = {"case": "late", "relative_difference": 0.6, "reference_rhat": 1.2}
     s = summarise_nonlinear([*rows, unconverged], SamplerConfig(), 0.0)
-    assert s["meets_targets"] and s["unconverged_reference"] == ["late"]
+    assert s["unconverged_reference"] == ["late"]
+    # The converged cases are within the targets, but the suite is not passed without "late".
+    assert s["meets_targets"] is None
     line = format_nonlinear_summary(s)
     assert line.startswith("3 cases (late left out: reference R̂ > 1.05")
+    assert "the recipe is untested against (1 of 4 references did not converge" in line
     rows.append({"case": "far", "relative_difference": 0.2, "reference_rhat": 1.0})
-    assert not summarise_nonlinear(rows, SamplerConfig(), 0.0)["meets_targets"]
+    assert summarise_nonlinear(rows, SamplerConfig(), 0.0)["meets_targets"] is False
+    # A miss among the converged cases fails the suite whatever the others would read.
+    assert summarise_nonlinear([*rows, unconverged], SamplerConfig(), 0.0)["meets_targets"] is False
+    assert "does NOT meet" in format_nonlinear_summary(
+        summarise_nonlinear([*rows, unconverged], SamplerConfig(), 0.0)
+    )
+    none_counted = summarise_nonlinear([unconverged], SamplerConfig(), 0.0)
+    assert none_counted["meets_targets"] is None
 
 
 def test_cli_validate_nonlinear(tmp_path, capsys):
