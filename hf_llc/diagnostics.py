@@ -409,8 +409,9 @@ def _or_larger_step(diverged: bool) -> str:
 
 def _more_draws(ess: float, need: float, draws: float | None) -> str:
     """The fewest ``num_draws`` that may give ``need`` effective draws where ``draws`` gave
-    ``ess`` (ESS grows about linearly with the draws once the chains mix; a slow burn-in can
-    need more)."""
+    ``ess``: ESS grows about linearly with the draws once the chains mix, but chains slower
+    than the run can need far more (on the nonlinear suite, four times the steps left the ESS
+    about where it was; ``docs/reference_sampler.md``, "Chain length")."""
     if not (_finite(draws) and draws > 0 and ess > 0):
         return "run more draws (num_draws)"
     factor = need / ess
