@@ -551,10 +551,15 @@ def format_nonlinear_summary(summary: dict) -> str:
         if left_out
         else ""
     )
+
+    def pct(value: float | None) -> str:
+        # null in a summary read back from JSON, NaN when no case counts
+        return "-" if value is None or math.isnan(value) else f"{value:.1%}"
+
     return (
         f"{counted} cases{note}: median |rel. diff| = "
-        f"{summary['median_abs_relative_difference']:.1%}, max = "
-        f"{summary['max_abs_relative_difference']:.1%}; {meets} the targets "
+        f"{pct(summary['median_abs_relative_difference'])}, max = "
+        f"{pct(summary['max_abs_relative_difference'])}; {meets} the targets "
         f"(median ≤ {summary['target_median']:.0%}, max ≤ {summary['target_max']:.0%}); "
         f"{summary['wall_seconds']:.0f}s"
     )

@@ -175,6 +175,11 @@ def test_summary_against_targets():
     )
     none_counted = summarise_nonlinear([unconverged], SamplerConfig(), 0.0)
     assert none_counted["meets_targets"] is None
+    assert "0 cases (late left out" in format_nonlinear_summary(none_counted)
+    assert "median |rel. diff| = -, max = -" in format_nonlinear_summary(none_counted)
+    # As written to JSON (NaN becomes null), the summary still formats.
+    read_back = json.loads(json.dumps({k: None if v != v else v for k, v in none_counted.items()}))
+    assert format_nonlinear_summary(read_back) == format_nonlinear_summary(none_counted)
 
 
 def test_cli_validate_nonlinear(tmp_path, capsys):
