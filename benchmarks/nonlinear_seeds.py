@@ -33,6 +33,9 @@ Not a test: the numbers go into docs/reference_sampler.md.
     python benchmarks/nonlinear_seeds.py --from runs/Y/*.json --against runs/X/*.json
 
 About 5-8 minutes per suite run on 2 cores (with the default ``--reference-draws 16000``).
+To run two suites side by side on 2 cores (``--suites nonlinear`` and ``--suites
+nonlinear-heldout`` in two shells, ``--jobs 1`` each), set ``OMP_NUM_THREADS=1`` for both:
+with torch's default of one thread per core each, a case took about five times as long.
 """
 
 from __future__ import annotations
