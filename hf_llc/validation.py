@@ -348,13 +348,21 @@ class SuiteRecord:
     def add(self, result: dict) -> None:
         """Record one finished case and write the report so far."""
         self.done[self.key(result)] = result
+        self.save()
+
+    def save(self) -> dict:
+        """Write :meth:`report` to ``path`` (when there is one and this process writes) and
+        return it."""
+        out = self.report()
         if self.write and self.path is not None:
-            write_json(self.path, self.report())
+            write_json(self.path, out)
+        return out
 
     def report(self) -> dict:
         """The report of the finished cases (``pending``: the selected cases' keys not done)."""
+        in_order = set(self.order)
         keys = [k for k in self.order if k in self.done]
-        keys += [k for k in self.done if k not in set(self.order)]
+        keys += [k for k in self.done if k not in in_order]
         results = [self.done[k] for k in keys]
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         return {

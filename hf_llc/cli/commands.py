@@ -29,17 +29,9 @@ def _suite_record(args: argparse.Namespace, recipe: dict, order, key, summarise,
     record = SuiteRecord(args.output, recipe, order, key, summarise, **kw)
     if args.resume:
         kept = record.resume()
-        if not args.quiet and kw.get("write", True):
+        if not args.quiet and record.write:
             print(f"kept {kept} finished case(s) from {args.output}", file=sys.stderr, flush=True)
     return record
-
-
-def _write_report(args: argparse.Namespace, out: dict) -> None:
-    if args.output is not None:
-        from ..serialization import write_json
-
-        write_json(args.output, out)
-        print(f"wrote {args.output}")
 
 
 def _nonlinear_cases(args: argparse.Namespace, suite) -> list:
@@ -129,10 +121,11 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
         num_samples=num_samples,
         reference_kwargs=reference_kwargs,
     )
-    out = record.report()
+    out = record.save()
     print(format_nonlinear_table(out["cases"]))
     print("\n" + format_nonlinear_summary(out["summary"]))
-    _write_report(args, out)
+    if args.output is not None:
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -231,7 +224,7 @@ def _validate(args: argparse.Namespace) -> int:
     run_suite(cases, cfg, jobs=args.jobs, on_result=report, **problem)
     if not main_process:
         return 0
-    out = record.report()
+    out = record.save()
     print(format_table(out["cases"]))
     s = out["summary"]
     print(
@@ -240,7 +233,8 @@ def _validate(args: argparse.Namespace) -> int:
         f"verdicts: {', '.join(f'{k} {v}' for k, v in s['verdicts'].items()) or '-'}, "
         f"{s['wall_seconds']:.0f}s"
     )
-    _write_report(args, out)
+    if args.output is not None:
+        print(f"wrote {args.output}")
     return 0
 
 
