@@ -92,6 +92,11 @@ DATA_KWARGS = frozenset(
     }
 )
 METHODS = ("mala", "hmc")
+#: How the replica-exchange temperatures are placed (``reference_llc``'s ``ladder``).
+LADDERS = ("geometric", "adaptive")
+#: A pair's swap rejection is counted as at least this when the ladder is re-placed, so that
+#: the cumulative rejection rises strictly and every pair keeps some share of the ladder.
+_MIN_REJECTION = 1e-3
 #: The warm-up's default target acceptance rate of each method (Roberts & Rosenthal 1998 for
 #: MALA; 0.8, Stan's, for HMC).
 TARGET_ACCEPTANCE = {"mala": 0.574, "hmc": 0.8}
@@ -178,7 +183,9 @@ class ReferenceResult:
             return ""
         temps, swaps = self.tempering["temperatures"], self.tempering["swap_acceptance"]
         return (
-            f", {len(temps)} replicas down to t = {temps[-1]:.3g}, swap acceptance "
+            f", {len(temps)} replicas down to t = {temps[-1]:.3g}"
+            f"{' (adaptive ladder)' if self.tempering.get('ladder') == 'adaptive' else ''}"
+            ", swap acceptance "
             f"{min(swaps):.2f}–{max(swaps):.2f}"
         )
 
@@ -600,6 +607,46 @@ def _ladder(num_temperatures: int, min_temperature: float) -> list[float]:
     return [ratio**k for k in range(num_temperatures)]
 
 
+def _placed_ladder(temperatures: list[float], rejection: list[float]) -> list[float]:
+    """The ladder re-placed so that every neighbouring pair gets the same share of the swap
+    rejection: the cumulative rejection Λ_k = r_0 + … + r_{k−1} of the current ladder
+    (r_j = 1 − pair j's mean swap acceptance, at least :data:`_MIN_REJECTION`) is taken as
+    piecewise linear in log t between the rungs, and the new t_i solve Λ(t_i) = i·Λ_K/(K−1)
+    (the communication-barrier schedule of Syed et al., JRSS B 84(2), 2022, in log t). The ends
+    1 and t_{K−1} stay; the order is kept."""
+    k = len(temperatures)
+    if k < 3:
+        return list(temperatures)
+    x = np.log(np.asarray(temperatures, dtype=np.float64))
+    cum = np.concatenate([[0.0], np.cumsum(np.maximum(rejection, _MIN_REJECTION))])
+    levels = cum[-1] * np.arange(k) / (k - 1)
+    placed = np.interp(levels, cum, x)  # cum rises strictly, x falls: Λ → log t
+    out = [1.0] + [float(math.exp(v)) for v in placed[1:-1]] + [float(temperatures[-1])]
+    return out
+
+
+def _retemper(replicas: list[_Chain], temperatures: list[float]) -> None:
+    """Move each replica to its new temperature, keeping its state (U and ∇U re-weighted
+    from the loss and the localizer, as in a swap)."""
+    for replica, t in zip(replicas, temperatures):
+        old = replica.target.temperature
+        replica.target = replica.target.with_temperature(t)
+        replica.adopt(replica.w, replica.loss, replica.grad, old)
+
+
+def _ladder_updates(num_warmup: int, swap_every: int) -> list[int]:
+    """The warm-up transitions after which an adaptive ladder is re-placed: 1/8, 1/4 and 1/2
+    of the warm-up (each from the swaps since the previous one, twice as many each time), those
+    with at least 10 rounds of swaps behind them."""
+    points = sorted({num_warmup // 8, num_warmup // 4, num_warmup // 2})
+    out, last = [], 0
+    for p in points:
+        if (p - last) // swap_every >= 10:
+            out.append(p)
+            last = p
+    return out
+
+
 def _swap_round(replicas: list[_Chain], parity: int, gen: torch.Generator, accepts: list) -> None:
     """Replica-exchange swaps of the pairs (k, k + 1) with k ≡ ``parity`` (mod 2), the
     deterministic even–odd scheme (Okabe et al. 2001; Syed et al. 2022). Swapping the states
@@ -630,6 +677,7 @@ def _run_tempered(
     step_size: float | None,
     num_leapfrog: int | None,
     swap_every: int,
+    adapt_ladder: bool = False,
 ) -> tuple[list[float], float, float, dict]:
     """One replica-exchange chain from w*: a replica per temperature t_k (exp(−U_{t_k})),
     each a MALA (or HMC) chain with its own ε adapted during the warm-up and fixed after,
@@ -639,7 +687,12 @@ def _run_tempered(
     target exactly; the hotter replicas cross loss barriers the target's chain alone would
     not, and pass those states down. Returns the t = 1 replica's L_n at each draw, its mean
     acceptance probability and ε, and a report: each temperature's mean L_n over the draws,
-    ε and acceptance, and each pair's mean swap acceptance over the draws."""
+    ε and acceptance, and each pair's mean swap acceptance over the draws.
+
+    With ``adapt_ladder`` the temperatures are re-placed during the warm-up
+    (:func:`_ladder_updates`, :func:`_placed_ladder`) and each replica's ε adaptation starts
+    over after the last move; from the first draw on the ladder and the steps are fixed, so the
+    draws are exact as with a fixed ladder. The report's ``temperatures`` are the final ones."""
     replicas = [
         _new_chain(target.with_temperature(t), w_star, gen, step_size, num_leapfrog)
         for t in temperatures
@@ -647,12 +700,20 @@ def _run_tempered(
     adapters = [_DualAveraging(r, target_acceptance) for r in replicas]
     swaps: list[list[float]] = [[] for _ in replicas[1:]]
     rounds = 0
+    updates = _ladder_updates(num_warmup, swap_every) if adapt_ladder else []
     for m in range(1, num_warmup + 1):
         for r, adapt in zip(replicas, adapters):
             adapt.update(r.step())
         if m % swap_every == 0:
             _swap_round(replicas, rounds % 2, gen, swaps)
             rounds += 1
+        if m in updates:
+            current = [r.target.temperature for r in replicas]
+            rejection = [1.0 - float(np.mean(x)) if x else 0.0 for x in swaps]
+            _retemper(replicas, _placed_ladder(current, rejection))
+            swaps = [[] for _ in replicas[1:]]
+            if m == updates[-1]:
+                adapters = [_DualAveraging(r, target_acceptance) for r in replicas]
     for adapt in adapters:
         adapt.finish()
     swaps = [[] for _ in replicas[1:]]
@@ -668,7 +729,7 @@ def _run_tempered(
         for k, r in enumerate(replicas):
             loss_sums[k] += r.loss
     report = {
-        "temperatures": list(temperatures),
+        "temperatures": [r.target.temperature for r in replicas],
         "mean_loss": [x / num_draws for x in loss_sums],
         "step_size": [r.eps for r in replicas],
         "acceptance": [a / num_draws for a in accept],
@@ -722,6 +783,7 @@ def reference_llc(
     num_temperatures: int = 1,
     min_temperature: float = 0.02,
     swap_every: int = 1,
+    ladder: str = "geometric",
     progress: bool = False,
     **data_kwargs: Any,
 ) -> ReferenceResult:
@@ -774,6 +836,14 @@ def reference_llc(
             Lower crosses higher barriers but needs more replicas for the swaps to be accepted
             (``ReferenceResult.tempering["swap_acceptance"]``, aim for ≥ 0.2).
         swap_every: transitions between rounds of swaps (≥ 1).
+        ladder: where the temperatures between 1 and ``min_temperature`` sit.
+            ``"geometric"`` (default): evenly in log t. ``"adaptive"``: each chain re-places
+            its ladder three times in the first half of its warm-up, from the swap rejection
+            measured since the last move, so that every neighbouring pair rejects about as
+            often (where the loss changes fast with t the rungs close up); then the second half
+            of the warm-up adapts the steps to the final temperatures, and the draws run at a
+            fixed ladder (exact, as with ``"geometric"``). Use it when one pair's swap
+            acceptance is far below the others'.
         progress: log one line per finished chain.
         **data_kwargs: :func:`hf_llc.estimate_llc`'s data arguments (``loss_fn``,
             ``model_loss_fn``, ``forward_kwargs``, ``num_samples``, ``tokenizer``, …).
@@ -792,7 +862,7 @@ def reference_llc(
     leapfrog = num_leapfrog if method == "hmc" else None
     args = (num_chains, num_warmup, num_draws, target_acceptance, seed, step_size, chunk_size)
     _check_settings(method, *args, leapfrog, data_kwargs)
-    _check_tempering(num_temperatures, min_temperature, swap_every)
+    _check_tempering(num_temperatures, min_temperature, swap_every, ladder)
     temperatures = _ladder(num_temperatures, min_temperature)
     with open_posterior(model, dataset, _fitted(cfg, dataset, data_kwargs), **data_kwargs) as (
         _,
@@ -823,7 +893,13 @@ def reference_llc(
             losses, accept, eps = _run_chain(chain_target, w_star, gen, **kwargs)
         else:
             losses, accept, eps, report = _run_tempered(
-                chain_target, w_star, gen, temperatures, swap_every=swap_every, **kwargs
+                chain_target,
+                w_star,
+                gen,
+                temperatures,
+                swap_every=swap_every,
+                adapt_ladder=ladder == "adaptive",
+                **kwargs,
             )
             reports.append(report)
         traces.append(losses)
@@ -862,12 +938,16 @@ def reference_llc(
         seed=seed,
         wall_seconds=time.perf_counter() - t0,
         num_leapfrog=leapfrog,
-        tempering=_tempering_summary(reports, target.nbeta, init_loss, swap_every),
+        tempering=_tempering_summary(reports, target.nbeta, init_loss, swap_every, ladder),
     )
 
 
-def _check_tempering(num_temperatures: Any, min_temperature: Any, swap_every: Any) -> None:
+def _check_tempering(
+    num_temperatures: Any, min_temperature: Any, swap_every: Any, ladder: Any = "geometric"
+) -> None:
     """ValueError naming the bad replica-exchange setting."""
+    if ladder not in LADDERS:
+        raise ValueError(f"ladder must be one of {', '.join(LADDERS)}, got {ladder!r}.")
     for name, value in (("num_temperatures", num_temperatures), ("swap_every", swap_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}.")
@@ -880,26 +960,41 @@ def _check_tempering(num_temperatures: Any, min_temperature: Any, swap_every: An
 
 
 def _tempering_summary(
-    reports: list[dict], nbeta: float, init_loss: float, swap_every: int
+    reports: list[dict], nbeta: float, init_loss: float, swap_every: int, ladder: str
 ) -> dict | None:
     """The replica-exchange report over the chains (``None`` without tempering): the
     temperatures, each one's λ̂ at nβ' = t·nβ (t·nβ·(mean L_n − L_n(w*)), the LLC estimate of
     that tempered posterior), ε and acceptance, and each neighbouring pair's swap acceptance,
-    all means over the chains."""
+    all means over the chains. With an adaptive ladder each chain has its own temperatures:
+    ``temperatures`` is their mean, ``temperatures_per_chain`` each chain's, and each rung's
+    λ̂ is the mean of the chains' λ̂ at their own t."""
     if not reports:
         return None
 
     def mean(key: str) -> list[float]:
         return [float(v) for v in np.mean([r[key] for r in reports], axis=0)]
 
-    temps = reports[0]["temperatures"]
-    return {
-        "temperatures": temps,
-        "llc_by_temperature": [
+    if ladder == "adaptive":
+        temps = mean("temperatures")
+        per_chain = [
+            [t * nbeta * (loss - init_loss) for t, loss in zip(r["temperatures"], r["mean_loss"])]
+            for r in reports
+        ]
+        llc_by_temperature = [float(v) for v in np.mean(per_chain, axis=0)]
+    else:
+        temps = reports[0]["temperatures"]
+        llc_by_temperature = [
             t * nbeta * (loss - init_loss) for t, loss in zip(temps, mean("mean_loss"))
-        ],
+        ]
+    out = {
+        "temperatures": temps,
+        "llc_by_temperature": llc_by_temperature,
         "step_size": mean("step_size"),
         "acceptance": mean("acceptance"),
         "swap_acceptance": mean("swap_acceptance") if len(temps) > 1 else [],
         "swap_every": swap_every,
     }
+    if ladder == "adaptive":
+        out["ladder"] = ladder
+        out["temperatures_per_chain"] = [list(r["temperatures"]) for r in reports]
+    return out

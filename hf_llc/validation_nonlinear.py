@@ -415,6 +415,14 @@ def run_nonlinear_case(
                 "min_temperature": ref.tempering["temperatures"][-1],
                 "swap_acceptance": ref.tempering["swap_acceptance"],
             }
+            | (
+                {}
+                if "ladder" not in ref.tempering
+                else {
+                    "ladder": ref.tempering["ladder"],
+                    "temperatures": ref.tempering["temperatures"],
+                }
+            )
         ),
         "llc_mean": sgld.llc_mean,
         "llc_stderr": sgld.llc_stderr,

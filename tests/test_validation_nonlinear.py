@@ -228,8 +228,38 @@ def test_cli_refuses_dln_options_with_nonlinear():
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("flag", ["--reference-draws", "--reference-temperatures"])
-def test_cli_refuses_reference_options_without_nonlinear(flag):
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--reference-draws", "10"),
+        ("--reference-temperatures", "10"),
+        ("--reference-ladder", "adaptive"),
+    ],
+)
+def test_cli_refuses_reference_options_without_nonlinear(flag, value):
     with pytest.raises(SystemExit) as exc:
-        main(["validate", flag, "10"])
+        main(["validate", flag, value])
     assert exc.value.code == 2
+
+
+def test_cli_adaptive_ladder_is_recorded(tmp_path):
+    """``--reference-ladder adaptive`` reaches the reference and is kept in the recipe and in
+    each case's settings; the geometric default leaves the recipe as files written before the
+    option had it (so that they still resume)."""
+    argv = ["validate", "--suite", "nonlinear", "--cases", "relu_duplicated", "--jobs", "1"]
+    argv += ["--num-samples", "60", "--num-chains", "1", "--num-burnin", "5"]
+    argv += ["--num-draws", "5", "--batch-size", "16", "--reference-chains", "1"]
+    argv += ["--reference-warmup", "80", "--reference-draws", "5"]
+    argv += ["--reference-temperatures", "3", "--reference-min-temperature", "0.1", "--quiet"]
+    for ladder in ("geometric", "adaptive"):
+        out = tmp_path / f"{ladder}.json"
+        assert main([*argv, "--reference-ladder", ladder, "--output", str(out)]) == 0
+        report = json.loads(out.read_text())
+        settings = report["cases"][0]["reference_settings"]
+        if ladder == "geometric":
+            assert "ladder" not in report["recipe"]["reference"] and "ladder" not in settings
+        else:
+            assert report["recipe"]["reference"]["ladder"] == "adaptive"
+            assert settings["ladder"] == "adaptive"
+            temps = settings["temperatures"]
+            assert temps[0] == 1.0 and temps[-1] == pytest.approx(0.1) and 0.1 < temps[1] < 1

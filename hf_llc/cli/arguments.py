@@ -310,6 +310,13 @@ class ValidateArguments:
     reference_min_temperature: float = _opt(
         0.02, "--suite nonlinear: the hottest replica's temperature, in (0, 1)"
     )
+    reference_ladder: str = _opt(
+        "geometric",
+        "--suite nonlinear: where the replicas' temperatures sit: evenly in log t, or "
+        "'adaptive' (re-placed in the warm-up so that every neighbouring pair swaps about as "
+        "often)",
+        choices=("geometric", "adaptive"),
+    )
     reference_chains: int | None = _opt(
         None,
         "--suite nonlinear: reference chains (default: two per SGLD chain, each in that "

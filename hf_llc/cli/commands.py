@@ -79,6 +79,8 @@ def _validate_nonlinear(args: argparse.Namespace) -> int:
         "method": args.reference_method,
         "num_temperatures": args.reference_temperatures,
         "min_temperature": args.reference_min_temperature,
+        # Only when not the default, so that files written before the option still resume.
+        **({} if args.reference_ladder == "geometric" else {"ladder": args.reference_ladder}),
         **({} if args.reference_chains is None else {"num_chains": args.reference_chains}),
     }
     recipe = {
@@ -174,6 +176,7 @@ def _validate(args: argparse.Namespace) -> int:
         "reference_method",
         "reference_temperatures",
         "reference_min_temperature",
+        "reference_ladder",
     )
     bad = [f"--{k.replace('_', '-')}" for k in ref_flags if k in getattr(args, "given", ())]
     if bad:
