@@ -599,6 +599,15 @@ def _run_chain(
     return losses, accept / num_draws, eps
 
 
+def _sample(target, w_star, gen, temperatures, tempering: dict, kwargs: dict) -> tuple:
+    """One reference chain, plain (one temperature: :func:`_run_chain`) or with replica
+    exchange (:func:`_run_tempered`, ``tempering`` its settings): (L_n at each draw, mean
+    acceptance, ε, the replica-exchange report or ``None``)."""
+    if len(temperatures) == 1:
+        return (*_run_chain(target, w_star, gen, **kwargs), None)
+    return _run_tempered(target, w_star, gen, temperatures, **tempering, **kwargs)
+
+
 def _ladder(num_temperatures: int, min_temperature: float) -> list[float]:
     """The geometric ladder 1 = t_0 > t_1 > … > t_{K−1} = ``min_temperature``."""
     if num_temperatures == 1:
@@ -878,29 +887,22 @@ def reference_llc(
         )
     with torch.no_grad():
         init_loss = float(target.loss(w_star))
+    kwargs = dict(
+        num_warmup=num_warmup,
+        num_draws=num_draws,
+        target_acceptance=float(target_acceptance),
+        step_size=step_size,
+        num_leapfrog=leapfrog,
+    )
+    tempering = dict(swap_every=swap_every, adapt_ladder=ladder == "adaptive")
     traces, accepts, steps, reports = [], [], [], []
     for c in range(num_chains):
         gen = chain_generator(seed, c, "cpu")
-        kwargs = dict(
-            num_warmup=num_warmup,
-            num_draws=num_draws,
-            target_acceptance=float(target_acceptance),
-            step_size=step_size,
-            num_leapfrog=leapfrog,
-        )
         chain_target = target if metrics is None else target.with_metric(metrics[c % len(metrics)])
-        if len(temperatures) == 1:
-            losses, accept, eps = _run_chain(chain_target, w_star, gen, **kwargs)
-        else:
-            losses, accept, eps, report = _run_tempered(
-                chain_target,
-                w_star,
-                gen,
-                temperatures,
-                swap_every=swap_every,
-                adapt_ladder=ladder == "adaptive",
-                **kwargs,
-            )
+        losses, accept, eps, report = _sample(
+            chain_target, w_star, gen, temperatures, tempering, kwargs
+        )
+        if report is not None:
             reports.append(report)
         traces.append(losses)
         accepts.append(accept)
