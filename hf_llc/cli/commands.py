@@ -8,12 +8,12 @@ import os
 import shlex
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .._logging import set_verbosity
 from ..sampling import SamplerConfig
-from .arguments import build_parser, config_from_args, parse_args
+from .arguments import ValidateArguments, build_parser, config_from_args, parse_args
 from .inputs import load_inputs
 
 
@@ -169,15 +169,8 @@ def _validate(args: argparse.Namespace) -> int:
         summarise,
     )
 
-    ref_flags = (
-        "reference_warmup",
-        "reference_draws",
-        "reference_chains",
-        "reference_method",
-        "reference_temperatures",
-        "reference_min_temperature",
-        "reference_ladder",
-    )
+    # The reference sampler's options (every --reference-* flag) belong to the nonlinear suites.
+    ref_flags = [f.name for f in fields(ValidateArguments) if f.name.startswith("reference_")]
     bad = [f"--{k.replace('_', '-')}" for k in ref_flags if k in getattr(args, "given", ())]
     if bad:
         raise ValueError(f"{', '.join(bad)}: options of --suite nonlinear only.")
