@@ -630,8 +630,7 @@ def _placed_ladder(temperatures: list[float], rejection: list[float]) -> list[fl
     cum = np.concatenate([[0.0], np.cumsum(np.maximum(rejection, _MIN_REJECTION))])
     levels = cum[-1] * np.arange(k) / (k - 1)
     placed = np.interp(levels, cum, x)  # cum rises strictly, x falls: Λ → log t
-    out = [1.0] + [float(math.exp(v)) for v in placed[1:-1]] + [float(temperatures[-1])]
-    return out
+    return [1.0] + [float(math.exp(v)) for v in placed[1:-1]] + [float(temperatures[-1])]
 
 
 def _retemper(replicas: list[_Chain], temperatures: list[float]) -> None:
@@ -945,7 +944,7 @@ def reference_llc(
 
 
 def _check_tempering(
-    num_temperatures: Any, min_temperature: Any, swap_every: Any, ladder: Any = "geometric"
+    num_temperatures: Any, min_temperature: Any, swap_every: Any, ladder: Any
 ) -> None:
     """ValueError naming the bad replica-exchange setting."""
     if ladder not in LADDERS:
