@@ -100,13 +100,13 @@ def reference_positions(model, data, cfg, metric, targets: int, warmup: int, dra
     positions kept every ``EVERY`` steps of the draws."""
     kept: list[torch.Tensor] = []
     step = reference_module._Chain.step
-    counts: dict[int, int] = defaultdict(int)
 
     def keeping(self):
         out = step(self)
         if self.target.temperature == 1.0:
-            counts[id(self)] += 1
-            if counts[id(self)] > warmup and counts[id(self)] % EVERY == 0:
+            # Counted on the chain itself: an id() could be reused by the next chain's replica.
+            self._steps_seen = getattr(self, "_steps_seen", 0) + 1
+            if self._steps_seen > warmup and self._steps_seen % EVERY == 0:
                 kept.append(self.w.detach().clone())
         return out
 
