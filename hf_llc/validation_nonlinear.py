@@ -351,6 +351,24 @@ def _healthy_metrics(sgld) -> Any:
     return metric[healthy] if healthy else metric
 
 
+def _reference_settings(ref) -> dict:
+    """How the reference ran: warm-up, draws, seed and chains; the method when not MALA; with
+    replica exchange the number of replicas, the coldest's temperature and each pair's swap
+    acceptance, and with an adaptive ladder the final (mean) temperatures."""
+    out = {k: getattr(ref, k) for k in ("num_warmup", "num_draws", "seed")}
+    out["num_chains"] = len(ref.llc_per_chain)
+    if ref.method != "mala":
+        out |= {"method": ref.method, "num_leapfrog": ref.num_leapfrog}
+    tempering = ref.tempering
+    if tempering is not None:
+        out["num_temperatures"] = len(tempering["temperatures"])
+        out["min_temperature"] = tempering["temperatures"][-1]
+        out["swap_acceptance"] = tempering["swap_acceptance"]
+        if "ladder" in tempering:
+            out |= {"ladder": tempering["ladder"], "temperatures": tempering["temperatures"]}
+    return out
+
+
 def run_nonlinear_case(
     case: NonlinearCase,
     config: SamplerConfig | None = None,
@@ -404,26 +422,7 @@ def run_nonlinear_case(
         "reference_rhat": ref.rhat,
         "reference_ess": ref.ess,
         "reference_acceptance": ref.acceptance_rate,
-        "reference_settings": {k: getattr(ref, k) for k in ("num_warmup", "num_draws", "seed")}
-        | {"num_chains": len(ref.llc_per_chain)}
-        | ({} if ref.method == "mala" else {"method": ref.method, "num_leapfrog": ref.num_leapfrog})
-        | (
-            {}
-            if ref.tempering is None
-            else {
-                "num_temperatures": len(ref.tempering["temperatures"]),
-                "min_temperature": ref.tempering["temperatures"][-1],
-                "swap_acceptance": ref.tempering["swap_acceptance"],
-            }
-            | (
-                {}
-                if "ladder" not in ref.tempering
-                else {
-                    "ladder": ref.tempering["ladder"],
-                    "temperatures": ref.tempering["temperatures"],
-                }
-            )
-        ),
+        "reference_settings": _reference_settings(ref),
         "llc_mean": sgld.llc_mean,
         "llc_stderr": sgld.llc_stderr,
         "llc_per_chain": sgld.llc_per_chain,
