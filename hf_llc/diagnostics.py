@@ -706,6 +706,22 @@ def precision_checks(
     ]
 
 
+def chain_notes(flatness: float | None, mala: float | None) -> list[str]:
+    """What one chain's own numbers say against the one-chain limits, for the status column
+    of :meth:`hf_llc.LLCResult.chain_table`: ``"still rising"`` / ``"still falling"`` when its
+    flatness is beyond ± :func:`flatness_threshold` of one chain (the limit the mean over C
+    chains is held to is this one over √C), ``"low MALA"`` when its acceptance is below
+    ``MALA_MIN``. The verdict is unchanged: it judges the chains together (a single chain's
+    flatness is noisier), so these notes only say which chain to look at."""
+    notes = []
+    limit = flatness_threshold(1)
+    if flatness is not None and np.isfinite(flatness) and abs(flatness) > limit:
+        notes.append("still rising" if flatness > 0 else "still falling")
+    if mala is not None and np.isfinite(mala) and mala < MALA_MIN:
+        notes.append("low MALA")
+    return notes
+
+
 def flatness_checks(
     checks: dict, *, used_chains: int, diverged: bool = False
 ) -> list[tuple[str, str]]:

@@ -46,7 +46,13 @@ from .checkpoint import (
     RunCheckpoint,
     releases_run_locks,
 )
-from .diagnostics import HALF_STEP_LENGTH, assess_estimate, robustness_report, trace_checks
+from .diagnostics import (
+    HALF_STEP_LENGTH,
+    assess_estimate,
+    chain_notes,
+    robustness_report,
+    trace_checks,
+)
 from .distributed import ProcessInfo
 from .peft_support import adapter_info
 from .plotting import plot_llc_result
@@ -276,7 +282,9 @@ class LLCResult:
 
     def chain_table(self) -> str:
         """Per-chain diagnostics as text: λ̂_c, step size, MALA acceptance (when recorded),
-        flatness, fraction of draws below L_n(w*) and status, then the rank-normalized R-hat
+        flatness, fraction of draws below L_n(w*) and status (diverged, restarted, or what the
+        chain's own flatness and MALA acceptance say against one chain's limits:
+        :func:`hf_llc.diagnostics.chain_notes`), then the rank-normalized R-hat
         and the bulk and tail ESS of the excess-loss draws across chains (Vehtari et al. 2021;
         "-" where they could not be computed or the result predates them)."""
         diag = self.diagnostics or {}
@@ -295,10 +303,9 @@ class LLCResult:
         for c, value in enumerate(self.llc_per_chain):
             if c in diverged:
                 status = f"diverged at step {diverged[c].get('step')}"
-            elif c in restarted:
-                status = "restarted"
             else:
-                status = "ok"
+                notes = chain_notes(per["flatness_per_chain"].get(c), mala.get(c))
+                status = ", ".join(["restarted", *notes] if c in restarted else notes) or "ok"
             rows.append(
                 [
                     str(c),

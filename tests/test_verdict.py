@@ -17,6 +17,7 @@ from hf_llc.diagnostics import (
     LOCALIZATION_FAIL,
     NBETA_FACTOR_FAIL,
     assess_estimate,
+    chain_notes,
     draws_checks,
     ess_bulk,
     ess_tail,
@@ -522,3 +523,31 @@ def test_slow_mixing_advice_after_a_divergence_is_length_not_a_larger_step():
     assert all("or a larger step size" in r for r in calm if "R-hat" in r or "bulk ESS" in r)
     rising = _assess(checks={**HEALTHY, "flatness": 2.0}, retries=retry)["reasons"]
     assert any("still rising" in r and "not a larger step size" in r for r in rising)
+
+
+def test_chain_notes_hold_one_chain_to_the_one_chain_limits():
+    # flatness_threshold(1) = FLATNESS_ONE_CHAIN = 2.4: the limit the mean of C chains is held
+    # to times √C; MALA_MIN applies per chain already.
+    assert flatness_threshold(1) == pytest.approx(2.4)
+    assert chain_notes(2.4, 0.85) == []  # at the limits: not flagged
+    assert chain_notes(2.41, None) == ["still rising"]
+    assert chain_notes(-3.26, 0.99) == ["still falling"]
+    assert chain_notes(0.1, 0.5) == ["low MALA"]
+    assert chain_notes(-3.0, 0.5) == ["still falling", "low MALA"]
+    assert chain_notes(None, float("nan")) == chain_notes(float("nan"), None) == []
+
+
+def test_chain_table_names_the_chain_that_is_still_moving():
+    # The nonlinear suite's trained tanh net at seed 2 (16 chains): one chain read 342 against
+    # 9.6-15.1 for the others, its loss still falling through the draws (flatness -3.26), and
+    # the table called it "ok". The status now says what its own numbers show.
+    model, data, _ = make_dln_problem([3, 2, 3], 0, "origin", num_samples=512, seed=1)
+    cfg = SamplerConfig(num_chains=3, num_burnin=20, num_draws=30, batch_size=64, mala=True)
+    result = estimate_llc(model, data, cfg, progress=False)
+    result.diagnostics["checks"]["flatness_per_chain"] = [-3.26, 0.1, 2.6]
+    result.diagnostics["mala_acceptance_per_chain"] = [0.99, 0.5, 0.95]
+    result.diagnostics["retries"] = [{"chain": 2, "step": 10, "step_size": 0.1, "message": "m"}]
+    rows = result.chain_table().splitlines()[1:4]
+    assert rows[0].rstrip().endswith("still falling")
+    assert rows[1].rstrip().endswith("low MALA")
+    assert rows[2].rstrip().endswith("restarted, still rising")
