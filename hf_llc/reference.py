@@ -975,27 +975,23 @@ def _tempering_summary(
     def mean(key: str) -> list[float]:
         return [float(v) for v in np.mean([r[key] for r in reports], axis=0)]
 
-    if ladder == "adaptive":
-        temps = mean("temperatures")
-        per_chain = [
-            [t * nbeta * (loss - init_loss) for t, loss in zip(r["temperatures"], r["mean_loss"])]
-            for r in reports
-        ]
-        llc_by_temperature = [float(v) for v in np.mean(per_chain, axis=0)]
-    else:
-        temps = reports[0]["temperatures"]
-        llc_by_temperature = [
-            t * nbeta * (loss - init_loss) for t, loss in zip(temps, mean("mean_loss"))
-        ]
+    # Each chain's λ̂ at each of its own temperatures, then the mean over the chains (with a
+    # geometric ladder every chain has the same t, and this is t·nβ·(mean L_n − L_n(w*))).
+    per_chain = [
+        [t * nbeta * (loss - init_loss) for t, loss in zip(r["temperatures"], r["mean_loss"])]
+        for r in reports
+    ]
+    adaptive = ladder == "adaptive"
+    temps = mean("temperatures") if adaptive else reports[0]["temperatures"]
     out = {
         "temperatures": temps,
-        "llc_by_temperature": llc_by_temperature,
+        "llc_by_temperature": [float(v) for v in np.mean(per_chain, axis=0)],
         "step_size": mean("step_size"),
         "acceptance": mean("acceptance"),
         "swap_acceptance": mean("swap_acceptance") if len(temps) > 1 else [],
         "swap_every": swap_every,
     }
-    if ladder == "adaptive":
+    if adaptive:
         out["ladder"] = ladder
         out["temperatures_per_chain"] = [list(r["temperatures"]) for r in reports]
     return out
